@@ -1,0 +1,1 @@
+"""Pure math: neural-memory kernels, attention, losses. No Flax modules here."""

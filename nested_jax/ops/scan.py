@@ -1,0 +1,52 @@
+"""Scans over chunks with rematerialisation in groups (ttt-lm-jax style).
+
+`chunked_scan(step, carry, xs, remat_group)` behaves like `jax.lax.scan(step, carry, xs)`
+but saves only every `remat_group`-th carry for the backward pass: the outer scan
+runs over groups, each group body is a rematerialised inner scan. Activation memory
+is then O(N / remat_group) carries plus one group's residuals.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+
+def chunked_scan(
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    carry: Any,
+    xs: Any,
+    remat_group: int = 0,
+) -> tuple[Any, Any]:
+    """`lax.scan(step, carry, xs)` with the N steps rematerialised in groups.
+
+    remat_group <= 0: plain scan, no remat. remat_group >= 1 must divide N.
+    """
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if remat_group <= 0:
+        return jax.lax.scan(step, carry, xs)
+    if n % remat_group:
+        raise ValueError(
+            f"remat_group={remat_group} must divide the number of chunks {n}; "
+            "pick a divisor or 0 to disable grouped remat."
+        )
+    groups = n // remat_group
+    xs_g = jax.tree.map(lambda a: a.reshape((groups, remat_group) + a.shape[1:]), xs)
+
+    @jax.checkpoint
+    def group_body(c, xg):
+        return jax.lax.scan(step, c, xg)
+
+    carry, ys_g = jax.lax.scan(group_body, carry, xs_g)
+    ys = jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), ys_g)
+    return carry, ys
+
+
+def largest_divisor_at_most(n: int, k: int) -> int:
+    """Largest d <= k with n % d == 0 (>= 1). Handy to pick a remat group size."""
+    k = max(1, min(k, n))
+    for d in range(k, 0, -1):
+        if n % d == 0:
+            return d
+    return 1
