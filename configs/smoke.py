@@ -1,0 +1,23 @@
+"""Smoke preset: a tiny Transformer++ on the vendored novels; a few minutes on a CPU."""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model.d_model = 128
+    c.model.n_layers = 2
+    c.model.n_heads = 4
+    c.data.tokenizer = "novels_2k"  # small shipped SentencePiece vocabulary
+    c.train.steps = 300
+    c.train.batch_size = 16
+    c.train.seq_len = 128
+    c.train.log_every = 10
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 30
+    c.optim.weight_decay = 0.0
+    c.checkpoint.every_steps = 100
+    c.eval.every_steps = 100
+    c.eval.num_batches = 4
+    c.eval.batch_size = 16
+    return c

@@ -1,0 +1,106 @@
+"""Language-model shell: embedding → L stacked blocks (scanned) → RMSNorm → tied head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nested_jax.model.layers import Dense, Embed, RMSNorm
+from nested_jax.model.transformer import TransformerBlock
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(cfg):
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={cfg.dtype!r}; choose one of {sorted(DTYPES)}.")
+    return DTYPES[cfg.dtype]
+
+
+BLOCKS = {"transformer": TransformerBlock}
+
+
+class LM(nnx.Module):
+    """Decoder-only LM. Blocks are stacked on a leading layer axis and run with lax.scan."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        if cfg.variant not in BLOCKS:
+            raise ValueError(f"model.variant={cfg.variant!r} is unknown; choose one of {sorted(BLOCKS)}.")
+        dtype = compute_dtype(cfg)
+        block_cls = BLOCKS[cfg.variant]
+        self.cfg = cfg
+        self.embed = Embed(cfg.vocab_size, cfg.d_model, std=cfg.init_std, rngs=rngs, dtype=dtype)
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(r):
+            return block_cls(cfg, rngs=r, dtype=dtype)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        if not cfg.tie_embeddings:
+            self.head = Dense(cfg.d_model, cfg.vocab_size, std=cfg.init_std, rngs=rngs, dtype=dtype)
+        self.remat = cfg.remat
+
+    def hidden(self, tokens_BxT, pos_T=None):
+        """Final hidden states [B, T, D] (before the head)."""
+        return self.run_blocks(self.embed(tokens_BxT), pos_T)
+
+    def run_blocks(self, x_BxTxD, pos_T=None):
+        """Blocks + final norm on given input activations (used by tests and probes)."""
+        if pos_T is None:
+            pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
+        graphdef, layer_state = nnx.split(self.blocks)
+
+        def body(x, state):
+            return nnx.merge(graphdef, state)(x, pos_T), None
+
+        if self.remat:
+            body = jax.checkpoint(body)
+        x, _ = jax.lax.scan(body, x_BxTxD, layer_state)
+        return self.final_norm(x)
+
+    def logits(self, x_BxTxD):
+        if self.cfg.tie_embeddings:
+            return self.embed.attend(x_BxTxD)
+        return self.head(x_BxTxD).astype(jnp.float32)
+
+    def __call__(self, tokens_BxT, pos_T=None):
+        return self.logits(self.hidden(tokens_BxT, pos_T))
+
+
+def build_model(cfg, seed: int) -> LM:
+    return LM(cfg, rngs=nnx.Rngs(params=seed))
+
+
+class Functional:
+    """A model as (graphdef, template): `bind(params)` rebuilds the module from a pure dict.
+
+    Training keeps parameters as a plain nested dict (what Optax updates and Orbax saves);
+    only the module structure is captured here.
+    """
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, self._template = nnx.split(model)
+
+    def params(self, model: nnx.Module | None = None) -> dict:
+        state = self._template if model is None else nnx.split(model)[1]
+        return nnx.to_pure_dict(state)
+
+    def bind(self, params: dict) -> nnx.Module:
+        state = jax.tree.map(lambda x: x, self._template)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
+
+
+def init_params(cfg, seed: int) -> tuple[Functional, dict]:
+    """Build the model once; return its functional form and float32 parameters."""
+    model = build_model(cfg, seed)
+    fn = Functional(model)
+    return fn, fn.params(model)
+
+
+def abstract_model(cfg) -> Functional:
+    """Functional form without allocating parameters (for restores)."""
+    return Functional(nnx.eval_shape(lambda: build_model(cfg, 0)))

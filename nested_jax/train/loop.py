@@ -1,0 +1,199 @@
+"""train_and_evaluate(config, workdir): the training loop around the pure step."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import nested_jax
+from nested_jax.checkpoint import Checkpointer
+from nested_jax.data import loader
+from nested_jax.model.lm import abstract_model, build_model
+from nested_jax.train import mesh as mesh_lib
+from nested_jax.train import metrics as metrics_lib
+from nested_jax.train import optim, step as step_lib
+from nested_jax.train.validate import check_resume_config, finalize_config
+
+
+def git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _host(tree):
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def evaluate(eval_fn, params, batches, mesh) -> float:
+    tot, n = 0.0, 0.0
+    for b in batches:
+        s, c = eval_fn(params, mesh_lib.global_batch(b, mesh))
+        tot, n = tot + float(s), n + float(c)
+    return tot / max(n, 1.0)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Train per `config`, writing checkpoints, metrics.jsonl and loss_curve.png to `workdir`.
+
+    Rerunning with the same workdir resumes from the latest checkpoint. Returns a summary.
+    """
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    tok = loader.tokenizer_for(config.data)
+    finalize_config(config, tok.vocab_size)
+    loader.check_vocab(config.data, config.model.vocab_size)
+
+    mesh = mesh_lib.make_mesh(config.mesh)
+    n_proc, proc = jax.process_count(), jax.process_index()
+    if config.train.batch_size % (mesh.size) != 0:
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be divisible by the number of "
+            f"devices ({mesh.size}); change --config.train.batch_size."
+        )
+    total = config.train.steps
+    tx = optim.build_optimizer(config.optim, total)
+    lr_schedule = optim.schedule(config.optim, total)
+    fn = abstract_model(config.model)
+    rep = mesh_lib.replicated(mesh)
+
+    def init_state():
+        params = nnx.to_pure_dict(nnx.split(build_model(config.model, config.seed))[1])
+        return step_lib.init_train_state(params, tx)
+
+    abstract_state = jax.eval_shape(init_state)
+    state_shardings = jax.tree.map(lambda _: rep, abstract_state)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                        max_to_keep=config.checkpoint.max_to_keep,
+                        async_save=config.checkpoint.async_save)
+    train_iter = loader.make_train_iterator(
+        config.data, seq_len=config.train.seq_len, batch_size=config.train.batch_size // n_proc,
+        seed=config.seed, process_index=proc, process_count=n_proc)
+
+    start = ckpt.latest_step()
+    if start is None:
+        state = jax.jit(init_state, out_shardings=state_shardings)()
+        start = 0
+    else:
+        meta = ckpt.read_meta(start)
+        check_resume_config(meta, config, tok.sha256)
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract_state, state_shardings)
+        got = ckpt.restore(start, params=abstract["params"],
+                           opt={"opt_state": abstract["opt_state"], "step": abstract["step"]},
+                           data_iter=train_iter)
+        state = {"params": got["params"], "opt_state": got["opt"]["opt_state"],
+                 "step": got["opt"]["step"]}
+        print(f"[nested_jax] resumed from step {start} in {ckpt.directory}", flush=True)
+
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    p_train = jax.jit(
+        functools.partial(step_lib.train_step, fn=fn, tx=tx, lr_schedule=lr_schedule,
+                          seed=config.seed),
+        in_shardings=(state_shardings, {"tokens": batch_sharding}),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+    p_eval = jax.jit(functools.partial(step_lib.eval_step, fn=fn))
+    eval_batches = loader.make_eval_batches(
+        config.data, seq_len=config.train.seq_len, batch_size=config.eval.batch_size,
+        num_batches=config.eval.num_batches)
+
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+    tokens_per_step = config.train.batch_size * config.train.seq_len
+    meta_base = {
+        "tokenizer_sha256": tok.sha256,
+        "package_version": nested_jax.__version__,
+        "git_commit": git_commit(),
+        "variant": config.model.variant,
+    }
+
+    def save(step_done: int):
+        meta = dict(meta_base, config=config.to_json_best_effort(), step=step_done,
+                    tokens_seen=step_done * tokens_per_step)
+        ckpt.save(step_done, params=state["params"],
+                  opt={"opt_state": state["opt_state"], "step": state["step"]},
+                  meta=meta, data_iter=train_iter)
+
+    summary: dict = {"start_step": start}
+    last_eval = None
+    if start == 0 and total > 0:
+        last_eval = evaluate(p_eval, state["params"], eval_batches, mesh)
+        writer.write({"step": 0, "eval_loss": last_eval})
+
+    bar = None
+    if config.logging.progress_bar and proc == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=f"train {config.model.variant}",
+                   dynamic_ncols=True)
+    pending = None  # (step, metrics on device): read after dispatching the next step
+    t_last, step_last = time.perf_counter(), start
+    last_saved = start
+
+    def flush(pending_item):
+        nonlocal t_last, step_last
+        s, m = pending_item
+        m = {k: float(v) for k, v in _host(m).items()}
+        summary["loss"] = m["loss"]
+        if s % config.train.log_every == 0 or s == total:
+            now = time.perf_counter()
+            tps = (s - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+            t_last, step_last = now, s
+            writer.write({"step": s, **m, "tokens_per_sec": tps})
+            summary["tokens_per_sec"] = tps
+            if bar is not None:
+                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
+
+    for i in range(start, total):
+        batch = next(train_iter)
+        state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
+        if pending is not None:
+            flush(pending)
+        pending = (i + 1, m)
+        if bar is not None:
+            bar.update(1)
+        s = i + 1
+        if s % config.eval.every_steps == 0 or s == total:
+            flush(pending)
+            pending = None
+            last_eval = evaluate(p_eval, state["params"], eval_batches, mesh)
+            writer.write({"step": s, "eval_loss": last_eval})
+            if bar is not None:
+                bar.write(f"step {s}: held-out loss {last_eval:.4f}")
+        if s % config.checkpoint.every_steps == 0 or s == total:
+            save(s)
+            last_saved = s
+    if pending is not None:
+        flush(pending)
+    if bar is not None:
+        bar.close()
+    if last_saved != total and total > start:
+        save(total)
+    ckpt.close()
+    writer.close()
+    if config.logging.plot and proc == 0:
+        metrics_lib.plot_loss_curve(writer.path, os.path.join(workdir, "loss_curve.png"),
+                                    title=f"{config.model.variant} on {config.data.dataset}")
+    summary.update(final_step=total, eval_loss=last_eval, vocab_size=config.model.vocab_size,
+                   ln_vocab=float(np.log(config.model.vocab_size)))
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
