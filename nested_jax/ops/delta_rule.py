@@ -1,0 +1,169 @@
+"""Delta gradient descent (DGD) with retention: chunk algebra and the linear memory.
+
+Row-vector convention, tokens are rows, one head of one sequence (callers vmap).
+Within a chunk every gradient g_t is taken at the chunk-start state ξ, so g_t is a
+constant outer product. Two kinds of matrix X (with momentum S, constant β in [0, 1)):
+
+    input side (rank-1 DGD term):   S_t = β S_{t-1} − η_t k_tᵀ d_t
+                                    X_t = (α_t I − η_t k_t k_tᵀ) X_{t-1} + S_t
+    output side (retention only):   S_t = β S_{t-1} − η_t a_tᵀ e_t
+                                    X_t = α_t X_{t-1} + S_t
+
+(k_t k_tᵀ is the [K,K] outer product of the row k_t.) β = 0 is plain DGD, S_t = −η_t g_t.
+α_t is a retention factor: 1 keeps everything (the opposite of Titans' forget gate).
+
+Chunk solution, γ_t = Π_{j≤t} α_j computed as exp of segment sums of log α (never a
+ratio of cumulative products, so nothing over/underflows for tiny α or long chunks):
+with u_t = k_t X_{t-1} the input side is X_t = α_t X_{t-1} − η_t k_tᵀ u_t + S_t, and the
+u_t solve the unit-lower-triangular C×C system (WY/UT form of a gated delta rule)
+
+    (I + L) U = diag(γ_{t-1}) K X_0 + diag(c_{t-1}) K S_0 − ((K Kᵀ) ⊙ G_{t-1,:}) D
+    L_ts = (γ_{t-1}/γ_s) η_s (k_t·k_s)  for s < t
+    G_ti = η_i Σ_{i≤s≤t} (γ_t/γ_s) β^{s-i},   c_t = Σ_{s≤t} (γ_t/γ_s) β^s
+
+    X_C = γ_C X_0 + c_C S_0 − Kᵀ diag(η_s γ_C/γ_s) U − Kᵀ diag(G_C,:) D
+    S_C = β^C S_0 − Kᵀ diag(η_i β^{C-i}) D
+(β = 0: G_ti = η_i γ_t/γ_i, c = 0, and the D terms fold into U: rhs += D.)
+The output side is the same without L and U.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from nested_jax.ops.scan import chunked_scan
+
+TINY = 1e-30  # floor for α before its log (α = 0 then means α = 1e-30)
+
+
+def log_retention(alpha):
+    """log α with α floored at TINY: finite values and gradients at α = 0."""
+    return jnp.log(jnp.maximum(alpha, TINY))
+
+
+def check_momentum(momentum: float) -> float:
+    momentum = float(momentum)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum={momentum} must be in [0, 1).")
+    return momentum
+
+
+def decays(log_alpha_C, eta_C, momentum: float = 0.0) -> dict:
+    """Decay weights of one chunk; rows t = 0..C (row 0 = chunk start), cols s = 1..C.
+
+    gamma [C+1]: γ_t.  lam [C+1,C]: η_s γ_t/γ_s (0 for s > t).
+    momentum > 0 adds G [C+1,C], c [C+1], sw [C] (η_i β^{C-i}), betaC (β^C).
+    """
+    C = log_alpha_C.shape[0]
+    la_n = jnp.concatenate([jnp.zeros((1,), log_alpha_C.dtype), log_alpha_C])
+    idx = jnp.arange(C + 1)
+    strict = idx[:, None] > idx[None, :]
+    # seg[t, s] = Σ_{s<j≤t} log α_j, summed directly (stable segment sum).
+    seg = jnp.cumsum(jnp.where(strict, jnp.broadcast_to(la_n[:, None], (C + 1, C + 1)), 0.0), 0)
+    dm = jnp.where(idx[:, None] >= idx[None, :], jnp.exp(seg), 0.0)
+    out = dict(gamma=dm[:, 0], lam=dm[:, 1:] * eta_C[None, :])
+    if momentum:
+        i = jnp.arange(C)
+        lag = i[:, None] - i[None, :]
+        pow_CxC = jnp.where(lag >= 0, momentum ** jnp.maximum(lag, 0).astype(eta_C.dtype), 0.0)
+        out["G"] = (dm[:, 1:] @ pow_CxC) * eta_C[None, :]
+        out["c"] = dm[:, 1:] @ (momentum ** (i + 1).astype(eta_C.dtype))
+        out["sw"] = eta_C * momentum ** (C - 1 - i).astype(eta_C.dtype)
+        out["betaC"] = momentum**C
+    return out
+
+
+def input_side_chunk(X0_KxH, S0_KxH, k_CxK, kX0_CxH, d_CxH, dec: dict, momentum: float):
+    """End state (X_C, S_C) of the rank-1 DGD recurrence over one chunk (module docstring)."""
+    C = k_CxK.shape[0]
+    kk_CxC = k_CxK @ k_CxK.T
+    rhs_CxH = dec["gamma"][:C, None] * kX0_CxH
+    if momentum:
+        rhs_CxH = rhs_CxH + dec["c"][:C, None] * (k_CxK @ S0_KxH) - (kk_CxC * dec["G"][:C]) @ d_CxH
+    else:
+        rhs_CxH = rhs_CxH + d_CxH
+    l_CxC = kk_CxC * dec["lam"][:C]  # strictly lower: lam[t-1, s] = 0 for s ≥ t
+    u_CxH = solve_triangular(l_CxC, rhs_CxH, lower=True, unit_diagonal=True)
+    X_KxH = dec["gamma"][C] * X0_KxH - k_CxK.T @ (dec["lam"][C][:, None] * u_CxH)
+    if momentum:
+        X_KxH = X_KxH + dec["c"][C] * S0_KxH - k_CxK.T @ (dec["G"][C][:, None] * d_CxH)
+    return X_KxH, _momentum_end(S0_KxH, k_CxK, d_CxH, dec, momentum)
+
+
+def output_side_chunk(X0_HxV, S0_HxV, a_CxH, e_CxV, dec: dict, momentum: float):
+    """End state (X_C, S_C) of the retention-only recurrence over one chunk."""
+    C = a_CxH.shape[0]
+    if momentum:
+        X_HxV = dec["gamma"][C] * X0_HxV + dec["c"][C] * S0_HxV
+        X_HxV = X_HxV - a_CxH.T @ (dec["G"][C][:, None] * e_CxV)
+    else:
+        X_HxV = dec["gamma"][C] * X0_HxV - a_CxH.T @ (dec["lam"][C][:, None] * e_CxV)
+    return X_HxV, _momentum_end(S0_HxV, a_CxH, e_CxV, dec, momentum)
+
+
+def _momentum_end(S0, left_CxK, right_CxH, dec, momentum):
+    if momentum:
+        return dec["betaC"] * S0 - left_CxK.T @ (dec["sw"][:, None] * right_CxH)
+    eta_last = dec["lam"][-1, -1]  # η_C (γ_C/γ_C = 1): β = 0 keeps S_C = −η_C g_C
+    return -eta_last * (left_CxK[-1][:, None] * right_CxH[-1][None, :])
+
+
+def _check_chunks(T: int, chunk_size: int, what: str = "chunk_size") -> int:
+    if chunk_size < 1 or T % chunk_size:
+        raise ValueError(f"sequence length T={T} must be divisible by {what}={chunk_size}.")
+    return T // chunk_size
+
+
+def dgd_linear(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV, chunk_size: int, *,
+               momentum: float = 0.0, remat_group: int = 0):
+    """Linear matrix memory with DGD + retention (paper Eq. 93, row convention), chunked.
+
+    Prediction k W; gradient at the chunk-start state W_ξ:
+        S_t = β S_{t-1} − η_t k_tᵀ (k_t W_ξ − v_t),   W_t = (α_t I − η_t k_t k_tᵀ) W_{t-1} + S_t
+    Reads use the chunk-start state: o_t = q_t W_ξ (chunk_size 1: read before write).
+    q,k [T,K], v [T,V], eta (step) and alpha (retention, 1 keeps) [T], W0,S0 [K,V].
+    S0 only matters for momentum β > 0. Returns o [T,V], (W_T, S_T).
+    """
+    T = q_TxK.shape[0]
+    n = _check_chunks(T, chunk_size)
+    momentum = check_momentum(momentum)
+
+    def step(carry, inp):
+        W_KxV, S_KxV = carry
+        q_CxK, k_CxK, v_CxV, eta_C, la_C = inp
+        kW_CxV = k_CxK @ W_KxV
+        dec = decays(la_C, eta_C, momentum)
+        new = input_side_chunk(W_KxV, S_KxV, k_CxK, kW_CxV, kW_CxV - v_CxV, dec, momentum)
+        return new, q_CxK @ W_KxV
+
+    xs = (q_TxK, k_TxK, v_TxV, eta_T, log_retention(alpha_T))
+    xs = jax.tree.map(lambda a: a.reshape((n, chunk_size) + a.shape[1:]), xs)
+    (W, S), o_NxCxV = chunked_scan(step, (W0_KxV, S0_KxV), xs, remat_group)
+    return o_NxCxV.reshape(T, -1), (W, S)
+
+
+def dgd_linear_reference(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV,
+                         chunk_size: int, *, momentum: float = 0.0):
+    """Token loop with the same semantics as `dgd_linear` (autodiff inner gradient)."""
+    T = q_TxK.shape[0]
+    _check_chunks(T, chunk_size)
+    momentum = check_momentum(momentum)
+    eye_KxK = jnp.eye(k_TxK.shape[1], dtype=W0_KxV.dtype)
+
+    def loss(W, k_K, v_V):
+        return 0.5 * jnp.sum((k_K @ W - v_V) ** 2)
+
+    def step(carry, inp):
+        W, S, W_snap = carry
+        t, q_K, k_K, v_V, eta, alpha = inp
+        W_snap = jnp.where(t % chunk_size == 0, W, W_snap)
+        g = jax.grad(loss)(W_snap, k_K, v_V)
+        S = momentum * S - eta * g
+        W = (alpha * eye_KxK - eta * jnp.outer(k_K, k_K)) @ W + S
+        return (W, S, W_snap), q_K @ W_snap
+
+    xs = (jnp.arange(T), q_TxK, k_TxK, v_TxV, eta_T, alpha_T)
+    (W, S, _), o_TxV = jax.lax.scan(step, (W0_KxV, S0_KxV, W0_KxV), xs)
+    return o_TxV, (W, S)
