@@ -1,0 +1,375 @@
+"""Titans neural memory: chunked matmul-only dual form and token-loop references.
+
+Pure functions on one head of one sequence (callers vmap; see `batched`). Semantics
+(DESIGN §2.1): inner loss ½‖M(k) − v‖², gradient at the chunk-start state, momentum
+S_t = η_t S_{t-1} − θ_t ∇, forgetting W_t = (1 − α_t) W_{t-1} + S_t, read after write
+y_t = M_t(q_t). chunk_size = 1 is the exact per-token recurrence.
+
+Inputs may be bf16: gates, states and every accumulation are float32; y comes back in
+q's dtype, end states in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nested_jax.ops.scan import chunked_scan
+
+Array = jax.Array
+F32 = jnp.float32
+LN_EPS = 1e-6
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": jax.nn.gelu,  # tanh approximation, as in TTT-MLP and paper_math App. A
+    "silu": jax.nn.silu,
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _num_chunks(T: int, chunk_size: int) -> int:
+    if chunk_size < 1 or T % chunk_size:
+        raise ValueError(
+            f"sequence length T={T} is not divisible by chunk_size={chunk_size}; "
+            "pad the sequence or pick a chunk size that divides it."
+        )
+    return T // chunk_size
+
+
+def _activation(activation: str | Callable[[Array], Array]) -> Callable[[Array], Array]:
+    if callable(activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[activation]
+
+
+def _safe_log(x: Array) -> Array:
+    """log x with log 0 = -inf and a zero (not NaN) gradient where x == 0."""
+    pos = x > 0
+    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
+
+
+def _safe_log1m(a: Array) -> Array:
+    """log(1 − a) for a in [0, 1]: -inf at a == 1 with a zero gradient there."""
+    ok = a < 1
+    return jnp.where(ok, jnp.log1p(-jnp.where(ok, a, 0.0)), -jnp.inf)
+
+
+def _segsum(x_NxC: Array) -> Array:
+    """out[n, t, i] = Σ_{i < l ≤ t} x[n, l] for i ≤ t, -inf above the diagonal.
+
+    Masked cumulative sum (no difference of cumsums: no cancellation, and -inf
+    entries of x stay -inf instead of turning into NaN).
+    """
+    C = x_NxC.shape[-1]
+    strict = jnp.tril(jnp.ones((C, C), bool), -1)
+    x_NxCxC = jnp.where(strict, x_NxC[:, :, None], 0.0)
+    cs_NxCxC = jnp.cumsum(x_NxCxC, axis=1)
+    return jnp.where(jnp.tril(jnp.ones((C, C), bool)), cs_NxCxC, -jnp.inf)
+
+
+class ChunkCoeffs(NamedTuple):
+    """Per-chunk scalars of the dual form (paper_math §1.10), all chunks at once.
+
+    G[n, t, j]: weight of token j's gradient in W_t (lower-triangular).
+    beta, f: coefficients of W0 and S0 in W_t. n: weight of token j's gradient in
+    S_C. m: coefficient of S0 in S_C.
+    """
+
+    G_NxCxC: Array
+    beta_NxC: Array
+    f_NxC: Array
+    n_NxC: Array
+    m_N: Array
+
+
+def _coeffs_log(theta_NxC: Array, eta_NxC: Array, alpha_NxC: Array) -> ChunkCoeffs:
+    """DESIGN §2.1 form: b = cumsum log(1−α), μ = cumsum log η, G = D·P·diag(θ).
+
+    Values are exact at η = 0 and α = 1; there d/dη (d/dα) of that gate is 0.
+    """
+    la_NxC, le_NxC = _safe_log1m(alpha_NxC), _safe_log(eta_NxC)
+    D_NxCxC = jnp.exp(_segsum(la_NxC))  # D[t, i] = Π_{i<l≤t} (1 − α_l)
+    P_NxCxC = jnp.exp(_segsum(le_NxC))  # P[i, j] = Π_{j<l≤i} η_l
+    mom_NxC = jnp.exp(jnp.cumsum(le_NxC, axis=1))  # Π_{l≤t} η_l
+    G_NxCxC = jnp.einsum("nti,nij->ntj", D_NxCxC, P_NxCxC) * theta_NxC[:, None, :]
+    return ChunkCoeffs(
+        G_NxCxC=G_NxCxC,
+        beta_NxC=jnp.exp(jnp.cumsum(la_NxC, axis=1)),
+        f_NxC=jnp.einsum("nti,ni->nt", D_NxCxC, mom_NxC),
+        n_NxC=theta_NxC * P_NxCxC[:, -1, :],
+        m_N=mom_NxC[:, -1],
+    )
+
+
+def _coeffs_cumulative(theta_NxC: Array, eta_NxC: Array, alpha_NxC: Array) -> ChunkCoeffs:
+    """Same coefficients from the recurrence itself, O(C²) per chunk, no exp/log.
+
+    Runs S_t = η_t S_{t-1} + e_t, W_t = (1 − α_t) W_{t-1} + S_t on coefficient rows
+    over the columns [S0, W0, token 1..C] (the Titans update applied to one-hot
+    inputs), as C sequential steps batched over every chunk. Products of gates
+    only: exact values and gradients at η = 0 and α = 1.
+    """
+    N, C = theta_NxC.shape
+    J = C + 2
+    onehot_CxJ = jnp.eye(C, J, k=2, dtype=F32)
+    S_NxJ = jnp.zeros((N, J), F32).at[:, 0].set(1.0)
+    W_NxJ = jnp.zeros((N, J), F32).at[:, 1].set(1.0)
+
+    def step(carry, x):
+        S, W = carry
+        eta_N, keep_N, e_J = x
+        S = eta_N[:, None] * S + e_J
+        W = keep_N[:, None] * W + S
+        return (S, W), W
+
+    xs = (eta_NxC.T, 1.0 - alpha_NxC.T, onehot_CxJ)
+    (S_NxJ, _), W_CxNxJ = jax.lax.scan(step, (S_NxJ, W_NxJ), xs, unroll=min(4, C))
+    W_NxCxJ = jnp.swapaxes(W_CxNxJ, 0, 1)
+    return ChunkCoeffs(
+        G_NxCxC=W_NxCxJ[:, :, 2:] * theta_NxC[:, None, :],
+        beta_NxC=W_NxCxJ[:, :, 1],
+        f_NxC=W_NxCxJ[:, :, 0],
+        n_NxC=theta_NxC * S_NxJ[:, 2:],
+        m_N=S_NxJ[:, 0],
+    )
+
+
+COEFF_METHODS = {"log": _coeffs_log, "cumulative": _coeffs_cumulative}
+
+
+def chunk_coefficients(theta_NxC, eta_NxC, alpha_NxC, method: str = "cumulative") -> ChunkCoeffs:
+    """Dual-form coefficients for every chunk; method "log" (D·P) or "cumulative"."""
+    if method not in COEFF_METHODS:
+        raise ValueError(f"unknown coefficient method {method!r}; choose from {sorted(COEFF_METHODS)}")
+    gates = [jnp.asarray(g, F32) for g in (theta_NxC, eta_NxC, alpha_NxC)]
+    return COEFF_METHODS[method](*gates)
+
+
+def _prepare(q, k, v, gates, chunk_size):
+    """Chunk views in float32: Q,K [N,C,K], V [N,C,V], coefficient inputs [N,C]."""
+    T = q.shape[0]
+    N = _num_chunks(T, chunk_size)
+    Q, K, V = (jnp.asarray(x, F32).reshape(N, chunk_size, -1) for x in (q, k, v))
+    g = [jnp.asarray(x, F32).reshape(N, chunk_size) for x in gates]
+    return Q, K, V, g
+
+
+# ----------------------------------------------------------------------- linear memory
+def titans_linear(
+    q_TxK: Array,
+    k_TxK: Array,
+    v_TxV: Array,
+    theta_T: Array,
+    eta_T: Array,
+    alpha_T: Array,
+    W0_KxV: Array,
+    S0_KxV: Array,
+    chunk_size: int,
+    remat_group: int = 0,
+    coeff_method: str = "cumulative",
+) -> tuple[Array, tuple[Array, Array]]:
+    """Linear Titans memory, chunked dual form. Returns y [T,V], (W, S) end states."""
+    Q, K, V, (th, et, al) = _prepare(q_TxK, k_TxK, v_TxV, (theta_T, eta_T, alpha_T), chunk_size)
+    co = chunk_coefficients(th, et, al, coeff_method)
+    # State-independent part of every chunk at once: ((Q Kᵀ) ⊙ G).
+    QKG_NxCxC = jnp.einsum("nck,ndk->ncd", Q, K) * co.G_NxCxC
+    xs = (Q, K, V, QKG_NxCxC, co.beta_NxC, co.f_NxC, co.G_NxCxC[:, -1, :], co.n_NxC, co.m_N)
+
+    def step(carry, x):
+        W, S = carry
+        Qc, Kc, Vc, QKG, beta, f, g_last, n, m = x
+        E_CxV = Kc @ W - Vc  # errors at the chunk-start state
+        Y_CxV = beta[:, None] * (Qc @ W) + f[:, None] * (Qc @ S) - QKG @ E_CxV
+        W_new = beta[-1] * W + f[-1] * S - Kc.T @ (g_last[:, None] * E_CxV)
+        S_new = m * S - Kc.T @ (n[:, None] * E_CxV)
+        return (W_new, S_new), Y_CxV
+
+    state0 = (jnp.asarray(W0_KxV, F32), jnp.asarray(S0_KxV, F32))
+    (W, S), Y_NxCxV = chunked_scan(step, state0, xs, remat_group)
+    return Y_NxCxV.reshape(q_TxK.shape[0], -1).astype(q_TxK.dtype), (W, S)
+
+
+def titans_linear_reference(
+    q_TxK, k_TxK, v_TxV, theta_T, eta_T, alpha_T, W0_KxV, S0_KxV, chunk_size: int
+):
+    """Token loop (lax.scan over tokens), gradients at the chunk-start state.
+
+    chunk_size = 1 is the exact per-token recurrence. Returns y [T,V], (W, S).
+    """
+
+    def predict(W, x):
+        return x @ W
+
+    def inner_grad(W, k, v):  # ∇_W ½‖kW − v‖² = kᵀ(kW − v)
+        return jnp.outer(k, k @ W - v)
+
+    return _token_loop(
+        predict, inner_grad, q_TxK, k_TxK, v_TxV, theta_T, eta_T, alpha_T,
+        W0_KxV, S0_KxV, chunk_size,
+    )
+
+
+def _token_loop(predict, inner_grad, q, k, v, theta, eta, alpha, params0, mom0, chunk_size):
+    """Shared token loop for a memory `predict(params, x_row)` with `inner_grad`."""
+    T = q.shape[0]
+    _num_chunks(T, chunk_size)
+    f32 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, F32), t)  # noqa: E731
+    params0, mom0 = f32(params0), f32(mom0)
+    xs = (*f32((q, k, v, theta, eta, alpha)), jnp.arange(T) % chunk_size == 0)
+
+    def step(carry, x):
+        p, mom, p_start = carry
+        qt, kt, vt, th, et, al, start = x
+        if chunk_size > 1:
+            p_start = jax.tree.map(lambda a, b: jnp.where(start, a, b), p, p_start)
+        else:
+            p_start = p
+        grad = inner_grad(p_start, kt, vt)
+        mom = jax.tree.map(lambda s, g: et * s - th * g, mom, grad)
+        p = jax.tree.map(lambda w, s: (1.0 - al) * w + s, p, mom)
+        return (p, mom, p_start), predict(p, qt)
+
+    (p, mom, _), y = jax.lax.scan(step, (params0, mom0, params0), xs)
+    return y.astype(q.dtype), (p, mom)
+
+
+# -------------------------------------------------------------------------- MLP memory
+def _layer_norm(x: Array, scale: Array, bias: Array) -> Array:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * scale + bias
+
+
+def _wrap(x: Array, core_out: Array, residual_norm) -> Array:
+    """Memory output from the core MLP output: plain, or x + LN(core)·scale + bias."""
+    if residual_norm is None:
+        return core_out
+    scale, bias = residual_norm
+    return x + _layer_norm(core_out, jnp.asarray(scale, F32), jnp.asarray(bias, F32))
+
+
+def titans_mlp(
+    q_TxK: Array,
+    k_TxK: Array,
+    v_TxV: Array,
+    theta_T: Array,
+    eta_T: Array,
+    alpha_T: Array,
+    params0: tuple[Array, Array],
+    mom0: tuple[Array, Array],
+    chunk_size: int,
+    activation: str | Callable[[Array], Array] = "gelu",
+    residual_norm: tuple[Array, Array] | None = None,
+    remat_group: int = 0,
+    coeff_method: str = "cumulative",
+) -> tuple[Array, tuple[tuple[Array, Array], tuple[Array, Array]]]:
+    """Two-layer MLP memory σ(x W1) W2, layer-by-layer dual form (DESIGN §2.1).
+
+    params0 = (W1 [K,F], W2 [F,V]), mom0 likewise. residual_norm = (scale [V],
+    bias [V]) makes the memory x + LN(σ(x W1) W2)·scale + bias (TTT / lucidrains
+    ResidualNorm; needs K == V) for both the inner loss and the read; the dual form
+    stays exact because every gradient is taken at the chunk-start state.
+    Returns y [T,V], ((W1, W2), (S1, S2)).
+    """
+    act = _activation(activation)
+    Q, K, V, (th, et, al) = _prepare(q_TxK, k_TxK, v_TxV, (theta_T, eta_T, alpha_T), chunk_size)
+    co = chunk_coefficients(th, et, al, coeff_method)
+    QKG_NxCxC = jnp.einsum("nck,ndk->ncd", Q, K) * co.G_NxCxC
+    xs = (Q, K, V, QKG_NxCxC, co.G_NxCxC, co.beta_NxC, co.f_NxC, co.n_NxC, co.m_N)
+
+    def step(carry, x):
+        (W1, W2), (S1, S2) = carry
+        Qc, Kc, Vc, QKG, G, beta, f, n, m = x
+        g_last = G[-1]
+        # Chunk-start forward and backward of the inner loss.
+        Z_CxF = Kc @ W1
+        A_CxF, dA_CxF = jax.jvp(act, (Z_CxF,), (jnp.ones_like(Z_CxF),))
+        O_CxV, wrap_vjp = jax.vjp(lambda o: _wrap(Kc, o, residual_norm), A_CxF @ W2)
+        (E_CxV,) = wrap_vjp(O_CxV - Vc)
+        Delta_CxF = (E_CxV @ W2.T) * dA_CxF
+        # Reads after each token's write, layer by layer.
+        Zbar_CxF = beta[:, None] * (Qc @ W1) + f[:, None] * (Qc @ S1) - QKG @ Delta_CxF
+        Abar_CxF = act(Zbar_CxF)
+        AAG_CxC = (Abar_CxF @ A_CxF.T) * G
+        Ybar_CxV = beta[:, None] * (Abar_CxF @ W2) + f[:, None] * (Abar_CxF @ S2) - AAG_CxC @ E_CxV
+        Y_CxV = _wrap(Qc, Ybar_CxV, residual_norm)
+        # End-of-chunk states.
+        W1n = beta[-1] * W1 + f[-1] * S1 - Kc.T @ (g_last[:, None] * Delta_CxF)
+        S1n = m * S1 - Kc.T @ (n[:, None] * Delta_CxF)
+        W2n = beta[-1] * W2 + f[-1] * S2 - A_CxF.T @ (g_last[:, None] * E_CxV)
+        S2n = m * S2 - A_CxF.T @ (n[:, None] * E_CxV)
+        return ((W1n, W2n), (S1n, S2n)), Y_CxV
+
+    f32 = lambda t: tuple(jnp.asarray(a, F32) for a in t)  # noqa: E731
+    (params, mom), Y_NxCxV = chunked_scan(step, (f32(params0), f32(mom0)), xs, remat_group)
+    return Y_NxCxV.reshape(q_TxK.shape[0], -1).astype(q_TxK.dtype), (params, mom)
+
+
+def titans_mlp_reference(
+    q_TxK,
+    k_TxK,
+    v_TxV,
+    theta_T,
+    eta_T,
+    alpha_T,
+    params0,
+    mom0,
+    chunk_size: int,
+    activation: str | Callable[[Array], Array] = "gelu",
+    residual_norm: tuple[Array, Array] | None = None,
+):
+    """Token loop for the MLP memory; inner gradients by autodiff (independent check)."""
+    act = _activation(activation)
+
+    def predict(p, x):
+        W1, W2 = p
+        return _wrap(x, act(x @ W1) @ W2, residual_norm)
+
+    def inner_grad(p, k, v):
+        return jax.grad(lambda p: 0.5 * jnp.sum((predict(p, k) - v) ** 2))(p)
+
+    y, (p, mom) = _token_loop(
+        predict, inner_grad, q_TxK, k_TxK, v_TxV, theta_T, eta_T, alpha_T,
+        tuple(params0), tuple(mom0), chunk_size,
+    )
+    return y, (p, mom)
+
+
+# ------------------------------------------------------------------ batching over B, H
+def batched(fn: Callable, state_has_batch: bool = False) -> Callable:
+    """Map a one-head memory fn over [B, H, T, ...] inputs.
+
+    Returned function: run(q, k, v, theta, eta, alpha, state0, state1, *,
+    per_head=None, **kwargs). q,k,v [B,H,T,·], gates [B,H,T]; the two initial
+    states have a leading H axis (trained per-head parameters, shared over the
+    batch), or [B,H,...] when state_has_batch. per_head: dict of keyword arrays
+    with a leading H axis (e.g. residual_norm=(scale_HxV, bias_HxV)); other
+    keyword arguments are static (chunk_size, remat_group, ...).
+    """
+
+    def run(q, k, v, theta, eta, alpha, state0, state1, *, per_head=None, **kwargs):
+        per_head = {} if per_head is None else per_head
+
+        def one(q, k, v, th, et, al, s0, s1, ph):
+            return fn(q, k, v, th, et, al, s0, s1, **kwargs, **ph)
+
+        over_h = jax.vmap(one, in_axes=(0,) * 9)
+        s_ax = 0 if state_has_batch else None
+        over_bh = jax.vmap(over_h, in_axes=(0,) * 6 + (s_ax, s_ax, None))
+        return over_bh(q, k, v, theta, eta, alpha, state0, state1, per_head)
+
+    return run
+
+
+def linear_flops_per_token(dk: int, dv: int, chunk_size: int) -> float:
+    """DESIGN §7: chunked linear memory ≈ 10·dk·dv + 2C(dk + dv) FLOPs / token / head."""
+    return 10.0 * dk * dv + 2.0 * chunk_size * (dk + dv)
+
+
+def mlp_flops_per_token(dk: int, dh: int, dv: int, chunk_size: int) -> float:
+    """paper_math §4.2: chunked MLP ≈ 10·dk·h + 12·h·dv + 2C(dk + 2h + dv)."""
+    return 10.0 * dk * dh + 12.0 * dh * dv + 2.0 * chunk_size * (dk + 2 * dh + dv)
+
