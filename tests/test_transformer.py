@@ -22,7 +22,7 @@ def test_causality_via_gradients(window, remat, tied):
 
     def out_at(x_emb, pos):
         model = fn.bind(params)
-        return model.logits(model.run_blocks(x_emb))[0, pos].sum()
+        return model.logits(model.run_blocks(x_emb)[0])[0, pos].sum()
 
     for pos in (0, 5, t - 2):
         g = jax.grad(out_at)(x, pos)[0]  # [T, D]

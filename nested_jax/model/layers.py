@@ -70,35 +70,79 @@ class SwiGLU(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head RoPE attention, full causal or sliding-window.
+    """Multi-head RoPE attention, full causal or sliding-window, optional persistent tokens.
 
-    `__call__(x, pos_T, cache=None)`: with a cache (dict k, v [B,S,H,K], pos [S], valid [S])
-    the queries also attend to the cached keys; returns (y, (k, v)) of the new tokens so a
-    caller can extend its cache.
+    `__call__(x, pos_T, kv=None)`: without `kv` the T tokens attend among themselves. With a
+    key/value buffer kv = {"k","v"} [B, T_max, H, K] (slot i holds absolute position i),
+    the new keys/values are written at pos_T[0] and the queries attend to every filled
+    slot; unfilled slots lie in the future and are masked by causality. Returns (y, kv).
     """
 
     def __init__(self, d: int, n_heads: int, head_dim: int, *, out_std: float, window: int = 0,
-                 rope_base: float = 10000.0, rngs: nnx.Rngs, dtype=jnp.float32):
+                 rope_base: float = 10000.0, n_persistent: int = 0, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
         self.n_heads, self.head_dim = n_heads, head_dim
-        self.window, self.rope_base = window, rope_base
+        self.window, self.rope_base, self.dtype = window, rope_base, dtype
         self.wq = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wk = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wv = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wo = Dense(n_heads * head_dim, d, std=out_std, rngs=rngs, dtype=dtype)
+        self.n_persistent = n_persistent
+        if n_persistent:
+            shape = (n_persistent, n_heads, head_dim)
+            self.persistent_k = nnx.Param(normal(rngs.params(), shape, 1.0))
+            self.persistent_v = nnx.Param(normal(rngs.params(), shape, 1.0))
 
-    def __call__(self, x_BxTxD, pos_T, cache=None):
+    def init_kv(self, batch: int, max_len: int) -> dict:
+        z = jnp.zeros((batch, max_len, self.n_heads, self.head_dim), self.dtype)
+        return {"k": z, "v": z}
+
+    def __call__(self, x_BxTxD, pos_T, kv: dict | None = None):
         b, t, _ = x_BxTxD.shape
-        split = lambda y: y.reshape(b, t, self.n_heads, self.head_dim)
+        split = lambda y: y.reshape(b, t, self.n_heads, self.head_dim)  # noqa: E731
         q = attn_ops.rope(split(self.wq(x_BxTxD)), pos_T, self.rope_base)
         k = attn_ops.rope(split(self.wk(x_BxTxD)), pos_T, self.rope_base)
         v = split(self.wv(x_BxTxD))
-        if cache is None:
-            keys, values, k_pos, k_valid = k, v, pos_T, None
+        if kv is None:
+            keys, values, k_pos = k, v, pos_T
         else:
-            keys = jnp.concatenate([cache["k"].astype(k.dtype), k], axis=1)
-            values = jnp.concatenate([cache["v"].astype(v.dtype), v], axis=1)
-            k_pos = jnp.concatenate([cache["pos"], pos_T])
-            k_valid = jnp.concatenate([cache["valid"], jnp.ones((t,), bool)])
-        mask = attn_ops.attention_mask(pos_T, k_pos, self.window, k_valid)
+            start = (0, pos_T[0], 0, 0)
+            kv = {"k": jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), start),
+                  "v": jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), start)}
+            keys, values = kv["k"].astype(k.dtype), kv["v"].astype(v.dtype)
+            k_pos = jnp.arange(keys.shape[1], dtype=pos_T.dtype)
+        mask = attn_ops.attention_mask(pos_T, k_pos, self.window)
+        if self.n_persistent:
+            pk = jnp.broadcast_to(self.persistent_k[...].astype(k.dtype)[None],
+                                  (b,) + self.persistent_k.shape)
+            pv = jnp.broadcast_to(self.persistent_v[...].astype(v.dtype)[None],
+                                  (b,) + self.persistent_v.shape)
+            keys = jnp.concatenate([pk, keys], axis=1)
+            values = jnp.concatenate([pv, values], axis=1)
+            mask = jnp.concatenate([jnp.ones((t, self.n_persistent), bool), mask], axis=1)
         out = attn_ops.causal_attention(q, keys, values, mask)
-        return self.wo(out.reshape(b, t, self.n_heads * self.head_dim)), (k, v)
+        return self.wo(out.reshape(b, t, self.n_heads * self.head_dim)), kv
+
+
+class CausalConv(nnx.Module):
+    """Causal depthwise 1-D convolution of width W over time (per channel, no bias).
+
+    `__call__(x, prev)` takes the previous W-1 inputs (zeros at the sequence start) so a
+    sequence processed in segments gives exactly the full-sequence result.
+    """
+
+    def __init__(self, channels: int, width: int, *, rngs: nnx.Rngs):
+        kernel = jnp.zeros((width, channels), jnp.float32).at[-1].set(1.0)  # starts as identity
+        kernel = kernel + normal(rngs.params(), (width, channels), 0.02)
+        self.kernel = nnx.Param(kernel)
+        self.width = width
+
+    def __call__(self, x_BxTxC, prev_BxWxC=None):
+        b, t, c = x_BxTxC.shape
+        w = self.width
+        if prev_BxWxC is None:
+            prev_BxWxC = jnp.zeros((b, w - 1, c), x_BxTxC.dtype)
+        full = jnp.concatenate([prev_BxWxC.astype(x_BxTxC.dtype), x_BxTxC], axis=1)
+        ker = self.kernel[...].astype(x_BxTxC.dtype)
+        y = sum(full[:, i : i + t, :] * ker[i][None, None, :] for i in range(w))
+        return y, full[:, t:, :]

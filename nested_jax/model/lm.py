@@ -1,4 +1,4 @@
-"""Language-model shell: embedding → L stacked blocks (scanned) → RMSNorm → tied head."""
+"""Language-model shell: embedding → L stacked blocks (lax.scan) → RMSNorm → tied head."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nested_jax.model.blocks import BLOCKS
 from nested_jax.model.layers import Dense, Embed, RMSNorm
-from nested_jax.model.transformer import TransformerBlock
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -16,9 +16,6 @@ def compute_dtype(cfg):
     if cfg.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.dtype!r}; choose one of {sorted(DTYPES)}.")
     return DTYPES[cfg.dtype]
-
-
-BLOCKS = {"transformer": TransformerBlock}
 
 
 class LM(nnx.Module):
@@ -43,28 +40,48 @@ class LM(nnx.Module):
             self.head = Dense(cfg.d_model, cfg.vocab_size, std=cfg.init_std, rngs=rngs, dtype=dtype)
         self.remat = cfg.remat
 
-    def hidden(self, tokens_BxT, pos_T=None):
-        """Final hidden states [B, T, D] (before the head)."""
-        return self.run_blocks(self.embed(tokens_BxT), pos_T)
+    # ---------------------------------------------------------------- per-sequence state
+    def init_carry(self, batch: int, max_len: int) -> dict:
+        """Per-layer state for the segment scan, stacked on a leading layer axis."""
+        graphdef, layer_state = nnx.split(self.blocks)
+        return jax.vmap(lambda st: nnx.merge(graphdef, st).init_carry(batch, max_len))(layer_state)
 
-    def run_blocks(self, x_BxTxD, pos_T=None):
-        """Blocks + final norm on given input activations (used by tests and probes)."""
+    def cms_meta(self) -> dict:
+        """CMS meta parameters, stacked over layers ({} for variants without CMS)."""
+        if not hasattr(self.blocks, "cms"):
+            return {}
+        return self.blocks.cms.meta()
+
+    # ------------------------------------------------------------------------ forward
+    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None):
+        """Blocks + final norm. Returns (h, new_carry, aux), per-layer outputs stacked."""
         if pos_T is None:
             pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
         graphdef, layer_state = nnx.split(self.blocks)
 
-        def body(x, state):
-            return nnx.merge(graphdef, state)(x, pos_T), None
+        def body(x, xs):
+            st, c, p = xs
+            x, c, aux = nnx.merge(graphdef, st)(x, pos_T, c, p)
+            return x, (c, aux)
 
         if self.remat:
             body = jax.checkpoint(body)
-        x, _ = jax.lax.scan(body, x_BxTxD, layer_state)
-        return self.final_norm(x)
+        x, (new_carry, aux) = jax.lax.scan(body, x_BxTxD, (layer_state, carry, probes))
+        return self.final_norm(x), new_carry, aux
+
+    def hidden(self, tokens_BxT, pos_T=None):
+        """Final hidden states [B, T, D] of the plain full-sequence forward."""
+        return self.run_blocks(self.embed(tokens_BxT), pos_T)[0]
 
     def logits(self, x_BxTxD):
         if self.cfg.tie_embeddings:
             return self.embed.attend(x_BxTxD)
         return self.head(x_BxTxD).astype(jnp.float32)
+
+    def segment(self, tokens_BxS, pos_S, carry, probes=None):
+        """One segment of the online scan: (logits, new_carry, aux)."""
+        h, carry, aux = self.run_blocks(self.embed(tokens_BxS), pos_S, carry, probes)
+        return self.logits(h), carry, aux
 
     def __call__(self, tokens_BxT, pos_T=None):
         return self.logits(self.hidden(tokens_BxT, pos_T))
@@ -83,6 +100,7 @@ class Functional:
 
     def __init__(self, model: nnx.Module):
         self.graphdef, self._template = nnx.split(model)
+        self.cfg = model.cfg
 
     def params(self, model: nnx.Module | None = None) -> dict:
         state = self._template if model is None else nnx.split(model)[1]

@@ -1,0 +1,190 @@
+"""Blocks of every variant (DESIGN §2.5) behind one interface:
+
+    block(x, pos_T, carry=None, probes=None) -> (x, carry, aux)
+    block.init_carry(batch, max_len) -> carry   (per-sequence state carried across segments)
+
+carry=None is the plain full-sequence forward (fresh memories, CMS meta weights). In the
+online segment scan the carry holds the attention key/value buffer ("kv"), the Titans
+or self-modifying memory state ("titans" / "selfmod") and the CMS fast deltas ("cms");
+aux["cms_inputs"] holds each CMS level's input (for its inner gradient).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nested_jax.model.cms import CMS
+from nested_jax.model.layers import Attention, RMSNorm, SwiGLU
+from nested_jax.model.selfmod import SelfModTitans
+from nested_jax.model.titans import TitansMemory
+
+
+def ffn_width(d_model: int, d_ff: int) -> int:
+    """d_ff, or the SwiGLU default 8/3·d rounded up to a multiple of 64."""
+    if d_ff > 0:
+        return d_ff
+    return int(-(-(8 * d_model // 3) // 64) * 64)
+
+
+def _get(carry, key):
+    return None if carry is None else carry.get(key)
+
+
+class _Base(nnx.Module):
+    has_attention = False
+
+    def _attention(self, cfg, out_std, rngs, dtype, n_persistent=0):
+        d, h = cfg.d_model, cfg.n_heads
+        self.attn_norm = RMSNorm(d, eps=cfg.norm_eps, dtype=dtype)
+        self.attn = Attention(d, h, cfg.head_dim or d // h, out_std=out_std,
+                              window=cfg.attention_window, rope_base=cfg.rope_base,
+                              n_persistent=n_persistent, rngs=rngs, dtype=dtype)
+        self.has_attention = True
+
+    def _cms(self, cfg, out_std, rngs, dtype):
+        c = cfg.cms
+        self.cms = CMS(cfg.d_model, tuple(c.names), c.hidden_mult * cfg.d_model,
+                       out_std=out_std, rngs=rngs, eps=cfg.norm_eps, dtype=dtype)
+
+    def _attend(self, x, pos_T, carry, new):
+        y, kv = self.attn(self.attn_norm(x), pos_T, _get(carry, "kv"))
+        if carry is not None:
+            new["kv"] = kv
+        return x + y.astype(x.dtype)
+
+    def _run_cms(self, x, carry, probes, new, aux):
+        x, inputs = self.cms(x, _get(carry, "cms"), probes)
+        if carry is not None:
+            new["cms"] = carry["cms"]
+        aux["cms_inputs"] = inputs
+        return x
+
+    def init_carry(self, batch: int, max_len: int) -> dict:
+        carry = {}
+        if self.has_attention:
+            carry["kv"] = self.attn.init_kv(batch, max_len)
+        if hasattr(self, "titans"):
+            carry["titans"] = self.titans.init_state(batch)
+        if hasattr(self, "selfmod"):
+            carry["selfmod"] = self.selfmod.init_state(batch)
+        if hasattr(self, "cms"):
+            carry["cms"] = jax.tree.map(
+                lambda m: jnp.zeros((batch,) + m.shape, jnp.float32), self.cms.meta())
+        return carry
+
+
+def _out_std(cfg):
+    return cfg.init_std / (2 * cfg.n_layers) ** 0.5
+
+
+class TransformerBlock(_Base):
+    """Transformer++: x + Attn(norm x), then x + SwiGLU(norm x)."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self._attention(cfg, _out_std(cfg), rngs, dtype)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        self.mlp = SwiGLU(cfg.d_model, ffn_width(cfg.d_model, cfg.d_ff), out_std=_out_std(cfg),
+                          rngs=rngs, dtype=dtype)
+
+    def __call__(self, x, pos_T, carry=None, probes=None):
+        new = {}
+        x = self._attend(x, pos_T, carry, new)
+        x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
+        return x, (new if carry is not None else None), {}
+
+
+class TitansBlock(_Base):
+    """Titans baseline: attention (full or sliding window, persistent tokens) and the
+    Titans neural memory as a gate (MAG) or as a layer before attention (MAL), then SwiGLU."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        t = cfg.titans
+        if t.mode not in ("mag", "mal"):
+            raise ValueError(f"model.titans.mode={t.mode!r}; choose 'mag' or 'mal'.")
+        self.mode = t.mode
+        self._attention(cfg, _out_std(cfg), rngs, dtype, n_persistent=t.persistent_tokens)
+        self.mem_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        self.titans = TitansMemory(cfg, out_std=_out_std(cfg), rngs=rngs, dtype=dtype)
+        if self.mode == "mag":
+            self.gate_norm_a = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+            self.gate_norm_m = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        self.mlp = SwiGLU(cfg.d_model, ffn_width(cfg.d_model, cfg.d_ff), out_std=_out_std(cfg),
+                          rngs=rngs, dtype=dtype)
+
+    def __call__(self, x, pos_T, carry=None, probes=None):
+        new = {}
+        if self.mode == "mal":
+            m, new["titans"] = self.titans(self.mem_norm(x), _get(carry, "titans"))
+            x = x + m.astype(x.dtype)
+            x = self._attend(x, pos_T, carry, new)
+        else:
+            h = self.attn_norm(x)
+            a, kv = self.attn(h, pos_T, _get(carry, "kv"))
+            if carry is not None:
+                new["kv"] = kv
+            m, new["titans"] = self.titans(self.mem_norm(x), _get(carry, "titans"))
+            gated = self.gate_norm_a(a) * jax.nn.sigmoid(self.gate_norm_m(m))
+            x = x + gated.astype(x.dtype)
+        x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
+        return x, (new if carry is not None else None), {}
+
+
+class HopeBlock(_Base):
+    """Paper HOPE: x + SelfModTitans(norm x), then the CMS chain."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.sm_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        self.selfmod = SelfModTitans(cfg, out_std=_out_std(cfg), rngs=rngs, dtype=dtype)
+        self._cms(cfg, _out_std(cfg), rngs, dtype)
+
+    def __call__(self, x, pos_T, carry=None, probes=None):
+        new, aux = {}, {}
+        o, new["selfmod"] = self.selfmod(self.sm_norm(x), _get(carry, "selfmod"))
+        x = x + o.astype(x.dtype)
+        x = self._run_cms(x, carry, probes, new, aux)
+        return x, (new if carry is not None else None), aux
+
+
+class HopeAttentionBlock(_Base):
+    """Paper HOPE-Attention: x + Attn(norm x), then the CMS chain."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self._attention(cfg, _out_std(cfg), rngs, dtype)
+        self._cms(cfg, _out_std(cfg), rngs, dtype)
+
+    def __call__(self, x, pos_T, carry=None, probes=None):
+        new, aux = {}, {}
+        x = self._attend(x, pos_T, carry, new)
+        x = self._run_cms(x, carry, probes, new, aux)
+        return x, (new if carry is not None else None), aux
+
+
+class HopeHybridBlock(_Base):
+    """The reproduction's default: attention → Titans memory → CMS chain (all residual)."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self._attention(cfg, _out_std(cfg), rngs, dtype)
+        self.mem_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
+        self.titans = TitansMemory(cfg, out_std=_out_std(cfg), rngs=rngs, dtype=dtype)
+        self._cms(cfg, _out_std(cfg), rngs, dtype)
+
+    def __call__(self, x, pos_T, carry=None, probes=None):
+        new, aux = {}, {}
+        x = self._attend(x, pos_T, carry, new)
+        m, new["titans"] = self.titans(self.mem_norm(x), _get(carry, "titans"))
+        x = x + m.astype(x.dtype)
+        x = self._run_cms(x, carry, probes, new, aux)
+        return x, (new if carry is not None else None), aux
+
+
+BLOCKS = {
+    "transformer": TransformerBlock,
+    "titans": TitansBlock,
+    "hope": HopeBlock,
+    "hope_attention": HopeAttentionBlock,
+    "hope_hybrid": HopeHybridBlock,
+}
+ONLINE_VARIANTS = ("hope", "hope_attention", "hope_hybrid")  # have CMS levels → online step

@@ -1,0 +1,73 @@
+"""Continuum Memory System (DESIGN §2.3): a chain of residual MLP levels with fast weights.
+
+Level ℓ: y = x + GELU(RMSNorm(x) W1) W2. Its slow (meta) parameters live here; the
+per-sequence fast state adds a stop-gradient delta per batch row, so reads use
+meta + delta and the outer gradient reaches the meta parameters through the reads.
+The updates themselves (teach signal → inner optimizer) live in `nested_jax.model.online`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nested_jax.model.layers import normal
+
+
+def level_apply(p: dict, x_BxTxD, eps: float = 1e-6, dtype=jnp.float32):
+    """One level with parameters either shared ([D], [D,F], [F,D]) or per row ([B,...])."""
+    x32 = x_BxTxD.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if p["w1"].ndim == 3:  # per-row fast weights
+        h = (x32 * inv * p["scale"][:, None, :]).astype(dtype)
+        z = jnp.einsum("btd,bdf->btf", h, p["w1"].astype(dtype))
+        y = jnp.einsum("btf,bfd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
+    else:
+        h = (x32 * inv * p["scale"][None, None, :]).astype(dtype)
+        z = jnp.einsum("btd,df->btf", h, p["w1"].astype(dtype))
+        y = jnp.einsum("btf,fd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
+    return x_BxTxD + y.astype(x_BxTxD.dtype)
+
+
+def effective(meta: dict, delta: dict | None) -> dict:
+    """meta + stop_gradient(delta) (delta has a leading batch axis)."""
+    if delta is None:
+        return meta
+    return jax.tree.map(lambda m, d: m[None] + jax.lax.stop_gradient(d), meta, delta)
+
+
+class CMS(nnx.Module):
+    """Levels in order fast → slow; `names` and `hidden` from config.model.cms."""
+
+    def __init__(self, d: int, names: tuple, hidden: int, *, out_std: float, rngs: nnx.Rngs,
+                 eps: float = 1e-6, dtype=jnp.float32):
+        self.names = tuple(names)
+        self.eps, self.dtype = eps, dtype
+        self.levels = nnx.Dict({
+            n: nnx.Dict({
+                "scale": nnx.Param(jnp.ones((d,), jnp.float32)),
+                "w1": nnx.Param(normal(rngs.params(), (d, hidden), d**-0.5)),
+                "w2": nnx.Param(normal(rngs.params(), (hidden, d), out_std)),
+            })
+            for n in self.names
+        })
+
+    def meta(self) -> dict:
+        return {n: {k: v[...] for k, v in self.levels[n].items()} for n in self.names}
+
+    def __call__(self, x_BxTxD, fast: dict | None = None, probes: dict | None = None):
+        """Returns (y, level_inputs): level_inputs[name] is that level's input (for inner grads).
+
+        `probes[name]` (zeros) is added to the level's output so that d loss / d probe is the
+        teach signal δ = ∂L/∂(level output).
+        """
+        meta = self.meta()
+        inputs = {}
+        for n in self.names:
+            inputs[n] = x_BxTxD
+            p = effective(meta[n], None if fast is None else fast[n])
+            x_BxTxD = level_apply(p, x_BxTxD, self.eps, self.dtype)
+            if probes is not None:
+                x_BxTxD = x_BxTxD + probes[n].astype(x_BxTxD.dtype)
+        return x_BxTxD, inputs

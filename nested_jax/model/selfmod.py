@@ -1,0 +1,65 @@
+"""HOPE's self-modifying Titans branch (DESIGN §2.2), per head, around ops.selfmod.
+
+x → causal conv → heads; q from a fixed (outer-trained) projection; the six residual-MLP
+memories' initial states are trained parameters; their running states (and momenta)
+are carried across segments.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nested_jax.model.layers import CausalConv, Dense, RMSNorm
+from nested_jax.ops import selfmod as sm_ops
+
+
+class SelfModTitans(nnx.Module):
+    def __init__(self, cfg, *, out_std: float, rngs: nnx.Rngs, dtype=jnp.float32):
+        s = cfg.selfmod
+        d, h = cfg.d_model, cfg.n_heads
+        k = cfg.head_dim or d // h
+        self.h, self.k, self.dtype = h, k, dtype
+        self.chunk_size, self.chunk_size_mem = s.chunk_size, s.chunk_size_mem or s.chunk_size
+        self.eta_scale, self.momentum, self.remat_group = s.eta_scale, s.momentum, s.remat_group
+        self.w_in = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
+        self.conv = CausalConv(h * k, s.conv_width, rngs=rngs)
+        self.wq = Dense(h * k, h * k, std=(h * k) ** -0.5, rngs=rngs, dtype=dtype)
+        keys = jax.random.split(rngs.params(), h)
+        per_head = [sm_ops.init_selfmod_params(kk, k, s.hidden_mult * k, alpha_init=s.alpha_init)
+                    for kk in keys]
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_head)
+        self.mems = nnx.Dict({n: nnx.Dict({p: nnx.Param(v) for p, v in m.items()})
+                              for n, m in stacked.items()})
+        self.out_norm = RMSNorm(k, dtype=dtype)
+        self.wo = Dense(h * k, d, std=out_std, rngs=rngs, dtype=dtype)
+
+    def params0(self) -> dict:
+        return {n: {p: v[...] for p, v in m.items()} for n, m in self.mems.items()}
+
+    def init_state(self, batch: int) -> dict:
+        p0 = self.params0()
+        bcast = lambda a: jnp.broadcast_to(a[None], (batch,) + a.shape)  # noqa: E731
+        mems = jax.tree.map(bcast, p0)
+        moms = {n: {"A": jnp.zeros_like(m["A"]), "B": jnp.zeros_like(m["B"])} for n, m in mems.items()}
+        conv = jnp.zeros((batch, self.conv.width - 1, self.h * self.k), self.dtype)
+        return {"mems": mems, "moms": moms, "conv": conv}
+
+    def __call__(self, x_BxTxD, state: dict | None = None):
+        b, t, _ = x_BxTxD.shape
+        if state is None:
+            state = self.init_state(b)
+        u, conv = self.conv(self.w_in(x_BxTxD), state["conv"])
+        q = self.wq(u)
+        heads = lambda a: a.reshape(b, t, self.h, self.k).transpose(0, 2, 1, 3)  # noqa: E731
+        cs, csm = min(self.chunk_size, t), min(self.chunk_size_mem, t)
+
+        def one(mems, moms, x, q):
+            return sm_ops.selfmod_titans(
+                mems, x, q, chunk_size=cs, chunk_size_mem=csm, eta_scale=self.eta_scale,
+                momentum=self.momentum, mom0=moms, remat_group=self.remat_group)
+
+        y, (mems, moms) = jax.vmap(jax.vmap(one))(state["mems"], state["moms"], heads(u), heads(q))
+        y = self.out_norm(y.transpose(0, 2, 1, 3)).reshape(b, t, self.h * self.k)
+        return self.wo(y), {"mems": mems, "moms": moms, "conv": conv}

@@ -1,0 +1,98 @@
+"""Titans neural-memory branch (DESIGN §2.1): projections → causal conv → SiLU → ℓ2 (q, k)
+→ per-token, per-head gates θ, η, α → chunked memory (linear or 2-layer MLP) → output.
+
+The memory's initial state (W0, or W1/W2 for the MLP) is a trained parameter; its running
+state is carried across segments in `state` so online training sees one long memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nested_jax.model.layers import CausalConv, Dense, RMSNorm, normal
+from nested_jax.ops import memory as mem_ops
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def l2norm(x, eps=1e-6):
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps)).astype(x.dtype)
+
+
+class TitansMemory(nnx.Module):
+    def __init__(self, cfg, *, out_std: float, rngs: nnx.Rngs, dtype=jnp.float32):
+        t = cfg.titans
+        d, h = cfg.d_model, cfg.n_heads
+        k = cfg.head_dim or d // h
+        self.h, self.k, self.dtype = h, k, dtype
+        self.kind, self.chunk_size = t.memory, t.chunk_size
+        self.theta_max, self.remat_group = t.theta_max, t.remat_group
+        self.wq = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
+        self.wk = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
+        self.wv = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
+        self.conv_q = CausalConv(h * k, t.conv_width, rngs=rngs)
+        self.conv_k = CausalConv(h * k, t.conv_width, rngs=rngs)
+        self.conv_v = CausalConv(h * k, t.conv_width, rngs=rngs)
+        self.w_gates = Dense(d, 3 * h, std=0.1 * d**-0.5, rngs=rngs, dtype=jnp.float32)
+        # Biases: θ ≈ theta_init·theta_max, η ≈ eta_init, α (forgetting) ≈ alpha_init.
+        bias = jnp.concatenate([
+            jnp.full((h,), _logit(t.theta_init)), jnp.full((h,), _logit(t.eta_init)),
+            jnp.full((h,), _logit(t.alpha_init))])
+        self.gate_bias = nnx.Param(bias.astype(jnp.float32))
+        if self.kind == "linear":
+            self.w0 = nnx.Param(jnp.zeros((h, k, k), jnp.float32))
+        elif self.kind == "mlp":
+            f = t.hidden_mult * k
+            self.w1 = nnx.Param(normal(rngs.params(), (h, k, f), k**-0.5))
+            self.w2 = nnx.Param(normal(rngs.params(), (h, f, k), 0.1 * f**-0.5))
+        else:
+            raise ValueError(f"model.titans.memory={self.kind!r}; choose 'linear' or 'mlp'.")
+        self.out_norm = RMSNorm(k, dtype=dtype)
+        self.wo = Dense(h * k, d, std=out_std, rngs=rngs, dtype=dtype)
+
+    def init_state(self, batch: int) -> dict:
+        bcast = lambda a: jnp.broadcast_to(a[None], (batch,) + a.shape)  # noqa: E731
+        if self.kind == "linear":
+            w = (bcast(self.w0[...]),)
+        else:
+            w = (bcast(self.w1[...]), bcast(self.w2[...]))
+        conv = jnp.zeros((batch, self.conv_q.width - 1, self.h * self.k), self.dtype)
+        return {"w": w, "s": jax.tree.map(jnp.zeros_like, w),
+                "conv_q": conv, "conv_k": conv, "conv_v": conv}
+
+    def __call__(self, x_BxTxD, state: dict | None = None):
+        b, t, _ = x_BxTxD.shape
+        if state is None:
+            state = self.init_state(b)
+        q, cq = self.conv_q(self.wq(x_BxTxD), state["conv_q"])
+        k, ck = self.conv_k(self.wk(x_BxTxD), state["conv_k"])
+        v, cv = self.conv_v(self.wv(x_BxTxD), state["conv_v"])
+        heads = lambda a: a.reshape(b, t, self.h, self.k).transpose(0, 2, 1, 3)  # noqa: E731
+        q = l2norm(jax.nn.silu(heads(q)))
+        k = l2norm(jax.nn.silu(heads(k)))
+        v = jax.nn.silu(heads(v))
+        logits = self.w_gates(x_BxTxD.astype(jnp.float32)) + self.gate_bias[...][None, None, :]
+        g = jax.nn.sigmoid(logits).reshape(b, t, 3, self.h).transpose(2, 0, 3, 1)  # [3,B,H,T]
+        theta, eta, alpha = self.theta_max * g[0], g[1], g[2]
+        chunk = min(self.chunk_size, t)
+        if self.kind == "linear":
+            run = mem_ops.batched(mem_ops.titans_linear, state_has_batch=True)
+            y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"][0], state["s"][0],
+                            chunk_size=chunk, remat_group=self.remat_group)
+            w, s = (w,), (s,)
+        else:
+            def one(q, k, v, th, et, al, w, s):
+                return mem_ops.titans_mlp(q, k, v, th, et, al, w, s, chunk,
+                                          remat_group=self.remat_group)
+            run = jax.vmap(jax.vmap(one))
+            y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"], state["s"])
+        y = self.out_norm(y.transpose(0, 2, 1, 3)).reshape(b, t, self.h * self.k)
+        new_state = {"w": tuple(w), "s": tuple(s), "conv_q": cq, "conv_k": ck, "conv_v": cv}
+        return self.wo(y), new_state

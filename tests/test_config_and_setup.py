@@ -1,0 +1,95 @@
+"""Config system and set-up: presets load, unknown keys and a wrong Python are clear errors."""
+
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location("cfg_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))))
+def test_every_preset_loads_with_required_groups(path):
+    if os.path.basename(path).startswith("__"):
+        return
+    c = _load(path)
+    for group in ("model", "data", "train", "optim", "checkpoint", "eval", "mesh", "logging"):
+        assert group in c, f"{path} lacks group {group}"
+    assert "variant" in c.model and "every_steps" in c.checkpoint and "data" in c.mesh
+    for key in ("steps", "batch_size", "seq_len"):
+        assert key in c.train
+
+
+def test_every_default_field_has_a_comment():
+    src = open(os.path.join(REPO, "configs", "default.py")).read()
+    for line in src.splitlines():
+        s = line.strip()
+        if s.startswith(("c.", "m.", "t.", "o.", "k.", "e.", "lg.")) and "=" in s \
+                and "ConfigDict()" not in s:
+            assert "#" in s, f"config field without a comment: {s}"
+
+
+def _run_train(*args):
+    return subprocess.run([sys.executable, "-m", "nested_jax.train", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    r = _run_train("--config", "configs/smoke.py", "--workdir", str(tmp_path),
+                   "--config.train.stepz=5")
+    assert r.returncode == 2
+    assert "unknown config key 'train.stepz'" in r.stderr
+    assert 'Did you mean "steps"' in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not os.listdir(tmp_path), "nothing may be written on a config error"
+
+
+def test_bad_value_type_is_a_clear_error(tmp_path):
+    r = _run_train("--config", "configs/smoke.py", "--workdir", str(tmp_path),
+                   "--config.train.steps=abc")
+    assert r.returncode == 2 and "train.steps=abc" in r.stderr and "Traceback" not in r.stderr
+
+
+def _old_python():
+    for cand in ["python3.11", "python3.10", *sorted(glob.glob(os.path.expanduser(
+            "~/.pyenv/versions/3.1[01]*/bin/python3")))]:
+        path = shutil.which(cand) or (cand if os.path.exists(cand) else None)
+        if path:
+            out = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] < (3, 12))"],
+                                 capture_output=True, text=True)
+            if out.stdout.strip() == "True":
+                return path
+    return None
+
+
+def test_wrong_python_is_a_clear_error():
+    py = _old_python()
+    if py is None:
+        pytest.skip("no Python < 3.12 on this machine")
+    r = subprocess.run([py, "-c", "import nested_jax"], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": REPO})
+    assert r.returncode != 0
+    assert "needs Python >= 3.12" in r.stderr and "launch/setup.sh" in r.stderr
+
+
+def test_setup_script_refuses_an_old_python(tmp_path):
+    py = _old_python()
+    if py is None:
+        pytest.skip("no Python < 3.12 on this machine")
+    r = subprocess.run(["bash", os.path.join(REPO, "launch", "setup.sh")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHON": py, "VENV": str(tmp_path / "v")},
+                       timeout=120)
+    assert r.returncode == 1
+    assert "not a working Python >= 3.12" in r.stderr
+    assert not (tmp_path / "v").exists()
