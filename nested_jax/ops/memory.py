@@ -65,9 +65,9 @@ def _segsum(x_NxC: Array) -> Array:
     """
     C = x_NxC.shape[-1]
     strict = jnp.tril(jnp.ones((C, C), bool), -1)
-    x_NxCxC = jnp.where(strict, x_NxC[:, :, None], 0.0)
+    x_NxCxC = jnp.where(strict[None], x_NxC[:, :, None], 0.0)
     cs_NxCxC = jnp.cumsum(x_NxCxC, axis=1)
-    return jnp.where(jnp.tril(jnp.ones((C, C), bool)), cs_NxCxC, -jnp.inf)
+    return jnp.where(jnp.tril(jnp.ones((1, C, C), bool)), cs_NxCxC, -jnp.inf)
 
 
 class ChunkCoeffs(NamedTuple):
@@ -121,7 +121,7 @@ def _coeffs_cumulative(theta_NxC: Array, eta_NxC: Array, alpha_NxC: Array) -> Ch
     def step(carry, x):
         S, W = carry
         eta_N, keep_N, e_J = x
-        S = eta_N[:, None] * S + e_J
+        S = eta_N[:, None] * S + e_J[None, :]
         W = keep_N[:, None] * W + S
         return (S, W), W
 
@@ -247,8 +247,9 @@ def _wrap(x: Array, core_out: Array, residual_norm) -> Array:
     """Memory output from the core MLP output: plain, or x + LN(core)·scale + bias."""
     if residual_norm is None:
         return core_out
-    scale, bias = residual_norm
-    return x + _layer_norm(core_out, jnp.asarray(scale, F32), jnp.asarray(bias, F32))
+    shape = (1,) * (core_out.ndim - 1) + (-1,)
+    scale, bias = (jnp.asarray(a, F32).reshape(shape) for a in residual_norm)
+    return x + _layer_norm(core_out, scale, bias)
 
 
 def titans_mlp(
