@@ -161,3 +161,13 @@ def test_wikitext_split_by_article():
 def test_missing_vendored_file_is_clear():
     with pytest.raises(FileNotFoundError, match="git checkout"):
         assets.data_path("novels100/missing.jsonl.xz")
+
+
+def test_english_filter():
+    from nested_jax.data.text import is_english
+    assert all(is_english(t) for t in ENGLISH)
+    for foreign in ["Der schnelle braune Fuchs springt über den faulen Hund, und die Katze ist nicht da.",
+                    "Le renard brun rapide saute par-dessus le chien paresseux et il est dans la maison.",
+                    "El zorro marrón rápido salta sobre el perro perezoso y no está en la casa.",
+                    "Ἀθῆναι καὶ Ῥώμη εἰσὶ πόλεις μεγάλαι.", "12345 67890 + - * /"]:
+        assert not is_english(foreign), foreign
