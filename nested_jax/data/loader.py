@@ -163,6 +163,13 @@ def _windows(root: Path, stats: dict, domain: str, split: str, seq_len: int) -> 
     return WindowSource(packing.shard_paths(root, stats, domain, split), seq_len, name=f"{root}: {domain}/{split}")
 
 
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; outside `absl.app.run` mark them parsed (defaults)."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def _as_example(tokens: np.ndarray) -> dict:
     return {"tokens": tokens}
 
@@ -192,6 +199,7 @@ def make_train_iterator(data_cfg, *, seq_len: int, batch_size: int, seed: int,
     opts = grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=data_cfg.prefetch_buffer)
     it_ds = ds.to_iter_dataset(read_options=opts)
     if data_cfg.num_workers > 0:
+        _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
     return iter(it_ds)
 

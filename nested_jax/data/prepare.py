@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 from tqdm import tqdm
@@ -66,7 +67,7 @@ def prepare(manifest: Manifest, out_dir: str | os.PathLike, *, tokenizer: str | 
     shard_rows = shard_rows or manifest.shard_rows
     threads = threads or os.cpu_count() or 1
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
 
