@@ -126,7 +126,7 @@ def _coeffs_cumulative(theta_NxC: Array, eta_NxC: Array, alpha_NxC: Array) -> Ch
         return (S, W), W
 
     xs = (eta_NxC.T, 1.0 - alpha_NxC.T, onehot_CxJ)
-    (S_NxJ, _), W_CxNxJ = jax.lax.scan(step, (S_NxJ, W_NxJ), xs, unroll=min(4, C))
+    (S_NxJ, _), W_CxNxJ = jax.lax.scan(step, (S_NxJ, W_NxJ), xs, unroll=1)
     W_NxCxJ = jnp.swapaxes(W_CxNxJ, 0, 1)
     return ChunkCoeffs(
         G_NxCxC=W_NxCxJ[:, :, 2:] * theta_NxC[:, None, :],
