@@ -90,7 +90,8 @@ def linear_cases(cfg):
     cases = {("token_loop", 1): memory.batched(functools.partial(memory.titans_linear_reference, chunk_size=1))}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = memory.batched(
-            functools.partial(memory.titans_linear, chunk_size=C, remat_group=cfg.get("remat_group", 0))
+            functools.partial(memory.titans_linear, chunk_size=C, remat_group=cfg["remat_group"],
+                              coeff_method=cfg["coeff_method"])
         )
     flops = lambda C: memory.linear_flops_per_token(DK, DV, C)  # noqa: E731
     state_bytes = lambda C: 16.0 * DK * DV / C  # noqa: E731  DESIGN §7, fp32 W and S
@@ -104,7 +105,8 @@ def mlp_cases(cfg):
     cases = {("token_loop", 1): memory.batched(functools.partial(memory.titans_mlp_reference, chunk_size=1))}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = memory.batched(
-            functools.partial(memory.titans_mlp, chunk_size=C, remat_group=cfg.get("remat_group", 0))
+            functools.partial(memory.titans_mlp, chunk_size=C, remat_group=cfg["remat_group"],
+                              coeff_method=cfg["coeff_method"])
         )
     P = hidden * (DK + DV)
     flops = lambda C: memory.mlp_flops_per_token(DK, hidden, DV, C)  # noqa: E731
@@ -155,7 +157,8 @@ def bench_memory(name, cfg, budget_s, peak_flops, mem_limit) -> list[dict[str, A
         todo[(impl, C, "fwd_bwd")] = (_grad_all(fn), args)
     for key, res in common.compile_many(todo).items():
         impl, C, mode = key
-        row = dict(memory=name, impl=impl, chunk_size=C, mode=mode, B=B, H=H, T=T, dk=DK, dv=DV)
+        row = dict(memory=name, impl=impl, chunk_size=C, mode=mode, B=B, H=H, T=T, dk=DK, dv=DV,
+                   remat_group=cfg["remat_group"], coeff_method=cfg["coeff_method"])
         rows.append(row)
         if isinstance(res, Exception):  # report, keep benchmarking the rest
             row["error"] = f"compile failed: {type(res).__name__}: {str(res)[:200]}"
@@ -256,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--memories", default="linear,mlp,hope", help="comma list of linear,mlp,hope")
     parser.add_argument("--chunks", default=None, help="override the preset's chunk sizes, e.g. 16,64")
     parser.add_argument("--remat-group", type=int, default=0, help="chunks per remat group (0 = off)")
+    parser.add_argument("--coeff-method", default="auto", choices=("auto", "cumulative", "log"),
+                        help="how titans_* build the C×C coefficient matrix")
     ns = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -267,7 +272,7 @@ def main(argv=None):
     print(f"dense matmul {peak['n']}^3 {peak['dtype']}: {peak['flops_per_sec'] / 1e9:.1f} GFLOP/s")
     rows = []
     for name in ns.memories.split(","):
-        cfg = dict(preset[name], remat_group=ns.remat_group)
+        cfg = dict(preset[name], remat_group=ns.remat_group, coeff_method=ns.coeff_method)
         if ns.chunks:
             cfg["chunks"] = tuple(int(c) for c in ns.chunks.split(","))
         try:
