@@ -28,6 +28,48 @@ def get_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     m.remat = False  # gradient checkpointing per block (saves activation memory)
 
+    m.titans = tt = ml_collections.ConfigDict()  # Titans memory (variants titans, hope_hybrid)
+    tt.mode = "mag"  # titans variant only: "mag" (memory gates attention) | "mal" (memory layer first)
+    tt.memory = "mlp"  # "linear" (matrix W) | "mlp" (two-layer σ(kW1)W2, deep memory)
+    tt.hidden_mult = 4  # MLP memory hidden width = hidden_mult × head dim
+    tt.chunk_size = 16  # tokens per chunk of the chunked dual form (gradients at chunk start)
+    tt.theta_max = 1.0  # step size θ = theta_max · sigmoid(·)
+    tt.theta_init = 0.1  # initial θ / theta_max (via the gate bias)
+    tt.eta_init = 0.5  # initial momentum decay η
+    tt.alpha_init = 0.01  # initial forgetting α (0 keeps everything)
+    tt.conv_width = 4  # causal depthwise conv on q, k, v
+    tt.persistent_tokens = 0  # learnable key/value tokens every query sees (titans variant)
+    tt.remat_group = 0  # chunks per rematerialised group in the memory scan (0 = off)
+
+    m.selfmod = sm = ml_collections.ConfigDict()  # self-modifying Titans (variant hope)
+    sm.chunk_size = 8  # chunk of the k, v, q, η, α memories (reads at chunk-start state)
+    sm.chunk_size_mem = 32  # chunk of the output memory M_mem (0 = same as chunk_size)
+    sm.eta_scale = 0.01  # η_t = eta_scale · softplus(M_η(x_t)); ≥ 0.1 diverges on long sequences
+    sm.alpha_init = 0.99  # initial retention α (1 keeps everything)
+    sm.momentum = 0.0  # Titans-style momentum on the DGD gradient term (0 = off)
+    sm.hidden_mult = 1  # residual-MLP memory hidden width = hidden_mult × head dim
+    sm.conv_width = 4  # causal depthwise conv on the memory input
+    sm.remat_group = 0  # chunks per rematerialised group (0 = off)
+
+    m.cms = cm = ml_collections.ConfigDict()  # Continuum Memory System (hope* variants)
+    cm.names = ("fast", "mid", "slow", "ultra")  # levels, applied in this order
+    cm.periods = (128, 512, 1024, 2048)  # tokens between updates of each level (multiples of segment_len)
+    cm.optimizers = ("precond", "precond", "precond", "precond")  # inner optimizer: precond | momentum
+    cm.lrs = (3e-4, 3e-4, 3e-4, 3e-4)  # inner learning rate per level
+    cm.beta = 0.9  # inner momentum
+    cm.beta2 = 0.999  # inner second-moment decay (precond)
+    cm.hidden_mult = 4  # level MLP hidden width = hidden_mult × d_model
+
+    m.online = on = ml_collections.ConfigDict()  # online training (hope* variants)
+    on.segment_len = 128  # tokens per segment of the online scan (divides seq_len and CMS periods)
+    on.teach_scale = 0.1  # teach-signal scale s (after the schedule)
+    on.teach_clip = 5.0  # per-token clip of ‖s·δ‖ (0 = off)
+    on.teach_warmup_steps = 0  # linear warm-up of s over this many optimizer steps
+    on.teach_decay_start = 0  # step at which s starts decaying linearly to 0 (0 = never)
+    on.teach_decay_duration = 0  # steps of that decay
+    on.surprise_threshold = 0.0  # skip a level update if the mean clipped ‖δ‖ of its period is below
+    on.reset = "per_sequence"  # fast state: "per_sequence" (fresh each sequence) | "never" (streaming)
+
     c.data = default_data_config()  # dataset, tokenizer, cache; see nested_jax/data/config.py
 
     c.train = t = ml_collections.ConfigDict()

@@ -1,4 +1,7 @@
-"""Smoke preset: a tiny Transformer++ on the vendored novels; a few minutes on a CPU."""
+"""Smoke preset: a tiny model on the vendored novels; a few minutes on a CPU.
+
+Any variant: --config.model.variant=transformer|titans|hope|hope_attention|hope_hybrid.
+"""
 
 from configs import default
 
@@ -8,6 +11,14 @@ def get_config():
     c.model.d_model = 128
     c.model.n_layers = 2
     c.model.n_heads = 4
+    c.model.titans.chunk_size = 16
+    c.model.selfmod.chunk_size = 8
+    c.model.selfmod.chunk_size_mem = 32
+    c.model.online.segment_len = 32  # 4 segments per 128-token sequence
+    c.model.cms.names = ("fast", "mid", "slow")
+    c.model.cms.periods = (32, 64, 128)  # updates per sequence: 4, 2, 1
+    c.model.cms.optimizers = ("precond", "precond", "precond")
+    c.model.cms.lrs = (1e-3, 1e-3, 1e-3)
     c.data.tokenizer = "novels_2k"  # small shipped SentencePiece vocabulary
     c.train.steps = 300
     c.train.batch_size = 16

@@ -37,10 +37,10 @@ def _host(tree):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def evaluate(eval_fn, params, batches, mesh) -> float:
+def evaluate(eval_fn, params, batches, mesh, step) -> float:
     tot, n = 0.0, 0.0
     for b in batches:
-        s, c = eval_fn(params, mesh_lib.global_batch(b, mesh))
+        s, c = eval_fn(params, mesh_lib.global_batch(b, mesh), step)
         tot, n = tot + float(s), n + float(c)
     return tot / max(n, 1.0)
 
@@ -135,7 +135,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     summary: dict = {"start_step": start}
     last_eval = None
     if start == 0 and total > 0:
-        last_eval = evaluate(p_eval, state["params"], eval_batches, mesh)
+        last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
         writer.write({"step": 0, "eval_loss": last_eval})
 
     bar = None
@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if s % config.eval.every_steps == 0 or s == total:
             flush(pending)
             pending = None
-            last_eval = evaluate(p_eval, state["params"], eval_batches, mesh)
+            last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
             writer.write({"step": s, "eval_loss": last_eval})
             if bar is not None:
                 bar.write(f"step {s}: held-out loss {last_eval:.4f}")

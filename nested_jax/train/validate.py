@@ -28,6 +28,16 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
     head_dim = m.head_dim or m.d_model // m.n_heads
     if head_dim % 2:
         raise ConfigError(f"head dim {head_dim} must be even for RoPE; change model.n_heads or model.head_dim.")
+    from nested_jax.model.blocks import BLOCKS, ONLINE_VARIANTS
+    from nested_jax.model.online import OnlineConfigError, check_online_config
+
+    if m.variant not in BLOCKS:
+        raise ConfigError(f"model.variant={m.variant!r} is unknown; choose one of {sorted(BLOCKS)}.")
+    if m.variant in ONLINE_VARIANTS:
+        try:
+            check_online_config(m, config.train.seq_len)
+        except OnlineConfigError as e:
+            raise ConfigError(str(e)) from None
     t = config.train
     for name in ("steps", "batch_size", "seq_len", "log_every"):
         if getattr(t, name) <= 0 and not (name == "steps" and t.steps == 0):

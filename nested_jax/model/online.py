@@ -1,0 +1,199 @@
+"""Online training and test-time memorisation: a scan over segments of the sequence
+(DESIGN §2.4, §2.6). Lives under model/ so evaluation can use it without importing train.
+
+Per segment: forward with the current fast state (attention sees earlier segments through
+the key/value buffer in the carry), per-token CE, the teach signal δ = ∂(Σ segment CE)/∂
+(each CMS level's output) from one inner `jax.vjp`, scaled and clipped per token; each
+level's inner gradient Jᵀδ̃ accumulates per batch row, and levels whose period ends with
+this segment take one step of their own Optax inner optimizer on their fast delta.
+Writes are stop-gradient for the outer loss; reads carry the outer gradient to the meta
+parameters. Titans / self-modifying memories run inside the forward (differentiable).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nested_jax.model.cms import level_apply
+from nested_jax.ops.losses import token_cross_entropy
+from nested_jax.ops.teach import scale_and_clip, teach_scale_at
+
+
+class OnlineConfigError(ValueError):
+    pass
+
+
+def inner_optimizer(kind: str, lr: float, beta: float, beta2: float, eps: float = 1e-8):
+    """A CMS level's inner optimizer: 'momentum' (SGD + momentum) or 'precond' (Adam-like:
+    g / (sqrt(EMA g²) + eps), then EMA momentum, as the reproduction's DeepMomentum)."""
+    if kind == "momentum":
+        return optax.sgd(lr, momentum=beta)
+    if kind == "precond":
+        return optax.chain(
+            optax.scale_by_rms(decay=beta2, eps=eps, eps_in_sqrt=False, bias_correction=False),
+            optax.ema(beta, debias=False),
+            optax.scale(-lr),
+        )
+    raise OnlineConfigError(f"CMS optimizer {kind!r} is unknown; choose 'momentum' or 'precond'.")
+
+
+def level_optimizers(cms_cfg) -> dict:
+    names, n = tuple(cms_cfg.names), len(cms_cfg.names)
+    for field in ("periods", "optimizers", "lrs"):
+        if len(tuple(getattr(cms_cfg, field))) != n:
+            raise OnlineConfigError(
+                f"model.cms.{field} has {len(tuple(getattr(cms_cfg, field)))} entries but "
+                f"model.cms.names has {n}; give one per level.")
+    return {nm: inner_optimizer(kind, lr, cms_cfg.beta, cms_cfg.beta2)
+            for nm, kind, lr in zip(names, cms_cfg.optimizers, cms_cfg.lrs)}
+
+
+def check_online_config(cfg, seq_len: int) -> None:
+    """Segment length must divide the sequence and every CMS period (DESIGN §2.4)."""
+    s = cfg.online.segment_len
+    if s <= 0 or seq_len % s:
+        raise OnlineConfigError(
+            f"model.online.segment_len={s} must be positive and divide the sequence length "
+            f"{seq_len}; e.g. --config.model.online.segment_len={_divisor(seq_len, s)}.")
+    for name, p in zip(cfg.cms.names, cfg.cms.periods):
+        if p < s or p % s:
+            raise OnlineConfigError(
+                f"CMS level {name!r} has period {p} tokens, which is not a multiple of "
+                f"model.online.segment_len={s}. Fix: make every period in model.cms.periods "
+                f"a multiple of the segment length (or lower segment_len).")
+    if cfg.online.reset not in ("per_sequence", "never"):
+        raise OnlineConfigError(
+            f"model.online.reset={cfg.online.reset!r}; choose 'per_sequence' or 'never'.")
+    level_optimizers(cfg.cms)
+
+
+def _divisor(n: int, near: int) -> int:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divs, key=lambda d: abs(d - max(near, 1)))
+
+
+def init_fast(model, cfg, batch: int, seq_len: int) -> dict:
+    """Fresh per-sequence state: model carry (kv, memories, CMS deltas) + inner optimizer
+    state, gradient accumulators and a token counter for the CMS cadence."""
+    carry = model.init_carry(batch, seq_len)
+    txs = level_optimizers(cfg.cms)
+    opt = {n: jax.vmap(jax.vmap(txs[n].init))(carry["cms"][n]) for n in cfg.cms.names}
+    acc = jax.tree.map(jnp.zeros_like, carry["cms"])
+    surprise = {n: jnp.zeros(carry["cms"][n]["w1"].shape[:2], jnp.float32) for n in cfg.cms.names}
+    return {"carry": carry, "opt": opt, "acc": acc, "surprise": surprise,
+            "tokens": jnp.zeros((), jnp.int32)}
+
+
+def _persisting(fast: dict, fresh: dict) -> dict:
+    """Streaming (reset='never'): keep memories and CMS state, restart the kv buffer."""
+    carry = dict(fast["carry"])
+    if "kv" in fresh["carry"]:
+        carry["kv"] = fresh["carry"]["kv"]
+    return {**fast, "carry": carry}
+
+
+def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: dict | None = None,
+                   mask_BxT=None, teach_scale=None):
+    """Run the segment scan. Returns (mean loss, aux) with aux = {"ce": [B,T], "fast": final
+    state, "metrics": {...}}. `fast` (optional) continues from a given state instead of a
+    fresh one; `update=False` reads with the state but never writes CMS levels.
+    `teach_scale` overrides the scheduled scale (used by memorisation)."""
+    model = fn.bind(params)
+    cfg = fn.cfg
+    b, t1 = tokens_BxT1.shape
+    t = t1 - 1
+    check_online_config(cfg, t)
+    s = cfg.online.segment_len
+    n_seg = t // s
+    names = tuple(cfg.cms.names)
+    periods = dict(zip(names, cfg.cms.periods))
+    txs = level_optimizers(cfg.cms)
+    o = cfg.online
+    scale = teach_scale_at(step, o.teach_scale, o.teach_warmup_steps, o.teach_decay_start,
+                           o.teach_decay_duration) if teach_scale is None else teach_scale
+    fresh = init_fast(model, cfg, b, t)
+    state0 = fresh if fast is None else _persisting(fast, fresh)
+    meta = jax.lax.stop_gradient(model.cms_meta())
+    if mask_BxT is None:
+        mask_BxT = jnp.ones((b, t), jnp.float32)
+    seg = lambda a: a.reshape(b, n_seg, s).swapaxes(0, 1)  # noqa: E731
+    xs = (seg(tokens_BxT1[:, :-1]), seg(tokens_BxT1[:, 1:]), seg(mask_BxT.astype(jnp.float32)),
+          jnp.arange(n_seg))
+    n_layers = cfg.n_layers
+
+    def body(state, x):
+        tok_in, tgt, m, i = x
+        pos = (i * s + jnp.arange(s)).astype(jnp.int32)
+        carry = state["carry"]
+
+        def f(probes):
+            logits, new_carry, aux = model.segment(tok_in, pos, carry, probes)
+            ce = token_cross_entropy(logits, tgt) * m
+            return ce.sum(), (ce, new_carry, aux)
+
+        if not update:
+            _, (ce, new_carry, _) = f(None)
+            new_carry = {**new_carry, "cms": carry["cms"]}
+            return {**state, "carry": new_carry}, (ce, {})
+        probes0 = {n: jnp.zeros((n_layers, b, s, cfg.d_model), jnp.float32) for n in names}
+        _, vjp_fn, (ce, new_carry, aux) = jax.vjp(f, probes0, has_aux=True)
+        (deltas,) = vjp_fn(jnp.ones((), jnp.float32))
+        deltas = jax.lax.stop_gradient(deltas)
+        tokens_after = state["tokens"] + (i + 1) * s
+        cms_delta, opt, acc, surprise = {}, {}, {}, {}
+        seg_metrics = {}
+        for n in names:
+            d_tilde = scale_and_clip(deltas[n], scale, o.teach_clip)  # [L,B,S,D]
+            x_in = jax.lax.stop_gradient(aux["cms_inputs"][n])
+            eff = jax.tree.map(lambda mm, dd: mm[:, None] + dd, meta[n], carry["cms"][n])
+
+            def level_grad(eff_l, x_l, d_l):
+                _, vjp_l = jax.vjp(lambda p: level_apply(p, x_l, cfg.norm_eps), eff_l)
+                return vjp_l(d_l.astype(x_l.dtype))[0]
+
+            g = jax.vmap(level_grad)(eff, x_in, d_tilde)  # per-row grads [L,B,...]
+            acc_n = jax.tree.map(jnp.add, state["acc"][n], g)
+            tok_norm = jnp.sqrt(jnp.sum(d_tilde * d_tilde, -1))  # [L,B,S]
+            surp_n = state["surprise"][n] + tok_norm.sum(-1)
+            due = (tokens_after % periods[n]) == 0
+            mean_surprise = surp_n / periods[n]
+            gate = mean_surprise >= o.surprise_threshold  # [L,B]
+            upd, new_opt = jax.vmap(jax.vmap(txs[n].update))(acc_n, state["opt"][n], carry["cms"][n])
+            apply = due & gate
+            pick = lambda new, old: jnp.where(  # noqa: E731
+                apply.reshape(apply.shape + (1,) * (new.ndim - 2)), new, old)
+            cms_delta[n] = jax.tree.map(lambda dd, u: pick(dd + u, dd), carry["cms"][n], upd)
+            opt[n] = jax.tree.map(pick, new_opt, state["opt"][n])
+            acc[n] = jax.tree.map(lambda a: jnp.where(due, jnp.zeros_like(a), a), acc_n)
+            surprise[n] = jnp.where(due, 0.0, surp_n)
+            seg_metrics[n] = apply.astype(jnp.float32).mean(-1)  # [L] updates this segment
+        new_carry = {**new_carry, "cms": cms_delta}
+        new_state = {"carry": new_carry, "opt": opt, "acc": acc, "surprise": surprise,
+                     "tokens": state["tokens"]}
+        return new_state, (ce, seg_metrics)
+
+    state, (ce_NxBxS, seg_metrics) = jax.lax.scan(body, state0, xs)
+    state = {**state, "tokens": state["tokens"] + t}
+    ce_BxT = ce_NxBxS.swapaxes(0, 1).reshape(b, t)
+    loss = ce_BxT.sum() / jnp.maximum(mask_BxT.sum(), 1.0)
+    metrics = {"teach_scale": jnp.asarray(scale, jnp.float32)}
+    for n, per_seg in seg_metrics.items():
+        counts = per_seg.sum(0)  # [L]
+        for layer in range(n_layers):
+            metrics[f"cms/{layer}/{n}/updates"] = counts[layer]
+    return loss, {"ce": ce_BxT, "fast": state, "metrics": metrics}
+
+
+def memorize(fn, params, prompt_BxT1, *, steps: int = 1, fast: dict | None = None,
+             reset: bool = True, mask_BxT=None, teach_scale=None, step=0):
+    """Test-time memorisation (DESIGN §2.6): replay the prompt `steps` times through the
+    online scan (teach signal from the prompt's own next-token loss) and return the new
+    fast state. reset=True starts from a fresh state; otherwise continues from `fast`."""
+    state = None if reset else fast
+    for _ in range(steps):
+        _, aux = online_forward(fn, params, prompt_BxT1, step=step, update=True, fast=state,
+                                mask_BxT=mask_BxT, teach_scale=teach_scale)
+        state = aux["fast"]
+    return state
