@@ -280,8 +280,8 @@ def titans_mlp(
     mom0: tuple[Array, Array],
     chunk_size: int,
     activation: str | Callable[[Array], Array] = "gelu",
-    residual_norm: tuple[Array, Array] | None = None,
     remat_group: int = 0,
+    residual_norm: tuple[Array, Array] | None = None,
     coeff_method: str = "auto",
 ) -> tuple[Array, tuple[tuple[Array, Array], tuple[Array, Array]]]:
     """Two-layer MLP memory σ(x W1) W2, layer-by-layer dual form (DESIGN §2.1).
