@@ -79,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.log_every = 10  # write a metrics.jsonl record every this many steps
 
     c.optim = o = ml_collections.ConfigDict()
-    o.name = "adamw"  # outer optimizer: adamw
+    o.name = "adamw"  # outer optimizer: adamw | muon (2-D weights; AdamW for the rest)
     o.lr = 3e-4  # peak learning rate
     o.warmup_steps = 500  # linear warm-up from 0 to lr
     o.schedule = "cosine"  # cosine | constant (after warm-up)
@@ -89,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     o.eps = 1e-8  # Adam epsilon
     o.weight_decay = 0.1  # decoupled weight decay (not applied to norms and 1-D params)
     o.grad_clip = 1.0  # global-norm gradient clipping; 0 disables
+    o.momentum = 0.95  # Muon momentum
+    o.adam_lr = 0.0  # Muon only: AdamW learning rate for non-matrix params (0 = same as lr)
 
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 1000  # save every this many steps (and always at the end)

@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -17,6 +16,7 @@ import nested_jax
 from nested_jax.checkpoint import Checkpointer
 from nested_jax.data import loader
 from nested_jax.model.lm import abstract_model, build_model
+from nested_jax.model.online import init_fast
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import metrics as metrics_lib
 from nested_jax.train import optim, step as step_lib
@@ -70,8 +70,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     rep = mesh_lib.replicated(mesh)
 
     def init_state():
-        params = nnx.to_pure_dict(nnx.split(build_model(config.model, config.seed))[1])
-        return step_lib.init_train_state(params, tx)
+        model = build_model(config.model, config.seed)
+        params = nnx.to_pure_dict(nnx.split(model)[1])
+        fast = None
+        if step_lib.streams(config.model):  # streaming fast state lives in the train state
+            fast = step_lib.strip_kv(init_fast(model, config.model, config.train.batch_size,
+                                               config.train.seq_len))
+        return step_lib.init_train_state(params, tx, fast)
 
     abstract_state = jax.eval_shape(init_state)
     state_shardings = jax.tree.map(lambda _: rep, abstract_state)
@@ -95,9 +100,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
             abstract_state, state_shardings)
         got = ckpt.restore(start, params=abstract["params"],
                            opt={"opt_state": abstract["opt_state"], "step": abstract["step"]},
-                           data_iter=train_iter)
+                           fast=abstract.get("fast"), data_iter=train_iter)
         state = {"params": got["params"], "opt_state": got["opt"]["opt_state"],
                  "step": got["opt"]["step"]}
+        if "fast" in abstract:
+            state["fast"] = got["fast"]
         print(f"[nested_jax] resumed from step {start} in {ckpt.directory}", flush=True)
 
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -130,7 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     tokens_seen=step_done * tokens_per_step)
         ckpt.save(step_done, params=state["params"],
                   opt={"opt_state": state["opt_state"], "step": state["step"]},
-                  meta=meta, data_iter=train_iter)
+                  fast=state.get("fast"), meta=meta, data_iter=train_iter)
 
     summary: dict = {"start_step": start}
     last_eval = None

@@ -29,13 +29,44 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+
+
+def muon_eligible(path, leaf) -> bool:
+    """Muon only for linear maps: Dense kernels and CMS level matrices. Embeddings, norms,
+    biases, gate biases, conv kernels and memories' initial states go to AdamW (the
+    reproduction crashed when Muon met conv weights)."""
+    names = _path_names(path)
+    if leaf.ndim < 2 or any("conv" in n for n in names) or "embed" in names:
+        return False
+    return names[-1] == "kernel" or ("cms" in names and names[-1] in ("w1", "w2"))
+
+
+def muon_dims(params):
+    """Per-leaf MuonDimensionNumbers (last two axes = the matrix; leading axes, e.g. the
+    stacked layer axis, are batch axes), None for AdamW leaves."""
+    from optax.contrib import MuonDimensionNumbers
+
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: MuonDimensionNumbers(x.ndim - 2, x.ndim - 1) if muon_eligible(p, x) else None,
+        params)
+
+
 def build_optimizer(o, total_steps: int) -> optax.GradientTransformation:
     lr = schedule(o, total_steps)
     if o.name == "adamw":
         tx = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                          mask=decay_mask)
+    elif o.name == "muon":
+        from optax.contrib import muon
+
+        adam_lr = schedule(o.replace(lr=o.adam_lr), total_steps) if o.adam_lr > 0 else lr
+        tx = muon(lr, beta=o.momentum, weight_decay=o.weight_decay, adam_b1=o.b1, adam_b2=o.b2,
+                  adam_weight_decay=o.weight_decay, adam_learning_rate=adam_lr,
+                  muon_weight_dimension_numbers=muon_dims)
     else:
-        raise ValueError(f"optim.name={o.name!r} is unknown; choose 'adamw'.")
+        raise ValueError(f"optim.name={o.name!r} is unknown; choose 'adamw' or 'muon'.")
     if o.grad_clip and o.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
     return tx

@@ -11,14 +11,25 @@ from nested_jax.model.online import online_forward
 from nested_jax.ops.losses import token_cross_entropy
 
 
-def token_losses(fn, params, tokens_BxT1, step):
-    """Per-token CE [B, T] and metrics: the online segment scan for variants with CMS
-    levels (DESIGN §2.4), the plain full-sequence forward otherwise."""
+def token_losses(fn, params, tokens_BxT1, step, fast=None):
+    """Per-token CE [B, T], metrics and the final fast state: the online segment scan for
+    variants with CMS levels (DESIGN §2.4), the plain full-sequence forward otherwise.
+    `fast` continues a streaming fast state (model.online.reset = "never")."""
     if fn.cfg.variant in ONLINE_VARIANTS:
-        _, aux = online_forward(fn, params, tokens_BxT1, step=step)
-        return aux["ce"], aux["metrics"]
+        _, aux = online_forward(fn, params, tokens_BxT1, step=step, fast=fast)
+        return aux["ce"], aux["metrics"], strip_kv(aux["fast"])
     logits = fn.bind(params)(tokens_BxT1[:, :-1])
-    return token_cross_entropy(logits, tokens_BxT1[:, 1:]), {}
+    return token_cross_entropy(logits, tokens_BxT1[:, 1:]), {}, None
+
+
+def strip_kv(fast):
+    """The attention buffer is per sequence; streaming keeps everything else."""
+    carry = {k: v for k, v in fast["carry"].items() if k != "kv"}
+    return {**fast, "carry": carry}
+
+
+def streams(cfg) -> bool:
+    return cfg.variant in ONLINE_VARIANTS and cfg.online.reset == "never"
 
 
 def lm_loss(fn, params, tokens_BxT1, step=0):
@@ -26,8 +37,11 @@ def lm_loss(fn, params, tokens_BxT1, step=0):
     return token_losses(fn, params, tokens_BxT1, step)[0].mean()
 
 
-def init_train_state(params, tx) -> dict:
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+def init_train_state(params, tx, fast=None) -> dict:
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if fast is not None:
+        state["fast"] = fast
+    return state
 
 
 def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, seed: int):
@@ -37,18 +51,22 @@ def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, seed: int):
     del rng  # no stochastic layers yet; kept so restarts stay reproducible when added
 
     def loss_fn(p):
-        ce, metrics = token_losses(fn, p, batch["tokens"], step)
-        return ce.mean(), metrics
+        ce, metrics, fast = token_losses(fn, p, batch["tokens"], step, state.get("fast"))
+        return ce.mean(), (metrics, fast)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, (metrics, fast)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": lr_schedule(step)}
-    return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
+    new_state = {"params": params, "opt_state": opt_state, "step": step + 1}
+    if "fast" in state:
+        new_state["fast"] = jax.lax.stop_gradient(fast)
+    return new_state, metrics
 
 
 def eval_step(params, tokens_BxT1, step, *, fn):
-    """Sum of token losses and token count of one batch (summed over batches by the caller)."""
-    ce, _ = token_losses(fn, params, tokens_BxT1, step)
+    """Sum of token losses and token count of one batch (summed over batches by the caller).
+    Online variants run their online algorithm from a fresh fast state."""
+    ce, _, _ = token_losses(fn, params, tokens_BxT1, step)
     return ce.sum(), jnp.asarray(ce.size, jnp.float32)
