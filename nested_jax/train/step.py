@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -44,17 +46,29 @@ def init_train_state(params, tx, fast=None) -> dict:
     return state
 
 
-def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, seed: int):
-    """One optimizer update. Randomness (if any) derives from fold_in(seed, step)."""
+def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn):
+    """((mean loss, (metrics, final fast state)), grads) of one batch. Data parallelism
+    (nested_jax.train.parallel) runs this per device inside shard_map."""
+
+    def loss_fn(p):
+        ce, metrics, new_fast = token_losses(fn, p, tokens_BxT1, step, fast)
+        return ce.mean(), (metrics, new_fast)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, seed: int, grad_fn=None):
+    """One optimizer update. Randomness (if any) derives from fold_in(seed, step).
+    `grad_fn` (same contract as `loss_and_grads`) replaces the gradient computation, e.g.
+    by its shard_map data-parallel form; the optimizer update stays global (GSPMD)."""
     step = state["step"]
     rng = jax.random.fold_in(jax.random.key(seed), step)
     del rng  # no stochastic layers yet; kept so restarts stay reproducible when added
 
-    def loss_fn(p):
-        ce, metrics, fast = token_losses(fn, p, batch["tokens"], step, state.get("fast"))
-        return ce.mean(), (metrics, fast)
-
-    (loss, (metrics, fast)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if grad_fn is None:
+        grad_fn = functools.partial(loss_and_grads, fn=fn)
+    (loss, (metrics, fast)), grads = grad_fn(state["params"], batch["tokens"], step,
+                                             state.get("fast"))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
