@@ -103,11 +103,14 @@ def time_interleaved(
     min_rounds: int = 3,
     max_rounds: int = 20,
     budget_s: float = 5.0,
+    min_case_s: float = 0.05,
 ) -> dict[str, dict[str, float]]:
     """Round-robin timing of already-compiled `cases` {name: (fn, args)}.
 
     One warm-up call each, then rounds until `min_rounds` are done and either the
-    time budget or `max_rounds` is spent. Returns {name: {min, median, rounds}}.
+    time budget or `max_rounds` is spent; in each round a case repeats until it has
+    run `min_case_s` (so cheap cases get many samples). Returns {name: {min, median,
+    samples}} over all calls.
     """
     for fn, args in cases.values():
         jax.block_until_ready(fn(*args))
@@ -115,26 +118,36 @@ def time_interleaved(
     t_start = time.perf_counter()
     for r in range(max_rounds):
         for name, (fn, args) in cases.items():
-            times[name].append(run_once(fn, *args))
+            spent = 0.0
+            while spent < min_case_s or spent == 0.0:
+                dt = run_once(fn, *args)
+                times[name].append(dt)
+                spent += dt
         if r + 1 >= min_rounds and time.perf_counter() - t_start > budget_s:
             break
     return {
-        n: {"min": min(ts), "median": statistics.median(ts), "rounds": len(ts)}
+        n: {"min": min(ts), "median": statistics.median(ts), "samples": len(ts)}
         for n, ts in times.items()
     }
 
 
-def matmul_peak_flops(n: int | None = None, dtype=jnp.float32, reps: int = 5) -> dict[str, Any]:
-    """Dense-matmul FLOP/s of this machine, measured now: best of `reps` n×n @ n×n."""
+def matmul_case(n: int | None = None, dtype=jnp.float32) -> tuple[Callable, tuple, float]:
+    """(jitted n×n @ n×n, its operands, its FLOPs) to time next to other cases."""
     if n is None:
-        n = 2048 if jax.default_backend() == "cpu" else 8192
+        n = 1024 if jax.default_backend() == "cpu" else 8192
     key_a, key_b = jax.random.split(jax.random.key(0))
     a = jax.random.normal(key_a, (n, n), dtype)
     b = jax.random.normal(key_b, (n, n), dtype)
-    mm = jax.jit(jnp.matmul)
-    jax.block_until_ready(mm(a, b))
-    best = min(run_once(mm, a, b) for _ in range(reps))
-    return {"n": n, "dtype": jnp.dtype(dtype).name, "seconds": best, "flops_per_sec": 2.0 * n**3 / best}
+    return jax.jit(jnp.matmul), (a, b), 2.0 * n**3
+
+
+def matmul_peak_flops(n: int | None = None, dtype=jnp.float32, reps: int = 5) -> dict[str, Any]:
+    """Dense-matmul FLOP/s of this machine, measured now: best of `reps` n×n @ n×n."""
+    mm, args, flops = matmul_case(n, dtype)
+    jax.block_until_ready(mm(*args))
+    best = min(run_once(mm, *args) for _ in range(reps))
+    return {"n": args[0].shape[0], "dtype": jnp.dtype(dtype).name, "seconds": best,
+            "flops_per_sec": flops / best}
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
