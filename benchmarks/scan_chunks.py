@@ -8,10 +8,12 @@ reference (chunk_size 1, jitted and vmapped over B, H exactly like the chunked
 function) and the chunked dual form at several chunk sizes, forward and
 forward+backward (gradient wrt every input and initial state), all in one process so
 speed-ups are measured on the same machine in the same run. Timings are the minimum
-(and median) over interleaved rounds (wall clock); speed-ups are given from both. FLOPs come from the per-token formulas (DESIGN
-§7, paper_math §4.2 and §4.5; forward+backward counted as 3× forward), compared with
-a dense matmul timed in the same run. Writes a table to stdout, DIR/results.json
-(one row per case) and DIR/scan_chunks.png.
+(and median) over interleaved rounds (wall clock); speed-ups are given from both.
+FLOPs come from the per-token formulas (DESIGN §7, paper_math §4.2 and §4.5;
+forward+backward counted as 3× forward), compared with the best dense matmul timed in
+the same run. Peak memory: device `memory_stats()` where the backend has it, else the
+compiled executable's memory analysis. Writes a table to stdout, DIR/results.json
+(one row per case), DIR/meta.json and DIR/scan_chunks.png.
 """
 
 from __future__ import annotations
