@@ -146,10 +146,14 @@ def dgd_linear(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV, chunk_size: 
 
 def dgd_linear_reference(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV,
                          chunk_size: int, *, momentum: float = 0.0):
-    """Token loop with the same semantics as `dgd_linear` (autodiff inner gradient)."""
+    """Token loop with the same semantics as `dgd_linear` (autodiff inner gradient).
+
+    chunk_size and momentum may be traced scalars (validated only as Python numbers).
+    """
     T = q_TxK.shape[0]
-    _check_chunks(T, chunk_size)
-    momentum = check_momentum(momentum)
+    if isinstance(chunk_size, int) and isinstance(momentum, (int, float)):
+        _check_chunks(T, chunk_size)
+        momentum = check_momentum(momentum)
     eye_KxK = jnp.eye(k_TxK.shape[1], dtype=W0_KxV.dtype)
 
     def loss(W, k_K, v_V):
