@@ -1,0 +1,298 @@
+"""python -m nested_jax.eval <command> --checkpoint DIR [--step N] --output FILE.json ...
+
+Commands: zeroshot, niah, passkey, continual, report. Each writes one JSON file (run
+header + metrics); niah/passkey/continual also write a PNG next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from nested_jax.eval.errors import EvalError
+
+EXAMPLES = """examples:
+  python -m nested_jax.eval zeroshot --checkpoint runs/x --tasks piqa,arc_easy --limit 200 --output out/zs.json
+  python -m nested_jax.eval niah --checkpoint runs/x --max-length 8192 --samples 4 --output out/niah.json
+  python -m nested_jax.eval passkey --checkpoint runs/x --lengths 2048,4096 --memorize --output out/pk.json
+  python -m nested_jax.eval continual --checkpoints runs/x@1000 runs/x@2000 --output out/curve.json
+  python -m nested_jax.eval continual --checkpoint runs/x --steps-per-phase 100 --output out/seq.json
+  python -m nested_jax.eval report --inputs out/zs_a.json out/zs_b.json --output out/table.md
+"""
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    if checkpoint:
+        p.add_argument("--checkpoint", required=True,
+                       help="training workdir (or its checkpoints/ folder)")
+        p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--output", required=True, help="JSON file to write")
+    p.add_argument("--tokenizer", default=None,
+                   help="override the tokenizer (.model path); its sha256 must match the checkpoint")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per scoring batch")
+    p.add_argument("--batch-tokens", type=int, default=32768,
+                   help="cap on rows × padded length per batch (long inputs use fewer rows)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    g = p.add_argument_group("test-time memorisation (DESIGN §2.6; HOPE variants only)")
+    g.add_argument("--memorize", action="store_true",
+                   help="memorise each prompt into the fast state, then score with it")
+    g.add_argument("--memorize-steps", type=int, default=1, help="passes over each prompt")
+    g.add_argument("--memorize-no-reset", action="store_true",
+                   help="carry the fast state across items instead of a fresh one per item")
+    g.add_argument("--memorize-use-correct-answer", action="store_true",
+                   help="memorise the prompt followed by the correct answer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m nested_jax.eval", description=__doc__,
+                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="command")
+
+    z = sub.add_parser("zeroshot", help="multiple-choice tasks (acc, acc_norm)")
+    _common(z)
+    z.add_argument("--tasks", default="all", help="'all' or a comma list: piqa,hellaswag,"
+                   "winogrande,arc_easy,arc_challenge,boolq,siqa,commonsenseqa,openbookqa")
+    z.add_argument("--limit", type=int, default=0, help="first N items per task (0 = all)")
+    z.add_argument("--max-length", type=int, default=0,
+                   help="tokens per scored sequence, longer contexts cut on the left "
+                        "(0 = the checkpoint's train.seq_len)")
+    z.add_argument("--pad-to-max-length", action="store_true",
+                   help="pad every batch to --max-length (one compiled shape; no buckets)")
+
+    for name, helptext in (("niah", "needle in a haystack"), ("passkey", "passkey retrieval")):
+        n = sub.add_parser(name, help=f"{helptext} at true token lengths (heatmap PNG)")
+        _common(n)
+        n.add_argument("--lengths", type=_ints, default=None,
+                       help="prompt lengths in model tokens (default 2048,...,65536)")
+        n.add_argument("--max-length", type=int, default=65536, help="drop longer lengths")
+        n.add_argument("--depths", type=_ints, default=None,
+                       help="needle depths in percent (default 0,25,50,75,100)")
+        n.add_argument("--samples", type=int, default=4, help="prompts per (length, depth)")
+        n.add_argument("--distractors", type=int, default=4, help="wrong keys ranked against the key")
+
+    c = sub.add_parser("continual", help="forgetting curve (--checkpoints) or sequential "
+                       "training through domains (--checkpoint --steps-per-phase)")
+    _common(c, checkpoint=False)
+    c.add_argument("--checkpoints", nargs="+", default=None,
+                   help="(a) checkpoints to compare, each DIR or DIR@STEP, in order")
+    c.add_argument("--all-steps", action="store_true",
+                   help="(a) with one --checkpoints DIR: every saved step of it")
+    c.add_argument("--checkpoint", default=None, help="(b) start of sequential training")
+    c.add_argument("--step", type=int, default=None, help="(b) its step (default: latest)")
+    c.add_argument("--domains", default="novels,wikipedia,math,code", help="domains to score")
+    c.add_argument("--phases", default=None, help="(b) training order (default: --domains)")
+    c.add_argument("--steps-per-phase", type=int, default=0, help="(b) optimizer steps per phase")
+    c.add_argument("--train-batch-size", type=int, default=8, help="(b) sequences per step")
+    c.add_argument("--lr", type=float, default=1e-4, help="(b) AdamW learning rate (constant)")
+    c.add_argument("--weight-decay", type=float, default=0.0, help="(b) AdamW weight decay")
+    c.add_argument("--windows", type=int, default=16, help="eval windows per domain")
+    c.add_argument("--seq-len", type=int, default=0, help="window length (0 = train.seq_len)")
+
+    r = sub.add_parser("report", help="markdown table comparing eval JSON files")
+    r.add_argument("--inputs", nargs="+", required=True, help="JSON files of eval runs")
+    r.add_argument("--output", required=True, help="markdown file to write")
+    return ap
+
+
+def _memo(a):
+    from nested_jax.eval.memo import MemoOptions
+
+    if a.memorize_steps < 1:
+        raise EvalError(f"--memorize-steps={a.memorize_steps}; it must be ≥ 1.")
+    return MemoOptions(enabled=a.memorize, steps=a.memorize_steps, reset=not a.memorize_no_reset,
+                       use_correct_answer=a.memorize_use_correct_answer)
+
+
+def _load(path, step, tokenizer):
+    from nested_jax.eval import models, restore
+
+    loaded = restore.load(path, step, tokenizer=tokenizer)
+    return loaded, models.from_loaded(loaded)
+
+
+def _base(cmd, argv, loaded, a, seeds=None) -> dict:
+    from nested_jax.eval import output
+
+    doc = output.header(cmd, argv, seeds=seeds)
+    if loaded is not None:
+        doc["checkpoint"] = output.checkpoint_info(loaded)
+        doc["config"] = loaded.summary()
+    doc["memorize"] = _memo(a).to_json() if hasattr(a, "memorize") else None
+    return doc
+
+
+def cmd_zeroshot(a, argv) -> dict:
+    from nested_jax.eval import tasks, zeroshot
+
+    names = tasks.parse_tasks(a.tasks)
+    loaded, model = _load(a.checkpoint, a.step, a.tokenizer)
+    max_len = a.max_length or int(loaded.cfg.train.seq_len)
+    doc = _base("zeroshot", argv, loaded, a, seeds={"seed": a.seed, "note": "deterministic"})
+    fixed = -(-max_len // model.granule) * model.granule if a.pad_to_max_length else None
+    doc["settings"] = {"tasks": names, "limit": a.limit, "max_length": max_len,
+                       "prefix": "EOS (document start)", "batch_size": a.batch_size}
+    doc["metrics"] = zeroshot.run(model, loaded.tokenizer, task_names=names, limit=a.limit,
+                                  max_len=max_len, batch_size=a.batch_size,
+                                  batch_tokens=a.batch_tokens, memo=_memo(a),
+                                  progress=not a.no_progress, fixed_len=fixed)
+    return doc
+
+
+def cmd_needle(a, argv) -> dict:
+    from nested_jax.eval import niah, output
+
+    lengths = a.lengths or list(niah.DEFAULT_LENGTHS)
+    depths = a.depths or list(niah.DEFAULT_DEPTHS)
+    kept = [L for L in lengths if L <= a.max_length]
+    if not kept:
+        raise EvalError(f"every length in {lengths} exceeds --max-length {a.max_length}. Fix: "
+                        "raise --max-length or pass shorter --lengths.")
+    bad = [d for d in depths if not 0 <= d <= 100]
+    if bad or a.samples < 1 or a.distractors < 0:
+        raise EvalError(f"bad sweep: depths {bad} must be in 0..100, --samples ≥ 1, "
+                        "--distractors ≥ 0.")
+    loaded, model = _load(a.checkpoint, a.step, a.tokenizer)
+    doc = _base(a.command, argv, loaded, a, seeds={"seed": a.seed})
+    doc["settings"] = {"lengths": kept, "dropped_lengths": [L for L in lengths if L not in kept],
+                       "depths": depths, "samples": a.samples, "distractors": a.distractors,
+                       "train_seq_len": int(loaded.cfg.train.seq_len)}
+    doc["metrics"] = niah.run(model, loaded.tokenizer, task=a.command, lengths=kept,
+                              depths=depths, samples=a.samples, seed=a.seed,
+                              distractors=a.distractors, batch_size=a.batch_size,
+                              batch_tokens=a.batch_tokens, memo=_memo(a),
+                              progress=not a.no_progress)
+    png = output.png_path(a.output)
+    niah.plot_heatmap(doc["metrics"], png,
+                      f"{a.command}: {loaded.cfg.model.variant} @ step {loaded.step}")
+    doc["plot"] = png
+    return doc
+
+
+def _split_at(spec: str) -> tuple[str, int | None]:
+    if "@" in spec:
+        path, step = spec.rsplit("@", 1)
+        try:
+            return path, int(step)
+        except ValueError:
+            raise EvalError(f"bad checkpoint spec {spec!r}; write DIR or DIR@STEP.") from None
+    return spec, None
+
+
+def cmd_continual(a, argv) -> dict:
+    from nested_jax.eval import continual, domains, output, restore
+
+    names = domains.parse_domains(a.domains)
+    memo = _memo(a)
+    png = output.png_path(a.output)
+    if a.checkpoints and a.checkpoint:
+        raise EvalError("give either --checkpoints A B C (forgetting curve) or --checkpoint A "
+                        "--steps-per-phase N (sequential training), not both.")
+    if a.checkpoints:
+        specs = [_split_at(s) for s in a.checkpoints]
+        if a.all_steps:
+            if len(specs) != 1:
+                raise EvalError("--all-steps takes exactly one --checkpoints DIR.")
+            ck = restore.open_checkpointer(specs[0][0])
+            specs = [(specs[0][0], s) for s in ck.all_steps()]
+            ck.manager.close()
+        entries, sets_by_tok, first = [], {}, None
+        doc = _base("continual", argv, None, a, seeds={"seed": a.seed})
+        for path, step in specs:
+            loaded, model = _load(path, step, a.tokenizer)
+            first = first or loaded
+            seq_len = a.seq_len or int(first.cfg.train.seq_len)
+            continual._check_len(model, seq_len)
+            key = loaded.tokenizer.sha256
+            if key not in sets_by_tok:
+                sets_by_tok[key] = continual.eval_sets(loaded.tokenizer, names, seq_len, a.windows)
+            from nested_jax.eval.memo import Memorizer
+
+            scores = continual.score_domains(model, sets_by_tok[key], batch_size=a.batch_size,
+                                             memo=memo, mem=Memorizer(model, memo))
+            entries.append({"path": path, "step": loaded.step,
+                            "variant": loaded.cfg.model.variant, "domains": scores})
+            output.say(f"{path}@{loaded.step}: " + ", ".join(
+                f"{d} CE {s['ce']:.3f}" for d, s in scores.items()))
+        doc["checkpoint"] = output.checkpoint_info(first)
+        doc["config"] = first.summary()
+        doc["settings"] = {"mode": "forgetting_curve", "domains": names, "windows": a.windows,
+                           "seq_len": seq_len}
+        doc["metrics"] = continual.forgetting_curve(entries, names)
+        continual.plot_curve(doc["metrics"], png, "CE per domain across checkpoints")
+        doc["plot"] = png
+        return doc
+    if not a.checkpoint:
+        raise EvalError("continual needs --checkpoints A B C (forgetting curve) or --checkpoint A "
+                        "--steps-per-phase N (sequential training through the domains).")
+    if a.steps_per_phase < 1:
+        raise EvalError("sequential training needs --steps-per-phase N (N ≥ 1). Fix: e.g. "
+                        "--steps-per-phase 100; or pass --checkpoints for a forgetting curve.")
+    phases = domains.parse_domains(a.phases) if a.phases else names
+    loaded, model = _load(a.checkpoint, a.step, a.tokenizer)
+    seq_len = a.seq_len or int(loaded.cfg.train.seq_len)
+    doc = _base("continual", argv, loaded, a, seeds={"seed": a.seed})
+    doc["settings"] = {"mode": "sequential", "phases": phases, "domains": names,
+                       "steps_per_phase": a.steps_per_phase, "train_batch_size": a.train_batch_size,
+                       "lr": a.lr, "weight_decay": a.weight_decay, "optimizer": "adamw+clip1.0",
+                       "windows": a.windows, "seq_len": seq_len}
+    doc["metrics"] = continual.sequential(
+        model, loaded.fn, loaded.params, loaded.tokenizer, phases=phases, names=names,
+        seq_len=seq_len, windows=a.windows, steps_per_phase=a.steps_per_phase,
+        train_batch_size=a.train_batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed,
+        start_step=loaded.step, batch_size=a.batch_size, memo=memo, progress=not a.no_progress)
+    continual.plot_sequential(doc["metrics"], png,
+                              f"sequential training: {loaded.cfg.model.variant}")
+    doc["plot"] = png
+    return doc
+
+
+def cmd_report(a, argv) -> None:
+    from nested_jax.eval import report
+
+    text = report.markdown(report.load_runs(a.inputs))
+    path = os.path.abspath(a.output)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+COMMANDS = {"zeroshot": cmd_zeroshot, "niah": cmd_needle, "passkey": cmd_needle,
+            "continual": cmd_continual}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax INFO/WARNING lines
+    try:
+        if a.command == "report":
+            cmd_report(a, argv)
+            return 0
+        from nested_jax.eval import output
+
+        t0 = time.perf_counter()
+        doc = COMMANDS[a.command](a, argv)
+        doc["timing_s"] = round(time.perf_counter() - t0, 3)
+        path = output.write_json(a.output, doc)
+        output.say(f"wrote {path}" + (f" and {doc['plot']}" if doc.get("plot") else ""))
+        return 0
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""What the harnesses score with: per-token log-probs (and argmax) of a batch of sequences.
+
+Two kinds, one interface (`run`, `memorize`, `granule`, `can_memorize`):
+  PlainLM   full-sequence forward (transformer, titans, or any logits function: tests).
+  OnlineLM  the online segment scan of HOPE variants (`online_forward`): baseline scores
+            with updates on (the model's own algorithm, fresh state per row), memorised
+            scores read with a given fast state (`update=False`).
+
+Fast states put the batch on axis 1 of every leaf (axis 0 is the layer); `expand_fast`
+repeats a one-row state over the rows of a batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.online import online_forward
+from nested_jax.ops.losses import token_cross_entropy
+
+
+class PlainLM:
+    """apply_fn(params, tokens_BxT) -> logits [B, T, V]; no fast state."""
+
+    can_memorize = False
+    granule = 1  # sequence lengths need no rounding
+
+    def __init__(self, apply_fn, params=None, name: str = "plain"):
+        self.params, self.name = params, name
+
+        def run(params, tokens_BxT1):
+            logits = apply_fn(params, tokens_BxT1[:, :-1])
+            logp_BxT = -token_cross_entropy(logits, tokens_BxT1[:, 1:])
+            return logp_BxT, jnp.argmax(logits, -1).astype(jnp.int32)
+
+        self._run = jax.jit(run)
+
+    def run(self, tokens_BxT1, mask_BxT=None, fast=None, want_argmax=False):
+        """(logp [B, T], argmax [B, T] or None) as numpy; `fast` must be None."""
+        del mask_BxT
+        if fast is not None:
+            raise ValueError(f"{self.name} has no fast state to read with.")
+        logp, am = self._run(self.params, jnp.asarray(tokens_BxT1, jnp.int32))
+        return np.asarray(logp), (np.asarray(am) if want_argmax else None)
+
+    def memorize(self, prompt_BxT1, mask_BxT, *, steps, fast=None, reset=True):
+        raise ValueError(f"{self.name} has no CMS levels: memorisation is a no-op.")
+
+
+class _ArgmaxFn:
+    """A Functional whose model also records argmax predictions in the scan's carry, so
+    the online scan (which returns only per-token CE) yields greedy tokens too."""
+
+    def __init__(self, fn):
+        self._fn, self.cfg = fn, fn.cfg
+
+    def bind(self, params):
+        return _ArgmaxModel(self._fn.bind(params))
+
+
+class _ArgmaxModel:
+    def __init__(self, model):
+        self._m = model
+
+    def init_carry(self, batch, max_len):
+        carry = self._m.init_carry(batch, max_len)
+        return {**carry, "argmax": jnp.zeros((batch, max_len), jnp.int32)}
+
+    def cms_meta(self):
+        return self._m.cms_meta()
+
+    def segment(self, tokens_BxS, pos_S, carry, *args, **kwargs):
+        inner = {k: v for k, v in carry.items() if k != "argmax"}
+        logits, new, aux = self._m.segment(tokens_BxS, pos_S, inner, *args, **kwargs)
+        am_BxS = jnp.argmax(logits, -1).astype(jnp.int32)
+        am = jax.lax.dynamic_update_slice(carry["argmax"], am_BxS, (0, pos_S[0]))
+        return logits, {**new, "argmax": am}, aux
+
+
+def expand_fast(fast, rows: int):
+    """Repeat a one-row fast state over `rows` batch rows (batch is axis 1 of each leaf)."""
+    def rep(x):
+        if x.ndim < 2 or x.shape[1] == rows:
+            return x
+        if x.shape[1] != 1:
+            raise ValueError(f"cannot expand a fast state with {x.shape[1]} rows to {rows}.")
+        return jnp.repeat(x, rows, axis=1)
+    return jax.tree.map(rep, fast)
+
+
+def strip_kv(fast):
+    """Drop the per-sequence attention buffer (and argmax probe) from a fast state."""
+    carry = {k: v for k, v in fast["carry"].items() if k not in ("kv", "argmax")}
+    return {**fast, "carry": carry}
+
+
+def update_counts(metrics: dict) -> dict:
+    """{level: updates summed over layers} from online_forward metrics."""
+    out: dict = {}
+    for k, v in metrics.items():
+        parts = k.split("/")
+        if len(parts) == 4 and parts[0] == "cms" and parts[3] == "updates":
+            out[parts[2]] = out.get(parts[2], 0.0) + float(v)
+    return out
+
+
+class OnlineLM:
+    """A HOPE variant scored with its online algorithm (DESIGN §2.4, §2.6)."""
+
+    can_memorize = True
+
+    def __init__(self, fn, params, step: int = 0, name: str = "online"):
+        self.fn, self.params, self.step, self.name = fn, params, int(step), name
+        self.granule = int(fn.cfg.online.segment_len)
+        probe = _ArgmaxFn(fn)
+
+        def run(params, tokens, mask, fast, *, update, argmax):
+            f = probe if argmax else fn
+            if fast is not None and argmax:
+                b, t = tokens.shape[0], tokens.shape[1] - 1
+                fast = {**fast, "carry": {**fast["carry"],
+                                          "argmax": jnp.zeros((b, t), jnp.int32)}}
+            _, aux = online_forward(f, params, tokens, step=self.step, update=update,
+                                    fast=fast, mask_BxT=mask)
+            am = aux["fast"]["carry"]["argmax"] if argmax else None
+            return -aux["ce"], am
+
+        def mem(params, tokens, mask, fast):
+            _, aux = online_forward(fn, params, tokens, step=self.step, update=True, fast=fast,
+                                    mask_BxT=mask)
+            return strip_kv(aux["fast"]), aux["metrics"]
+
+        self._run = {(u, a): jax.jit(functools.partial(run, update=u, argmax=a))
+                     for u in (True, False) for a in (True, False)}
+        self._mem = jax.jit(mem)
+
+    def run(self, tokens_BxT1, mask_BxT=None, fast=None, want_argmax=False):
+        """Baseline (fast=None): online scan with CMS updates from a fresh state per row.
+        With `fast`: read with that state (no writes), as memorised scoring does."""
+        tokens = jnp.asarray(tokens_BxT1, jnp.int32)
+        b, t = tokens.shape[0], tokens.shape[1] - 1
+        if t % self.granule:
+            raise ValueError(f"{t} input tokens is not a multiple of the segment length "
+                             f"{self.granule}; pad first (scoring.pad_len).")
+        mask = jnp.ones((b, t), jnp.float32) if mask_BxT is None else jnp.asarray(mask_BxT,
+                                                                                  jnp.float32)
+        if fast is not None:
+            fast = expand_fast(fast, b)
+        logp, am = self._run[(fast is None, want_argmax)](self.params, tokens, mask, fast)
+        return np.asarray(logp), (np.asarray(am) if want_argmax else None)
+
+    def memorize(self, prompt_BxT1, mask_BxT, *, steps: int, fast=None, reset: bool = True):
+        """`steps` passes of the online scan over the prompt (teach signal from its own
+        next-token loss), as model.online.memorize, keeping the update counts.
+        Returns (fast state without the attention buffer, {level: updates})."""
+        tokens = jnp.asarray(prompt_BxT1, jnp.int32)
+        mask = jnp.asarray(mask_BxT, jnp.float32)
+        state = None if reset else fast
+        counts: dict = {}
+        for _ in range(steps):
+            state, metrics = self._mem(self.params, tokens, mask, state)
+            for k, v in update_counts(metrics).items():
+                counts[k] = counts.get(k, 0.0) + v
+        return state, counts
+
+
+def from_loaded(loaded):
+    """The scoring model of a restored checkpoint (eval.restore.Loaded)."""
+    variant = loaded.cfg.model.variant
+    if variant in ONLINE_VARIANTS:
+        return OnlineLM(loaded.fn, loaded.params, step=loaded.step, name=variant)
+    fn = loaded.fn
+    return PlainLM(lambda p, toks: fn.bind(p)(toks), loaded.params, name=variant)

@@ -1,0 +1,121 @@
+"""Restore a model from an Orbax checkpoint alone (config and tokenizer hash come from it).
+
+    m = load("runs/x", step=None)      # latest step
+    m.fn, m.params, m.cfg, m.tokenizer, m.step, m.online
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from nested_jax.checkpoint import CheckpointError, Checkpointer, checkpoint_dir, config_from_meta
+from nested_jax.data.tokenizer import Tokenizer, load_tokenizer
+from nested_jax.eval.errors import EvalError
+from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.lm import abstract_model, build_model
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A restored checkpoint: functional model, float32 params, full config, tokenizer."""
+
+    fn: object
+    params: dict
+    cfg: object
+    tokenizer: Tokenizer
+    step: int
+    meta: dict
+    directory: str
+
+    @property
+    def online(self) -> bool:
+        return self.cfg.model.variant in ONLINE_VARIANTS
+
+    def summary(self) -> dict:
+        """Config summary for the output JSON."""
+        m = self.cfg.model
+        n_params = int(sum(np.size(x) for x in jax.tree.leaves(self.params)))
+        out = {"variant": m.variant, "d_model": m.d_model, "n_layers": m.n_layers,
+               "n_heads": m.n_heads, "vocab_size": m.vocab_size, "n_params": n_params,
+               "train_seq_len": self.cfg.train.seq_len, "tokenizer": self.cfg.data.tokenizer,
+               "tokenizer_sha256": self.tokenizer.sha256}
+        if self.online:
+            out.update(segment_len=m.online.segment_len, cms_levels=list(m.cms.names),
+                       cms_periods=list(m.cms.periods))
+        return out
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()
+    text = text[0] if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def abstract_params(model_cfg) -> dict:
+    """ShapeDtypeStructs of the pure parameter dict (no allocation)."""
+    tree = jax.eval_shape(lambda: nnx.to_pure_dict(nnx.split(build_model(model_cfg, 0))[1]))
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), tree)
+
+
+def open_checkpointer(path: str) -> Checkpointer:
+    d = checkpoint_dir(path)
+    if not os.path.isdir(d):
+        raise EvalError(
+            f"no checkpoint at {path!r} ({d} does not exist). Fix: pass --checkpoint the training "
+            "--workdir (or its checkpoints/ folder) of a finished run.")
+    try:
+        ck = Checkpointer(d, read_only=True, async_save=False)
+    except Exception as e:  # noqa: BLE001 - reported as one paragraph
+        raise EvalError(f"cannot open the checkpoint folder {d}: {_first_line(e)}. Fix: pass a "
+                        "training --workdir or its checkpoints/ folder.") from None
+    if not ck.all_steps():
+        raise EvalError(
+            f"no checkpoint found in {d} (no step folders). Fix: pass the --workdir of a run that "
+            "saved at least one checkpoint (training saves every checkpoint.every_steps and at the end).")
+    return ck
+
+
+def load(path: str, step: int | None = None, *, tokenizer: str | None = None) -> Loaded:
+    """Restore params + meta of `step` (latest if None); check the tokenizer's sha256."""
+    ck = open_checkpointer(path)
+    try:
+        if step is not None and step not in ck.all_steps():
+            raise EvalError(f"step {step} not found in {ck.directory}; available steps: "
+                            f"{ck.all_steps()}. Fix: pass one of them to --step (or omit --step "
+                            "for the latest).")
+        step = ck.resolve_step(step)
+        try:
+            meta = ck.read_meta(step)
+            cfg = config_from_meta(meta)
+        except (CheckpointError, KeyError, ValueError) as e:
+            raise EvalError(
+                f"the checkpoint at step {step} in {ck.directory} is corrupt or incomplete (its "
+                f"metadata cannot be read: {_first_line(e)}). Fix: pick another --step "
+                f"(available: {ck.all_steps()}) or re-save it by resuming training.") from None
+        tok = load_tokenizer(tokenizer or cfg.data.tokenizer)
+        want = meta.get("tokenizer_sha256")
+        if want and want != tok.sha256:
+            raise EvalError(
+                f"tokenizer mismatch: the checkpoint was trained with tokenizer "
+                f"{cfg.data.tokenizer!r} of sha256 {want[:16]}…, but the file {tok.path} has sha256 "
+                f"{tok.sha256[:16]}…. Scores would be meaningless. Fix: restore the original "
+                "tokenizer file (`git checkout -- nested_jax/assets/tokenizers`) or pass "
+                "--tokenizer PATH to the .model file the run was trained with.")
+        fn = abstract_model(cfg.model)
+        try:
+            got = ck.restore(step, params=abstract_params(cfg.model))
+        except CheckpointError as e:
+            raise EvalError(
+                f"the checkpoint at step {step} in {ck.directory} is corrupt or does not match its "
+                f"config ({_first_line(e.__cause__ or e)}). Fix: pick another --step (available: "
+                f"{ck.all_steps()}) or re-save it by resuming training.") from None
+    finally:
+        ck.manager.close()
+    return Loaded(fn=fn, params=got["params"], cfg=cfg, tokenizer=tok, step=int(step),
+                  meta=meta, directory=ck.directory)

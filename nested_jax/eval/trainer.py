@@ -1,0 +1,56 @@
+"""A small self-contained trainer for evaluation protocols (continual learning, tests).
+
+Optax AdamW (+ global-norm clip) on a parameter dict, with the training loss: the online
+segment scan (`online_forward`, fresh fast state per batch) for HOPE variants, the plain
+next-token cross-entropy otherwise. It does not import nested_jax.train.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.online import online_forward
+from nested_jax.ops.losses import token_cross_entropy
+
+
+def lm_loss(fn, params, tokens_BxT1, step):
+    """Mean next-token loss, as training computes it for this variant."""
+    if fn.cfg.variant in ONLINE_VARIANTS:
+        _, aux = online_forward(fn, params, tokens_BxT1, step=step)
+        return aux["ce"].mean()
+    logits = fn.bind(params)(tokens_BxT1[:, :-1])
+    return token_cross_entropy(logits, tokens_BxT1[:, 1:]).mean()
+
+
+def adamw(lr: float, weight_decay: float = 0.0, clip: float = 1.0):
+    parts = [optax.clip_by_global_norm(clip)] if clip > 0 else []
+    return optax.chain(*parts, optax.adamw(lr, b1=0.9, b2=0.95, weight_decay=weight_decay))
+
+
+class Trainer:
+    """trainer = Trainer(fn, params, lr=...); loss = trainer.step(tokens_BxT1)."""
+
+    def __init__(self, fn, params, *, lr: float, weight_decay: float = 0.0, clip: float = 1.0,
+                 start_step: int = 0):
+        self.fn = fn
+        self.tx = adamw(lr, weight_decay, clip)
+        self.params = jax.tree.map(jnp.array, params)  # a copy: steps donate it
+        self.opt_state = self.tx.init(self.params)
+        self.count = int(start_step)
+
+        def step(params, opt_state, tokens, count):
+            loss, grads = jax.value_and_grad(lambda p: lm_loss(fn, p, tokens, count))(params)
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        self._step = jax.jit(step, donate_argnums=(0, 1))
+
+    def step(self, tokens_BxT1) -> float:
+        self.params, self.opt_state, loss = self._step(
+            self.params, self.opt_state, jnp.asarray(tokens_BxT1, jnp.int32),
+            jnp.asarray(self.count, jnp.int32))
+        self.count += 1
+        return loss
