@@ -68,8 +68,9 @@ def decays(log_alpha_C, eta_C, momentum: float = 0.0) -> dict:
         i = jnp.arange(C)
         lag = i[:, None] - i[None, :]
         pow_CxC = jnp.where(lag >= 0, momentum ** jnp.maximum(lag, 0).astype(eta_C.dtype), 0.0)
-        out["G"] = (dm[:, 1:] @ pow_CxC) * eta_C[None, :]
-        out["c"] = dm[:, 1:] @ (momentum ** (i + 1).astype(eta_C.dtype))
+        hi = jax.lax.Precision.HIGHEST  # tiny C×C products: keep them exact on GPUs too
+        out["G"] = jnp.matmul(dm[:, 1:], pow_CxC, precision=hi) * eta_C[None, :]
+        out["c"] = jnp.matmul(dm[:, 1:], momentum ** (i + 1).astype(eta_C.dtype), precision=hi)
         out["sw"] = eta_C * momentum ** (C - 1 - i).astype(eta_C.dtype)
         out["betaC"] = momentum**C
     return out
@@ -110,7 +111,7 @@ def _momentum_end(S0, left_CxK, right_CxH, dec, momentum):
     return -eta_last * (left_CxK[-1][:, None] * right_CxH[-1][None, :])
 
 
-def _check_chunks(T: int, chunk_size: int, what: str = "chunk_size") -> int:
+def check_chunks(T: int, chunk_size: int, what: str = "chunk_size") -> int:
     if chunk_size < 1 or T % chunk_size:
         raise ValueError(f"sequence length T={T} must be divisible by {what}={chunk_size}.")
     return T // chunk_size
@@ -127,7 +128,7 @@ def dgd_linear(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV, chunk_size: 
     S0 only matters for momentum β > 0. Returns o [T,V], (W_T, S_T).
     """
     T = q_TxK.shape[0]
-    n = _check_chunks(T, chunk_size)
+    n = check_chunks(T, chunk_size)
     momentum = check_momentum(momentum)
 
     def step(carry, inp):
@@ -152,7 +153,7 @@ def dgd_linear_reference(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV,
     """
     T = q_TxK.shape[0]
     if isinstance(chunk_size, int) and isinstance(momentum, (int, float)):
-        _check_chunks(T, chunk_size)
+        check_chunks(T, chunk_size)
         momentum = check_momentum(momentum)
     eye_KxK = jnp.eye(k_TxK.shape[1], dtype=W0_KxV.dtype)
 

@@ -8,7 +8,8 @@ Inner loss ½‖M(k) − v̂‖², gradients at the chunk-start state ξ (σ = G
     e_t = M_ξ(k_t) − v̂_t,  z_t = k_t A_ξ,  a_t = σ(z_t),  d_t = (e_t B_ξᵀ) ⊙ σ'(z_t)
     S^A_t = β S^A_{t-1} − η_t k_tᵀ d_t,   A_t = (α_t I − η_t k_t k_tᵀ) A_{t-1} + S^A_t
     S^B_t = β S^B_{t-1} − η_t a_tᵀ e_t,   B_t = α_t B_{t-1} + S^B_t
-β = `momentum` (constant, Titans-style momentum on the gradient term; 0 = plain DGD).
+(k_t k_tᵀ is the D×D outer product, k_tᵀ d_t the D×H one.) β = `momentum`: constant,
+Titans-style momentum on the gradient term (η inside, as Titans' S_t); β = 0 is plain DGD.
 Chunk algebra in `delta_rule.py`: WY/UT triangular solve for A, scalar decay for B.
 """
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.ops.delta_rule import (  # noqa: F401  (dgd_linear re-exported)
-    _check_chunks,
+    check_chunks,
     check_momentum,
     decays,
     dgd_linear,
@@ -136,8 +137,8 @@ def _read(sq, gates, x_NxD, eta_scale, qk_norm, v_norm, act):
 def _validate(params0, x_TxD, q_TxD, chunk_size, chunk_size_mem, eta_scale, momentum):
     T = x_TxD.shape[0]
     chunk_size_mem = chunk_size if chunk_size_mem is None else chunk_size_mem
-    _check_chunks(T, chunk_size, "chunk_size")
-    _check_chunks(T, chunk_size_mem, "chunk_size_mem")
+    check_chunks(T, chunk_size, "chunk_size")
+    check_chunks(T, chunk_size_mem, "chunk_size_mem")
     if ("q" in params0) == (q_TxD is not None):
         raise ValueError("pass q iff params0 has no adaptive 'q' memory (then q = M_q(x)).")
     if eta_scale < 0:
