@@ -184,6 +184,8 @@ def test_indivisible_length_raises():
     params, mom = mlp_state(dv=6)
     with pytest.raises(ValueError, match=r"T=50.*chunk_size=16"):
         mlp(*args[:6], params, mom, 16)
+    with pytest.raises(ValueError, match="equal key and value dims"):
+        M.titans_mlp(*args[:6], params, mom, 10, residual_norm=(jnp.ones(6), jnp.zeros(6)))
 
 
 def test_bf16_inputs_keep_fp32_state():

@@ -127,7 +127,7 @@ def _coeffs_cumulative(theta_NxC: Array, eta_NxC: Array, alpha_NxC: Array) -> Ch
         return (S, W), W
 
     xs = (eta_NxC.T, 1.0 - alpha_NxC.T, onehot_CxJ)
-    (S_NxJ, _), W_CxNxJ = jax.lax.scan(step, (S_NxJ, W_NxJ), xs, unroll=1)
+    (S_NxJ, _), W_CxNxJ = jax.lax.scan(step, (S_NxJ, W_NxJ), xs)
     W_NxCxJ = jnp.swapaxes(W_CxNxJ, 0, 1)
     return ChunkCoeffs(
         G_NxCxC=W_NxCxJ[:, :, 2:] * theta_NxC[:, None, :],
@@ -260,6 +260,14 @@ def _layer_norm(x: Array, scale: Array, bias: Array) -> Array:
     return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * scale + bias
 
 
+def _check_wrap(q, v, residual_norm) -> None:
+    if residual_norm is not None and q.shape[-1] != v.shape[-1]:
+        raise ValueError(
+            f"residual_norm needs equal key and value dims (x + LN(mem(x))), got "
+            f"{q.shape[-1]} and {v.shape[-1]}."
+        )
+
+
 def _wrap(x: Array, core_out: Array, residual_norm) -> Array:
     """Memory output from the core MLP output: plain, or x + LN(core)·scale + bias."""
     if residual_norm is None:
@@ -293,6 +301,7 @@ def titans_mlp(
     Returns y [T,V], ((W1, W2), (S1, S2)).
     """
     act = _activation(activation)
+    _check_wrap(q_TxK, v_TxV, residual_norm)
     Q, K, V, (th, et, al) = _prepare(q_TxK, k_TxK, v_TxV, (theta_T, eta_T, alpha_T), chunk_size)
     co = chunk_coefficients(th, et, al, coeff_method)
     QKG_NxCxC = jnp.einsum("nck,ndk->ncd", Q, K) * co.G_NxCxC
@@ -341,6 +350,7 @@ def titans_mlp_reference(
 ):
     """Token loop for the MLP memory; inner gradients by autodiff (independent check)."""
     act = _activation(activation)
+    _check_wrap(q_TxK, v_TxV, residual_norm)
 
     def predict(p, x):
         W1, W2 = p
