@@ -77,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.batch_size = 32  # global batch size in sequences (split over mesh.data)
     t.seq_len = 2048  # tokens per training sequence
     t.log_every = 10  # write a metrics.jsonl record every this many steps
+    t.max_nonfinite_in_a_row = 5  # skip non-finite steps; abort after this many in a row (0 = never)
 
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adamw"  # outer optimizer: adamw | muon (2-D weights; AdamW for the rest)
@@ -105,6 +106,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size; -1 = all devices
     c.mesh.fsdp = 1  # parameter-sharding axis size
+    c.mesh.mode = "shard_map"  # data-parallel step: shard_map (explicit, per-device rows) | gspmd (jit + shardings)
+    c.mesh.fsdp_min_size = 2**16  # params with fewer elements stay replicated when mesh.fsdp > 1
 
     c.logging = lg = ml_collections.ConfigDict()
     lg.progress_bar = True  # tqdm progress bar with loss and tokens/s

@@ -95,11 +95,13 @@ def _persisting(fast: dict, fresh: dict) -> dict:
 
 
 def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: dict | None = None,
-                   mask_BxT=None, teach_scale=None):
+                   mask_BxT=None, teach_scale=None, x_offset_BxTxD=None, collect_teach=False):
     """Run the segment scan. Returns (mean loss, aux) with aux = {"ce": [B,T], "fast": final
     state, "metrics": {...}}. `fast` (optional) continues from a given state instead of a
     fresh one; `update=False` reads with the state but never writes CMS levels.
-    `teach_scale` overrides the scheduled scale (used by memorisation)."""
+    `teach_scale` overrides the scheduled scale (used by memorisation). `x_offset` is added
+    to the embeddings and `collect_teach` returns the raw teach signals aux["teach"]
+    {level: [N, L, B, S, D]} (both for tests)."""
     model = fn.bind(params)
     cfg = fn.cfg
     b, t1 = tokens_BxT1.shape
@@ -119,24 +121,27 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
     if mask_BxT is None:
         mask_BxT = jnp.ones((b, t), jnp.float32)
     seg = lambda a: a.reshape(b, n_seg, s).swapaxes(0, 1)  # noqa: E731
+    if x_offset_BxTxD is None:
+        x_offset_BxTxD = jnp.zeros((b, t, 1), jnp.float32)
+    offs = x_offset_BxTxD.reshape(b, n_seg, s, -1).swapaxes(0, 1)
     xs = (seg(tokens_BxT1[:, :-1]), seg(tokens_BxT1[:, 1:]), seg(mask_BxT.astype(jnp.float32)),
-          jnp.arange(n_seg))
+          jnp.arange(n_seg), offs)
     n_layers = cfg.n_layers
 
     def body(state, x):
-        tok_in, tgt, m, i = x
+        tok_in, tgt, m, i, off = x
         pos = (i * s + jnp.arange(s)).astype(jnp.int32)
         carry = state["carry"]
 
         def f(probes):
-            logits, new_carry, aux = model.segment(tok_in, pos, carry, probes)
+            logits, new_carry, aux = model.segment(tok_in, pos, carry, probes, off)
             ce = token_cross_entropy(logits, tgt) * m
             return ce.sum(), (ce, new_carry, aux)
 
         if not update:
             _, (ce, new_carry, _) = f(None)
             new_carry = {**new_carry, "cms": carry["cms"]}
-            return {**state, "carry": new_carry}, (ce, {})
+            return {**state, "carry": new_carry}, (ce, {}, {})
         probes0 = {n: jnp.zeros((n_layers, b, s, cfg.d_model), jnp.float32) for n in names}
         _, vjp_fn, (ce, new_carry, aux) = jax.vjp(f, probes0, has_aux=True)
         (deltas,) = vjp_fn(jnp.ones((), jnp.float32))
@@ -172,9 +177,9 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         new_carry = {**new_carry, "cms": cms_delta}
         new_state = {"carry": new_carry, "opt": opt, "acc": acc, "surprise": surprise,
                      "tokens": state["tokens"]}
-        return new_state, (ce, seg_metrics)
+        return new_state, (ce, seg_metrics, deltas if collect_teach else {})
 
-    state, (ce_NxBxS, seg_metrics) = jax.lax.scan(body, state0, xs)
+    state, (ce_NxBxS, seg_metrics, teach) = jax.lax.scan(body, state0, xs)
     state = {**state, "tokens": state["tokens"] + t}
     ce_BxT = ce_NxBxS.swapaxes(0, 1).reshape(b, t)
     loss = ce_BxT.sum() / jnp.maximum(mask_BxT.sum(), 1.0)
@@ -183,7 +188,10 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         counts = per_seg.sum(0)  # [L]
         for layer in range(n_layers):
             metrics[f"cms/{layer}/{n}/updates"] = counts[layer]
-    return loss, {"ce": ce_BxT, "fast": state, "metrics": metrics}
+    out = {"ce": ce_BxT, "fast": state, "metrics": metrics}
+    if collect_teach:
+        out["teach"] = teach
+    return loss, out
 
 
 def memorize(fn, params, prompt_BxT1, *, steps: int = 1, fast: dict | None = None,

@@ -1,0 +1,69 @@
+"""Shared pieces of the presets that mirror the PyTorch reproduction's runs
+(kmccleary3301/nested_learning configs; values from its YAML files).
+
+CMS periods. The reproduction updates its levels every 1/4/32/128 tokens inside a token-
+by-token loop. Here a period must be a multiple of the online segment length S (one jitted
+scan step per segment), so a period of p reproduction tokens maps to
+    P = S · p, capped at the sequence length T so that every level still updates at least
+    once per sequence under per-sequence reset.
+E.g. S = 128, T = 2048: 1/4/32/128 → 128/512/2048/2048 (the two slowest levels then
+coincide; with `model.online.reset="never"` they can run at 4096/16384 across sequences).
+"""
+
+from configs import default
+
+LEVELS = ("fast", "mid", "slow", "ultra")
+
+
+def cms_levels(c, repro_periods, lr: float, segment_len: int, seq_len: int):
+    """Set model.cms from the reproduction's token periods (see module docstring)."""
+    n = len(repro_periods)
+    c.model.online.segment_len = segment_len
+    c.model.cms.names = LEVELS[:n]
+    c.model.cms.periods = tuple(min(segment_len * p, seq_len) for p in repro_periods)
+    c.model.cms.optimizers = ("precond",) * n
+    c.model.cms.lrs = (lr,) * n
+
+
+def teach(c, scale, clip, warmup, decay_start, decay_duration, surprise=0.0):
+    o = c.model.online
+    o.teach_scale, o.teach_clip = scale, clip
+    o.teach_warmup_steps, o.teach_decay_start, o.teach_decay_duration = (
+        warmup, decay_start, decay_duration)
+    o.surprise_threshold = surprise
+
+
+def shape(c, d, layers, heads):
+    c.model.d_model, c.model.n_layers, c.model.n_heads = d, layers, heads
+
+
+def base(variant: str, *, seed: int):
+    """Common defaults of the reproduction's runs: 32k vocabulary, bf16, constant LR after a
+    short warm-up (the reproduction used none), global-norm clip 1.0."""
+    c = default.get_config()
+    c.seed = seed
+    c.model.variant = variant
+    c.data.tokenizer = "novels_32k"
+    c.model.dtype = "bfloat16"
+    c.optim.schedule = "constant"
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
+    return c
+
+
+def cpu_smoke(c, *, steps: int = 60):
+    """Shrink a preset to run on a CPU in minutes (structure and ratios kept)."""
+    shape(c, 128, 2, 4)
+    c.model.dtype = "float32"
+    c.train.seq_len = 64
+    c.train.batch_size = 4
+    c.train.steps = steps
+    c.train.log_every = 5
+    c.optim.warmup_steps = 5
+    c.checkpoint.every_steps = steps
+    c.eval.every_steps = steps // 2
+    c.eval.num_batches, c.eval.batch_size = 2, 4
+    c.model.titans.chunk_size = 8
+    c.model.selfmod.chunk_size, c.model.selfmod.chunk_size_mem = 8, 16
+    return c
