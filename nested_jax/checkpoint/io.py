@@ -3,14 +3,29 @@
   params/  model parameters (StandardSave)        opt/   optimizer state + step
   fast/    per-sequence fast state (HOPE/CMS)      data/  Grain iterator state
   meta/    JSON: config, tokenizer sha256, package version, git commit, step, tokens seen
+  nested_jax_sha256.json   sha256 and size of every file above (written inside Orbax's
+                           temporary directory, so it is committed by the same atomic rename)
 
 Evaluation restores `params` and `meta` only.
+
+Crash safety. Orbax writes step N into `N.orbax-checkpoint-tmp*` and renames it to `N`
+when complete, so a process killed mid-write leaves only a temporary directory. A
+writable Checkpointer removes such leftovers (with a warning), checks the newest steps
+against their recorded sha256 sums, and moves a truncated or corrupt step aside to
+`N.corrupt` (with a warning) so the previous intact step is resumed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
+import hashlib
 import json
 import os
+import shutil
+import sys
+import threading
+import time
 from typing import Any
 
 import ml_collections
@@ -19,6 +34,22 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or does not match the run."""
+
+
+SUMS_FILE = "nested_jax_sha256.json"
+TMP_MARK = ".orbax-checkpoint-tmp"
+QUARANTINE_MARK = ".corrupt"
+# Orbax rewrites these after our sums are taken (commit timestamp, commit marker).
+_UNHASHED = {"_CHECKPOINT_METADATA", "commit_success.txt", SUMS_FILE}
+REQUIRED_ITEMS = ("params", "meta")
+META_FILE = os.path.join("meta", "metadata")
+# Test hook (tests/test_reliability_resume.py): stall the async commit of step N (before
+# Orbax's final rename) so a test can kill the run while that checkpoint is mid-write.
+STALL_ENV = "NESTED_JAX_TEST_STALL_COMMIT"
+
+
+def warn(msg: str) -> None:
+    print(f"[nested_jax.checkpoint] warning: {msg}", file=sys.stderr, flush=True)
 
 
 def checkpoint_dir(path: str) -> str:
@@ -34,8 +65,120 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(meta["config"]))
 
 
+def file_sha256(path: str, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_tree(root: str, skip_top: set[str] | frozenset = frozenset()) -> dict[str, dict]:
+    """{relative posix path: {"sha256", "bytes"}} of every file under root (sorted)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if rel in skip_top:
+                continue
+            out[rel] = {"sha256": file_sha256(full), "bytes": os.path.getsize(full)}
+    return out
+
+
+def step_dirs(directory: str) -> dict[str, list]:
+    """Entries of a checkpoint folder: committed steps, leftovers of killed saves, quarantined."""
+    out: dict[str, list] = {"steps": [], "tmp": [], "quarantined": []}
+    if not os.path.isdir(directory):
+        return out
+    for name in sorted(os.listdir(directory)):
+        full = os.path.join(directory, name)
+        if not os.path.isdir(full):
+            continue
+        if name.isdigit():
+            out["steps"].append(int(name))
+        elif TMP_MARK in name:
+            out["tmp"].append(name)
+        elif QUARANTINE_MARK in name:
+            out["quarantined"].append(name)
+    out["steps"].sort()
+    return out
+
+
+@dataclasses.dataclass
+class StepReport:
+    """What a quick inspection of one step directory found."""
+
+    path: str
+    problems: list[str]
+    items: list[str]
+    meta: dict | None
+    hashed_files: int  # files whose sha256 matched the record (0 = no record)
+    has_sums: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def inspect_step(path: str, *, check_hashes: bool = True) -> StepReport:
+    """Structure (Orbax step marker, required items, readable meta JSON) and, when the step
+    carries a sha256 record, every file's size and hash."""
+    problems: list[str] = []
+    items: list[str] = []
+    meta = None
+    hashed, has_sums = 0, False
+    if not os.path.isdir(path):
+        return StepReport(path, ["step directory is missing"], [], None, 0, False)
+    items = sorted(e for e in os.listdir(path) if os.path.isdir(os.path.join(path, e)))
+    if not os.path.isfile(os.path.join(path, "_CHECKPOINT_METADATA")):
+        problems.append("no _CHECKPOINT_METADATA (not a complete Orbax step)")
+    for item in REQUIRED_ITEMS:
+        if item not in items:
+            problems.append(f"item {item}/ is missing")
+    if "meta" in items:
+        try:
+            with open(os.path.join(path, META_FILE)) as f:
+                meta = json.load(f)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            problems.append(f"meta is unreadable ({type(e).__name__}: {str(e)[:120]})")
+            meta = None
+    sums_path = os.path.join(path, SUMS_FILE)
+    if os.path.isfile(sums_path):
+        has_sums = True
+        try:
+            with open(sums_path) as f:
+                record = json.load(f)["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{SUMS_FILE} is unreadable ({type(e).__name__})")
+            record = {}
+        for rel, want in sorted(record.items()):
+            full = os.path.join(path, *rel.split("/"))
+            if not os.path.isfile(full):
+                problems.append(f"file {rel} is missing")
+            elif os.path.getsize(full) != want["bytes"]:
+                problems.append(f"file {rel} has {os.path.getsize(full)} bytes, "
+                                f"{want['bytes']} were written (truncated or overwritten)")
+            elif check_hashes and file_sha256(full) != want["sha256"]:
+                problems.append(f"file {rel} does not match its recorded sha256 (corrupt)")
+            else:
+                hashed += 1
+    return StepReport(path, problems, items, meta, hashed, has_sums)
+
+
+def _quarantine_name(directory: str, step: int) -> str:
+    base = os.path.join(directory, f"{step}{QUARANTINE_MARK}")
+    cand, k = base, 1
+    while os.path.exists(cand):
+        cand, k = f"{base}.{k}", k + 1
+    return cand
+
+
 class Checkpointer:
-    """Thin wrapper over ocp.CheckpointManager with our item names."""
+    """Thin wrapper over ocp.CheckpointManager with our item names and crash recovery."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
@@ -45,19 +188,102 @@ class Checkpointer:
                 f"no checkpoint directory at {self.directory}. Pass a training workdir "
                 "(the folder given as --workdir) or its checkpoints/ folder."
             )
+        self.read_only = read_only
+        self.async_save = async_save
+        self._saving: int | None = None  # the step whose async save is in flight
+        self._lock = threading.Lock()
+        if not read_only:
+            os.makedirs(self.directory, exist_ok=True)
+            self._recover()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            enable_async_checkpointing=async_save,
+            enable_async_checkpointing=True,  # sync saves wait right after save()
             create=not read_only,
             read_only=read_only,
+            async_options=None if read_only else ocp.AsyncOptions(
+                post_finalization_callback=self._record_sums),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
+    # ------------------------------------------------------------------ crash recovery
+    def _recover(self) -> None:
+        """Drop leftovers of killed saves; move corrupt newest steps aside (see module doc)."""
+        import jax
+
+        lead = jax.process_index() == 0
+        found = step_dirs(self.directory)
+        for name in found["tmp"]:
+            warn(f"checkpoint step {name.split('.')[0]} in {self.directory} was cut mid-write "
+                 f"(the run was killed while saving); ignoring it and removing {name}.")
+            if lead:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        bad: list[tuple[int, StepReport]] = []
+        for step in reversed(found["steps"]):
+            rep = inspect_step(os.path.join(self.directory, str(step)))
+            if rep.ok:
+                break
+            bad.append((step, rep))
+        else:
+            if bad:
+                detail = "; ".join(f"step {s}: {r.problems[0]}" for s, r in bad)
+                raise CheckpointError(
+                    f"every checkpoint in {self.directory} is incomplete or corrupt ({detail}). "
+                    "Fix: restore the folder from a copy, or move it away (or pick a new "
+                    "--workdir) to start training from scratch; `python -m nested_jax.checkpoint "
+                    f"verify {self.directory}` lists the problems.")
+        for step, rep in bad:
+            dest = _quarantine_name(self.directory, step)
+            warn(f"checkpoint step {step} in {self.directory} is corrupt or truncated "
+                 f"({'; '.join(rep.problems[:3])}); using the previous step instead and moving "
+                 f"it to {os.path.basename(dest)} for inspection.")
+            if lead:
+                os.rename(os.path.join(self.directory, str(step)), dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("nested_jax_checkpoint_recover")
+
+    def _record_sums(self) -> None:
+        """Orbax post-finalization callback (background thread, before the final rename):
+        write the sha256 record into the temporary step directory."""
+        with self._lock:
+            step, self._saving = self._saving, None
+        if step is None:
+            return
+        try:
+            if os.environ.get(STALL_ENV) == str(step):
+                print(f"[nested_jax] test hook: stalling the commit of step {step}",
+                      file=sys.stderr, flush=True)
+                time.sleep(600)
+            cands = sorted(glob.glob(os.path.join(self.directory, f"{step}{TMP_MARK}*")),
+                           key=os.path.getmtime)
+            if not cands:
+                return
+            tmp = cands[-1]
+            record = {"algorithm": "sha256", "step": step,
+                      "files": hash_tree(tmp, skip_top=_UNHASHED)}
+            with open(os.path.join(tmp, SUMS_FILE), "w") as f:
+                json.dump(record, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+        except Exception as e:  # noqa: BLE001 - a missing record must not fail the save
+            warn(f"could not record sha256 sums of step {step}: {type(e).__name__}: {e}")
+
+    # ------------------------------------------------------------------ steps
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def latest_good_step(self) -> int | None:
+        """Newest step that passes `inspect_step` (warning about the ones skipped)."""
+        for step in reversed(self.all_steps()):
+            rep = inspect_step(os.path.join(self.directory, str(step)))
+            if rep.ok:
+                return step
+            warn(f"skipping checkpoint step {step} in {self.directory}: {rep.problems[0]}.")
+        return None
 
     def save(self, step: int, *, params, opt=None, fast=None, meta: dict, data_iter=None) -> None:
         items: dict[str, Any] = {
@@ -72,14 +298,24 @@ class Checkpointer:
             import grain  # deferred: grain is only needed when a data iterator is saved
 
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.wait_until_finished()  # one save in flight: the callback knows its step
+        with self._lock:
+            self._saving = step
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        if not self.async_save:
+            self.manager.wait_until_finished()
 
     def resolve_step(self, step: int | None) -> int:
         steps = self.all_steps()
         if not steps:
             raise CheckpointError(f"no checkpoint found in {self.directory}.")
         if step is None:
-            return steps[-1]
+            good = self.latest_good_step() if self.read_only else steps[-1]
+            if good is None:
+                raise CheckpointError(
+                    f"every checkpoint in {self.directory} is incomplete or corrupt. Run "
+                    f"`python -m nested_jax.checkpoint verify {self.directory}` for details.")
+            return good
         if step not in steps:
             raise CheckpointError(f"step {step} not found in {self.directory}; available: {steps}.")
         return step
@@ -110,8 +346,12 @@ class Checkpointer:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001
+            first = (str(e).strip().splitlines() or [""])[0][:300]
             raise CheckpointError(
-                f"cannot restore step {step} from {self.directory}: {type(e).__name__}: {e}"
+                f"cannot restore step {step} from {self.directory}: {type(e).__name__}: {first}. "
+                "The step is corrupt or was written by another model/optimizer configuration. "
+                f"Fix: run `python -m nested_jax.checkpoint verify {self.directory}`, move the "
+                "broken step folder away to resume from the previous one, or use a new --workdir."
             ) from e
         return {k: out[k] for k in items}
 

@@ -1,4 +1,10 @@
-"""Entry point: python -m nested_jax.train --config configs/smoke.py --workdir runs/smoke."""
+"""Entry point: python -m nested_jax.train --config configs/smoke.py --workdir runs/smoke.
+
+Rerunning the same command resumes from the latest intact checkpoint. Exit status: 0 done,
+or stopped by SIGTERM/SIGINT after writing a checkpoint; 2 bad input (flag, config value,
+tokenizer, data, checkpoint: one `error:` paragraph, no traceback); 3 training diverged
+(train.max_nonfinite_in_a_row non-finite steps in a row); 130 a second Ctrl-C.
+"""
 
 import sys
 
@@ -21,13 +27,37 @@ def _parse(argv):
         sys.exit(2)
 
 
+def _fail(err, code: int):
+    """One paragraph on stderr, no traceback."""
+    sys.stderr.write("error: " + " ".join(str(err).split()) + "\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax/absl INFO lines drown the progress bar
-    from nested_jax.train.loop import train_and_evaluate
+    from nested_jax.checkpoint import CheckpointError
+    from nested_jax.train.metrics import NonFiniteError
+    from nested_jax.train.validate import ConfigError, preflight
 
-    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        preflight(_CONFIG.value)  # values, tokenizer, data, devices: before anything is written
+        from nested_jax.train.loop import train_and_evaluate
+
+        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, CheckpointError) as e:  # bad input: exit 2, no traceback
+        _fail(e, 2)
+    except NonFiniteError as e:  # diverged: the last good checkpoint is kept
+        _fail(e, 3)
+    except KeyboardInterrupt:
+        _fail("interrupted by a second Ctrl-C before the checkpoint was written; the previous "
+              "checkpoint is intact. Rerun the same command to resume from it.", 130)
+    if "stopped_at" in summary:
+        print(f"[nested_jax] stopped by signal after step {summary['stopped_at']}; checkpoint "
+              f"saved in {_WORKDIR.value}. Rerun the same command to resume.", flush=True)
+        return
     eval_loss = summary["eval_loss"]
     print(
         f"[nested_jax] done: step {summary['final_step']}, held-out loss "

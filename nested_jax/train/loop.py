@@ -14,6 +14,7 @@ from flax import nnx
 
 import nested_jax
 from nested_jax.checkpoint import Checkpointer
+from nested_jax.checkpoint.preemption import StopRequest
 from nested_jax.data import loader
 from nested_jax.model.lm import abstract_model, build_model
 from nested_jax.model.online import init_fast
@@ -124,6 +125,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         num_batches=config.eval.num_batches)
 
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+    guard = metrics_lib.NonFiniteGuard(  # counts skipped non-finite steps; aborts after K in a row
+        workdir, config.train.get("max_nonfinite_in_a_row", 0),
+        ckpt.read_meta(start) if start else None, save_batches=proc == 0, before_abort=ckpt.wait)
     tokens_per_step = config.train.batch_size * config.train.seq_len
     meta_base = {
         "tokenizer_sha256": tok.sha256,
@@ -134,7 +138,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     def save(step_done: int):
         meta = dict(meta_base, config=config.to_json_best_effort(), step=step_done,
-                    tokens_seen=step_done * tokens_per_step)
+                    tokens_seen=step_done * tokens_per_step, **guard.state())
         ckpt.save(step_done, params=state["params"],
                   opt={"opt_state": state["opt_state"], "step": state["step"]},
                   fast=state.get("fast"), meta=meta, data_iter=train_iter)
@@ -159,6 +163,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         nonlocal t_last, step_last
         s, m = pending_item
         m = {k: float(v) for k, v in _host(m).items()}
+        guard.update(s, m)  # "nonfinite" → cumulative "nonfinite_skipped"; raises after K
         summary["loss"] = m["loss"]
         if s % config.train.log_every == 0 or s == total:
             now = time.perf_counter()
@@ -169,8 +174,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if bar is not None:
                 bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
 
+    stop = StopRequest().install()  # SIGTERM/SIGINT: checkpoint after this step, exit 0
     for i in range(start, total):
         batch = next(train_iter)
+        guard.remember(i + 1, batch)
         state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
         if pending is not None:
             flush(pending)
@@ -185,21 +192,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
             writer.write({"step": s, "eval_loss": last_eval})
             if bar is not None:
                 bar.write(f"step {s}: held-out loss {last_eval:.4f}")
-        if s % config.checkpoint.every_steps == 0 or s == total:
+        stopping = stop.requested(s)
+        if s % config.checkpoint.every_steps == 0 or s == total or stopping:
+            if pending is not None:  # step s's record reaches metrics.jsonl before checkpoint s
+                flush(pending)
+                pending = None
             save(s)
             last_saved = s
+        if stopping:
+            summary["stopped_at"] = s
+            break
+    stop.uninstall()
     if pending is not None:
         flush(pending)
     if bar is not None:
         bar.close()
-    if last_saved != total and total > start:
+    if last_saved != total and total > start and "stopped_at" not in summary:
         save(total)
     ckpt.close()
     writer.close()
     if config.logging.plot and proc == 0:
         metrics_lib.plot_loss_curve(writer.path, os.path.join(workdir, "loss_curve.png"),
                                     title=f"{config.model.variant} on {config.data.dataset}")
-    summary.update(final_step=total, eval_loss=last_eval, vocab_size=config.model.vocab_size,
+    summary.update(final_step=summary.get("stopped_at", total), eval_loss=last_eval,
+                   vocab_size=config.model.vocab_size,
                    ln_vocab=float(np.log(config.model.vocab_size)))
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

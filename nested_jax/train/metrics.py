@@ -1,21 +1,30 @@
-"""metrics.jsonl writer (resume-aware) and the loss-curve plot."""
+"""metrics.jsonl writer (resume-aware), the non-finite step guard and the loss-curve plot."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
+
+import numpy as np
+
+
+# Test hook (tests/test_reliability_resume.py): after writing the train record of step N,
+# block until a signal arrives, so a test can kill -9 or SIGTERM the run at a known point.
+PAUSE_ENV = "NESTED_JAX_TEST_PAUSE_AFTER_STEP"
 
 
 class MetricsWriter:
     """Appends one JSON record per line. On resume, drops records after the resumed step so
-    the file reads as if the run had never been interrupted."""
+    the file reads as if the run had never been interrupted; a fresh start (resume_step None
+    or 0: no checkpoint yet) drops every record of a run killed before its first checkpoint."""
 
     def __init__(self, workdir: str, resume_step: int | None):
         self.path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(self.path):
             keep = []
-            if resume_step is not None:
+            if resume_step:
                 with open(self.path) as f:
                     for line in f:
                         line = line.strip()
@@ -31,15 +40,85 @@ class MetricsWriter:
                 for rec in keep:
                     f.write(json.dumps(rec) + "\n")
         self._f = open(self.path, "a")
+        self._pause_at = int(os.environ.get(PAUSE_ENV, "0") or 0)
 
     def write(self, record: dict) -> None:
         clean = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
                  for k, v in record.items()}
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
+        if self._pause_at and clean.get("step") == self._pause_at and "loss" in clean:
+            print(f"[nested_jax] test hook: paused after step {self._pause_at}", file=sys.stderr,
+                  flush=True)
+            import signal
+
+            signal.pause()
 
     def close(self) -> None:
         self._f.close()
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+class NonFiniteGuard:
+    """Host side of the non-finite step guard (the jitted step skips the update itself and
+    reports metrics["nonfinite"] = 1.0).
+
+    Counts skipped steps (`nonfinite_skipped`, cumulative, added to every metrics record
+    and to the checkpoint meta so a resumed run counts on), saves each offending batch to
+    `workdir/nonfinite_batch_step<N>.npy`, and raises NonFiniteError after
+    `max_in_a_row` consecutive skips (0 = never), before any further checkpoint is written.
+    """
+
+    def __init__(self, workdir: str, max_in_a_row: int, meta: dict | None = None, *,
+                 save_batches: bool = True, before_abort=None):
+        self.workdir, self.max_in_a_row = workdir, int(max_in_a_row)
+        self.skipped = int((meta or {}).get("nonfinite_skipped", 0))
+        self.in_a_row = int((meta or {}).get("nonfinite_in_a_row", 0))
+        self.save_batches, self.before_abort = save_batches, before_abort
+        self._batches: dict[int, np.ndarray] = {}
+
+    def remember(self, step: int, batch) -> None:
+        """Keep the host batch of `step` until its metrics are read (one step later)."""
+        self._batches[step] = batch
+        for s in [s for s in self._batches if s < step - 2]:
+            del self._batches[s]
+
+    def state(self) -> dict:
+        return {"nonfinite_skipped": self.skipped, "nonfinite_in_a_row": self.in_a_row}
+
+    def update(self, step: int, m: dict) -> None:
+        """Consume m["nonfinite"] of `step`; add m["nonfinite_skipped"]; raise after K in a row."""
+        bad = bool(m.pop("nonfinite", 0.0))
+        batch = self._batches.pop(step, None)
+        if not bad:
+            self.in_a_row = 0
+            m["nonfinite_skipped"] = self.skipped
+            return
+        self.skipped += 1
+        self.in_a_row += 1
+        m["nonfinite_skipped"] = self.skipped
+        path = os.path.join(self.workdir, f"nonfinite_batch_step{step}.npy")
+        if self.save_batches and batch is not None:
+            tokens = batch["tokens"] if isinstance(batch, dict) else batch
+            np.save(path, np.asarray(tokens))
+        print(f"[nested_jax] warning: step {step}: non-finite loss or gradient "
+              f"(loss={m.get('loss')}, grad_norm={m.get('grad_norm')}); update skipped "
+              f"({self.in_a_row} in a row, {self.skipped} in total); batch saved to {path}.",
+              file=sys.stderr, flush=True)
+        if self.max_in_a_row and self.in_a_row >= self.max_in_a_row:
+            if self.before_abort is not None:
+                self.before_abort()
+            raise NonFiniteError(
+                f"training stopped at step {step}: {self.in_a_row} steps in a row had a "
+                f"non-finite loss or gradient (train.max_nonfinite_in_a_row="
+                f"{self.max_in_a_row}); their updates were skipped, so the last checkpoint in "
+                f"{os.path.join(self.workdir, 'checkpoints')} holds the last good weights. The "
+                f"offending batch is {path}. Fix: inspect that batch, then rerun the same command "
+                "with a lower --config.optim.lr (it resumes from that checkpoint), or with a "
+                "larger --config.train.max_nonfinite_in_a_row to step past a few bad batches.")
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -76,7 +76,19 @@ def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, seed: int, grad
     new_state = {"params": params, "opt_state": opt_state, "step": step + 1}
     if "fast" in state:
         new_state["fast"] = jax.lax.stop_gradient(fast)
-    return new_state, metrics
+    return skip_nonfinite(state, new_state, metrics)
+
+
+def skip_nonfinite(state: dict, new_state: dict, metrics: dict):
+    """Non-finite guard: when the loss, the gradient or the updated parameters are not
+    finite, keep the old params / optimizer / fast state (only the step advances, the batch
+    is consumed) and report metrics["nonfinite"] = 1.0; the loop counts and aborts."""
+    finite = [jnp.isfinite(metrics["loss"]), jnp.isfinite(metrics["grad_norm"])]
+    finite += [jnp.isfinite(x).all() for x in jax.tree.leaves(new_state["params"])]
+    ok = jnp.stack(finite).all()
+    keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    out = {k: v if k == "step" else jax.tree.map(keep, v, state[k]) for k, v in new_state.items()}
+    return out, {**metrics, "nonfinite": jnp.where(ok, 0.0, 1.0).astype(jnp.float32)}
 
 
 def eval_step(params, tokens_BxT1, step, *, fn):

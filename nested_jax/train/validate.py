@@ -1,7 +1,15 @@
-"""Config checks with messages that name the problem and the fix."""
+"""Config checks with messages that name the problem and the fix.
+
+    check_values(config)        every field's value: choices, ranges, chunk/segment fits
+    finalize_config(config, V)  the above + vocab from the tokenizer + online constraints
+    preflight(config)           what the CLI runs before training: the above, tokenizer,
+                                data and devices (DataError / ConfigError, never a JAX trace)
+    check_resume_config(meta, config, tokenizer_sha256)
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
 
 
@@ -9,8 +17,114 @@ class ConfigError(ValueError):
     """An impossible or inconsistent configuration."""
 
 
+class DataError(ConfigError):
+    """Missing or unusable data or tokenizer."""
+
+
+# Allowed values of string fields (model.variant is checked against the model's BLOCKS).
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "model.titans.mode": ("mag", "mal"),
+    "model.titans.memory": ("linear", "mlp"),
+    "model.online.reset": ("per_sequence", "never"),
+    "optim.name": ("adamw", "muon"),
+    "optim.schedule": ("cosine", "constant"),
+}
+# Numeric fields: (field, low, high or None, low allowed?, high allowed?).
+RANGES = (
+    ("model.d_model", 1, None, True, True), ("model.n_layers", 1, None, True, True),
+    ("model.n_heads", 1, None, True, True), ("model.head_dim", 0, None, True, True),
+    ("model.d_ff", 0, None, True, True), ("model.attention_window", 0, None, True, True),
+    ("model.init_std", 0, None, False, True), ("model.norm_eps", 0, None, False, True),
+    ("optim.lr", 0, None, False, True), ("optim.warmup_steps", 0, None, True, True),
+    ("optim.min_lr_ratio", 0, 1, True, True), ("optim.b1", 0, 1, True, False),
+    ("optim.b2", 0, 1, True, False), ("optim.eps", 0, None, False, True),
+    ("optim.weight_decay", 0, None, True, True), ("optim.grad_clip", 0, None, True, True),
+    ("optim.momentum", 0, 1, True, False), ("optim.adam_lr", 0, None, True, True),
+    ("train.max_nonfinite_in_a_row", 0, None, True, True),
+    ("checkpoint.max_to_keep", 1, None, True, True),
+    ("eval.num_batches", 1, None, True, True), ("eval.batch_size", 1, None, True, True),
+)
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _choice(dotted: str, value, choices) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{dotted}={value!r} is not valid{hint}; choose one of "
+                          f"{', '.join(map(repr, choices))}: --config.{dotted}=...")
+
+
+def _divides(what: str, length: int, length_name: str, chunk: int, chunk_name: str,
+             remat_group: int = 0, remat_name: str = "") -> None:
+    """The model runs min(chunk, length) tokens per chunk; it must divide the length."""
+    c = min(chunk, length)
+    if chunk < 1 or length % c:
+        ok = [d for d in range(1, length + 1) if length % d == 0]
+        near = min(ok, key=lambda d: abs(d - max(chunk, 1)))
+        raise ConfigError(
+            f"{chunk_name}={chunk} does not divide the {length}-token {length_name} that the "
+            f"{what} scans in chunks. Fix: --config.{chunk_name}={near} (any divisor of {length}).")
+    if remat_group > 0 and (length // c) % remat_group:
+        raise ConfigError(
+            f"{remat_name}={remat_group} must divide the number of chunks {length // c} "
+            f"({length} tokens / {c}); pick a divisor or 0 to turn grouped remat off.")
+
+
+def check_values(config) -> None:
+    """Reject unknown choices, out-of-range numbers and chunk sizes that cannot tile the
+    sequence (or online segment) before any model code runs."""
+    from nested_jax.model.blocks import BLOCKS, ONLINE_VARIANTS
+
+    m = config.model
+    _choice("model.variant", m.variant, tuple(BLOCKS))
+    for dotted, choices in CHOICES.items():
+        v = _get(config, dotted)
+        if v is not None:
+            _choice(dotted, v, choices)
+    for dotted, lo, hi, lo_ok, hi_ok in RANGES:
+        v = _get(config, dotted)
+        if v is None or isinstance(v, bool):
+            continue
+        if (v < lo if lo_ok else v <= lo) or (hi is not None and (v > hi if hi_ok else v >= hi)):
+            span = (("[" if lo_ok else "(") + f"{lo}, {hi}" + ("]" if hi_ok else ")")
+                    if hi is not None else (f">= {lo}" if lo_ok else f"> {lo}"))
+            raise ConfigError(f"{dotted}={v!r} is out of range (must be {span}); "
+                              f"fix --config.{dotted}.")
+    t = config.train
+    if t.seq_len <= 0:
+        raise ConfigError(f"train.seq_len={t.seq_len} must be positive.")
+    online = m.variant in ONLINE_VARIANTS
+    length, length_name = ((m.online.segment_len, "online segment (model.online.segment_len)")
+                           if online else (t.seq_len, "training sequence (train.seq_len)"))
+    if online and (length <= 0 or t.seq_len % length):
+        return  # finalize_config reports the segment / sequence mismatch
+    if m.variant in ("titans", "hope_hybrid"):
+        _divides("Titans memory", length, length_name, m.titans.chunk_size,
+                 "model.titans.chunk_size", m.titans.remat_group, "model.titans.remat_group")
+    if m.variant == "hope":
+        sm = m.selfmod
+        _divides("self-modifying memory", length, length_name, sm.chunk_size,
+                 "model.selfmod.chunk_size", sm.remat_group, "model.selfmod.remat_group")
+        _divides("self-modifying output memory", length, length_name,
+                 sm.chunk_size_mem or sm.chunk_size, "model.selfmod.chunk_size_mem",
+                 sm.remat_group, "model.selfmod.remat_group")
+        if sm.eta_scale < 0:
+            raise ConfigError(f"model.selfmod.eta_scale={sm.eta_scale} must be >= 0.")
+
+
 def finalize_config(config, tokenizer_vocab: int) -> None:
     """Fill derived fields and reject impossible combinations (before any JAX work)."""
+    check_values(config)
     m = config.model
     if m.vocab_size == 0:
         m.vocab_size = tokenizer_vocab
@@ -49,7 +163,8 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
 
 
 # Fields that may change between a run and its resumption (length, cadence, logging).
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "checkpoint.", "eval.", "logging.")
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "checkpoint.", "eval.", "logging.",
+                     "train.max_nonfinite_in_a_row", "optim.lr")
 
 
 def _flatten(d, prefix=""):
@@ -82,3 +197,38 @@ def check_resume_config(meta: dict, config, tokenizer_sha256: str) -> None:
             f"the workdir's checkpoint was written with a different config ({shown}). "
             "Fix: rerun with the original settings to resume, or pick a new --workdir."
         )
+
+
+def preflight(config) -> None:
+    """What the training CLI checks before it writes anything: config values, tokenizer,
+    data (prepared and cached on first use) and devices. Raises ConfigError / DataError
+    whose message names the fix, instead of a traceback from inside JAX or Grain."""
+    check_values(config)
+    from nested_jax.data import loader
+
+    try:
+        tok = loader.tokenizer_for(config.data)
+    except (ValueError, OSError) as e:
+        raise DataError(f"cannot load data.tokenizer={config.data.tokenizer!r}: {e}") from None
+    finalize_config(config, tok.vocab_size)
+    data_cfg = config.data.copy_and_resolve_references()
+    data_cfg.num_workers = 0  # build the iterator only to check it; start no worker processes
+    t = config.train
+    try:
+        loader.make_train_iterator(data_cfg, seq_len=t.seq_len, batch_size=t.batch_size,
+                                   seed=config.seed)
+        loader.make_eval_batches(data_cfg, seq_len=t.seq_len, batch_size=config.eval.batch_size,
+                                 num_batches=config.eval.num_batches)
+    except (ValueError, OSError, KeyError) as e:
+        raise DataError(f"data.dataset={config.data.dataset!r} cannot feed training: "
+                        f"{type(e).__name__ + ': ' if isinstance(e, KeyError) else ''}{e}") from None
+    from nested_jax.train import mesh as mesh_lib
+
+    try:
+        mesh = mesh_lib.make_mesh(config.mesh)
+    except ValueError as e:
+        raise ConfigError(f"{e} Fix: --config.mesh.data / --config.mesh.fsdp.") from None
+    if t.batch_size % mesh.size:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} must be divisible by the number of devices "
+            f"({mesh.size}); change --config.train.batch_size.")

@@ -1,0 +1,450 @@
+"""Release bundle: one folder with everything needed to use and audit a trained model.
+
+    python -m nested_jax.release --checkpoint runs/x [--step N] --evals zs.json niah.json \\
+        --output release/x
+    python -m nested_jax.release verify release/x
+
+Layout (like the PyTorch reproduction's pilot release, seed_spec §4.4 and §8):
+
+    MODEL_CARD.md         generated: architecture, parameters, data, training, eval table,
+                          limitations, provenance, how to use and verify
+    release.json          step, tokens seen, parameter count, tokenizer, commits, versions
+    config.json           the training config (from the checkpoint's metadata)
+    checkpoints/<step>/   the Orbax step (params, optimizer, fast state, data state, meta);
+                          `python -m nested_jax.eval ... --checkpoint <release>` reads it
+    tokenizer/            the SentencePiece .model / .vocab (+ .json card) it was trained with
+    evals/*.json          the eval results given with --evals
+    logs/                 metrics.jsonl, loss_curve.png, summary.json of the training run
+    MANIFEST.json         sha256 and size of every file above
+    SHA256SUMS            `sha256sum -c SHA256SUMS` format, MANIFEST.json included
+
+`verify` recomputes every hash and reports missing, changed and unlisted files (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+
+import nested_jax
+from nested_jax.checkpoint.io import (
+    Checkpointer,
+    CheckpointError,
+    checkpoint_dir,
+    file_sha256,
+    hash_tree,
+    inspect_step,
+)
+
+FORMAT = "nested_jax-release/1"
+MANIFEST, SUMS, CARD = "MANIFEST.json", "SHA256SUMS", "MODEL_CARD.md"
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be built or does not verify; the message names the fix."""
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _param_count(step_dir: str) -> tuple[int, dict]:
+    """(total parameters, {top-level group: count}) from the Orbax metadata (no array read)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    ck = ocp.StandardCheckpointer()
+    tree = ck.metadata(os.path.join(step_dir, "params")).item_metadata.tree
+    ck.close()
+    groups: dict[str, int] = {}
+    for path, m in jax.tree_util.tree_leaves_with_path(tree):
+        n = math.prod(m.shape)
+        key = str(getattr(path[0], "key", path[0])) if path else "params"
+        groups[key] = groups.get(key, 0) + n
+    return sum(groups.values()), groups
+
+
+def _read_metrics(path: str) -> list[dict]:
+    out = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    return out
+
+
+def _eval_rows(doc: dict) -> list[tuple[str, object]]:
+    """(metric, value) rows of one eval JSON: nested_jax.eval.report's summary when it knows
+    the command, else every number under "metrics" (flattened, at most 40)."""
+    try:
+        from nested_jax.eval.report import summarize
+
+        return list(summarize(doc).items())
+    except Exception:  # noqa: BLE001 - unknown command or an older eval JSON
+        pass
+    rows: list[tuple[str, object]] = []
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}" if not prefix else f"{prefix}.{k}")
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            rows.append((prefix, node))
+
+    walk(doc.get("metrics", doc), "")
+    return rows[:40]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def model_card(info: dict, cfg: dict, evals: list[tuple[str, dict]], files: dict) -> str:
+    m, t, o, d = cfg["model"], cfg["train"], cfg["optim"], cfg["data"]
+    variant = m["variant"]
+    lines = [f"# nested_jax {variant} — step {info['step']:,}", "",
+             f"A {info['n_params']:,}-parameter `{variant}` language model trained with "
+             f"nested_jax (JAX/Flax Nested Learning / HOPE) for "
+             f"{info['step']:,} steps ({info['tokens_seen']:,} tokens). Research pilot release.",
+             "", "## Model", "", "| field | value |", "|---|---|"]
+    head_dim = m.get("head_dim") or m["d_model"] // m["n_heads"]
+    rows = [("variant", variant), ("parameters", info["n_params"]),
+            ("width d_model", m["d_model"]), ("layers", m["n_layers"]),
+            ("heads × head dim", f"{m['n_heads']} × {head_dim}"),
+            ("SwiGLU width d_ff", m.get("d_ff") or "auto (8/3·d_model)"),
+            ("vocabulary", m["vocab_size"]), ("tied embeddings", m.get("tie_embeddings")),
+            ("attention window", m.get("attention_window") or "full causal"),
+            ("compute dtype", m.get("dtype"))]
+    if variant in ("titans", "hope_hybrid"):
+        tt = m["titans"]
+        rows.append(("Titans memory", f"{tt['memory']} ({tt.get('mode', '')}), chunk "
+                                      f"{tt['chunk_size']}"))
+    if variant == "hope":
+        sm = m["selfmod"]
+        rows.append(("self-modifying Titans", f"chunk {sm['chunk_size']}, output-memory chunk "
+                                              f"{sm.get('chunk_size_mem') or sm['chunk_size']}"))
+    if variant.startswith("hope"):
+        cms, on = m["cms"], m["online"]
+        rows.append(("CMS levels (period, inner optimizer)", ", ".join(
+            f"{n} ({p}, {op})" for n, p, op in zip(cms["names"], cms["periods"],
+                                                    cms["optimizers"]))))
+        rows.append(("online segment / fast-state reset", f"{on['segment_len']} / {on['reset']}"))
+    for group, n in sorted(info["param_groups"].items()):
+        rows.append((f"parameters in {group}", n))
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    lines += ["", "## Training data", "", "| field | value |", "|---|---|",
+              f"| dataset | {d['dataset']} |",
+              f"| mixture | {d.get('mixture') or 'as prepared'} |",
+              f"| tokenizer | {info['tokenizer']['name']} (SentencePiece, "
+              f"{m['vocab_size']:,} pieces, sha256 `{info['tokenizer']['sha256'][:16]}…`) |",
+              f"| sequence length | {t['seq_len']} tokens |", ""]
+    lines += ["## Training", "", "| field | value |", "|---|---|",
+              f"| steps | {info['step']:,} (planned {t['steps']:,}) |",
+              f"| tokens seen | {info['tokens_seen']:,} |",
+              f"| batch | {t['batch_size']} sequences × {t['seq_len']} tokens |",
+              f"| optimizer | {o['name']}, lr {o['lr']:g} ({o['schedule']}, warm-up "
+              f"{o['warmup_steps']}), weight decay {o['weight_decay']:g}, clip "
+              f"{o['grad_clip']:g} |",
+              f"| seed | {cfg.get('seed')} |",
+              f"| final train loss | {_fmt(info.get('final_train_loss'))} |",
+              f"| final held-out loss | {_fmt(info.get('final_eval_loss'))} "
+              f"(ln V = {math.log(m['vocab_size']):.4f}) |",
+              f"| non-finite steps skipped | {info.get('nonfinite_skipped', 0)} |",
+              f"| code | nested_jax {info['package_version']}, commit "
+              f"`{info['git_commit']}` |", ""]
+    if os.path.basename(files.get("loss_curve", "")):
+        lines += ["![loss curve](logs/loss_curve.png)", ""]
+    lines += ["## Evaluation", ""]
+    if not evals:
+        lines += ["No evaluation results were bundled.", ""]
+    for name, doc in evals:
+        ck = doc.get("checkpoint", {}) if isinstance(doc.get("checkpoint"), dict) else {}
+        where = f", checkpoint step {ck['step']}" if "step" in ck else ""
+        note = ""
+        if "step" in ck and ck["step"] != info["step"]:
+            note = f" **Note: evaluated at step {ck['step']}, not the released step.**"
+        lines += [f"### {doc.get('command', 'eval')}: `evals/{name}.json`{where}{note}", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in _eval_rows(doc)]
+        lines.append("")
+    lines += ["## Limitations", "",
+              f"- Pilot scale: {info['n_params']:,} parameters trained on "
+              f"{info['tokens_seen']:,} tokens of `{d['dataset']}`. Expect weak language "
+              "modelling and zero-shot scores near chance; numbers are not comparable to the "
+              "papers' billion-parameter runs.",
+              "- Trained on a small English corpus with no filtering for toxicity, bias or "
+              "personal data; not instruction-tuned or aligned. Do not deploy it.",
+              "- The tokenizer was trained on the same corpus; other domains (code, maths, "
+              "other languages) fragment into many pieces.",
+              "- HOPE variants carry fast state; evaluation starts each sequence from the "
+              "learned initial state unless test-time memorisation is requested.",
+              "- Research code: checkpoints are tied to the package version and config recorded "
+              "here; restore with the same nested_jax version.", ""]
+    lines += ["## Use", "", "```bash",
+              "python -m nested_jax.release verify .        # every file against SHA256SUMS",
+              "python -m nested_jax.eval zeroshot --checkpoint . --tasks piqa --output zs.json",
+              "```", "", "## Files", "", "| path | bytes |", "|---|---|"]
+    for rel, size in files["sizes"]:
+        lines.append(f"| `{rel}` | {size:,} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | None = None,
+          force: bool = False, log=print) -> dict:
+    """Assemble the bundle in `output`; return release.json's content."""
+    ck_dir = checkpoint_dir(checkpoint)
+    if not os.path.isdir(ck_dir):
+        raise ReleaseError(f"no checkpoint folder at {checkpoint!r}. Fix: pass a training "
+                           "--workdir or its checkpoints/ folder.")
+    workdir = os.path.dirname(ck_dir) if os.path.basename(ck_dir) == "checkpoints" else ck_dir
+    output = os.path.abspath(output)
+    if os.path.exists(output) and os.listdir(output):
+        if not force:
+            raise ReleaseError(f"output folder {output} exists and is not empty. Fix: pick a "
+                               "new --output, or pass --force to replace it.")
+        shutil.rmtree(output)
+    docs = []
+    for p in evals:
+        try:
+            with open(p) as f:
+                doc = json.load(f)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise ReleaseError(f"cannot read eval result {p!r} ({type(e).__name__}: {e}). Fix: "
+                               "pass JSON files written by `python -m nested_jax.eval`.") from None
+        docs.append((os.path.splitext(os.path.basename(p))[0], p, doc))
+    names = [n for n, _, _ in docs]
+    if len(set(names)) != len(names):
+        raise ReleaseError(f"two eval files share a name ({names}); rename one.")
+
+    try:
+        ck = Checkpointer(ck_dir, read_only=True)
+        step = ck.resolve_step(step)
+        ck.manager.close()
+    except CheckpointError as e:
+        raise ReleaseError(str(e)) from None
+    src = os.path.join(ck_dir, str(step))
+    rep = inspect_step(src)
+    if not rep.ok or rep.meta is None:
+        raise ReleaseError(f"checkpoint step {step} in {ck_dir} is not intact "
+                           f"({'; '.join(rep.problems) or 'no metadata'}). Fix: run "
+                           f"`python -m nested_jax.checkpoint verify {ck_dir}` and release an "
+                           "intact step with --step.")
+    meta = rep.meta
+    for key in ("config", "tokenizer_sha256"):
+        if key not in meta:
+            raise ReleaseError(f"step {step} metadata lacks {key!r}; it was not written by "
+                               "nested_jax.train. Fix: release a checkpoint of a training run.")
+    cfg = json.loads(meta["config"])
+
+    from nested_jax.data.tokenizer import tokenizer_path
+
+    tok_name = cfg["data"]["tokenizer"]
+    try:
+        tok_model = str(tokenizer_path(tok_name))
+    except (ValueError, OSError) as e:
+        raise ReleaseError(f"the tokenizer {tok_name!r} of this run is not available: {e}") from None
+    tok_sha = file_sha256(tok_model)
+    if tok_sha != meta["tokenizer_sha256"]:
+        raise ReleaseError(
+            f"tokenizer {tok_model} has sha256 {tok_sha[:12]}…, but the checkpoint was trained "
+            f"with {meta['tokenizer_sha256'][:12]}…. Fix: restore the original tokenizer file "
+            "(`git checkout -- nested_jax/assets/tokenizers`).")
+
+    os.makedirs(output, exist_ok=True)
+    log(f"[nested_jax.release] copying checkpoint step {step} from {ck_dir}")
+    shutil.copytree(src, os.path.join(output, "checkpoints", str(step)))
+    with open(os.path.join(output, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    os.makedirs(os.path.join(output, "tokenizer"))
+    stem = os.path.splitext(tok_model)[0]
+    for ext in (".model", ".vocab", ".json"):
+        if os.path.isfile(stem + ext):
+            shutil.copy2(stem + ext, os.path.join(output, "tokenizer",
+                                                  os.path.basename(stem) + ext))
+    if docs:
+        os.makedirs(os.path.join(output, "evals"))
+    for name, p, _ in docs:
+        shutil.copy2(p, os.path.join(output, "evals", name + ".json"))
+    logs = os.path.join(output, "logs")
+    os.makedirs(logs)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    recs = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= step]
+    if recs:  # the run's records up to the released step
+        with open(os.path.join(logs, "metrics.jsonl"), "w") as f:
+            for r in recs:
+                f.write(json.dumps(r) + "\n")
+        from nested_jax.train.metrics import plot_loss_curve
+
+        plot_loss_curve(os.path.join(logs, "metrics.jsonl"), os.path.join(logs, "loss_curve.png"),
+                        title=f"{cfg['model']['variant']} on {cfg['data']['dataset']}")
+    else:
+        log(f"[nested_jax.release] warning: no metrics.jsonl in {workdir}; logs/ stays empty.")
+    if os.path.isfile(os.path.join(workdir, "summary.json")):
+        shutil.copy2(os.path.join(workdir, "summary.json"), os.path.join(logs, "summary.json"))
+
+    n_params, groups = _param_count(src)
+    train_losses = [r["loss"] for r in recs if "loss" in r]
+    eval_losses = [r["eval_loss"] for r in recs if "eval_loss" in r]
+    info = {
+        "format": FORMAT,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "step": step,
+        "tokens_seen": int(meta.get("tokens_seen", step * cfg["train"]["batch_size"]
+                                    * cfg["train"]["seq_len"])),
+        "variant": cfg["model"]["variant"],
+        "n_params": n_params,
+        "param_groups": groups,
+        "tokenizer": {"name": tok_name, "sha256": tok_sha, "vocab_size": cfg["model"]["vocab_size"]},
+        "package_version": meta.get("package_version", "unknown"),
+        "git_commit": meta.get("git_commit", "unknown"),
+        "release_package_version": nested_jax.__version__,
+        "release_git_commit": _git_commit(),
+        "nonfinite_skipped": meta.get("nonfinite_skipped", 0),
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "final_eval_loss": eval_losses[-1] if eval_losses else None,
+        "evals": [f"evals/{n}.json" for n in names],
+        "source": {"checkpoint_dir": ck_dir, "step_dir_sha256_record": rep.has_sums},
+    }
+    with open(os.path.join(output, "release.json"), "w") as f:
+        json.dump(info, f, indent=2)
+        f.write("\n")
+
+    sizes = sorted((os.path.relpath(os.path.join(dp, n), output).replace(os.sep, "/"),
+                    os.path.getsize(os.path.join(dp, n)))
+                   for dp, _, names in os.walk(output) for n in names)
+    grouped: dict[str, int] = {}
+    for rel, b in sizes:  # one row per checkpoint item, every other file on its own
+        key = "/".join(rel.split("/")[:3]) + "/" if rel.startswith("checkpoints/") and \
+            rel.count("/") > 2 else rel
+        grouped[key] = grouped.get(key, 0) + b
+    card = model_card(info, cfg, [(n, d) for n, _, d in docs],
+                      {"sizes": sorted(grouped.items()),
+                       "loss_curve": os.path.join(logs, "loss_curve.png") if recs else ""})
+    with open(os.path.join(output, CARD), "w") as f:
+        f.write(card)
+
+    files = hash_tree(output)
+    with open(os.path.join(output, MANIFEST), "w") as f:
+        json.dump({"format": FORMAT, "algorithm": "sha256", "files": files,
+                   "total_bytes": sum(v["bytes"] for v in files.values())}, f, indent=1)
+        f.write("\n")
+    everything = dict(files, **{MANIFEST: {"sha256": file_sha256(os.path.join(output, MANIFEST))}})
+    with open(os.path.join(output, SUMS), "w") as f:
+        for rel, v in sorted(everything.items()):
+            f.write(f"{v['sha256']}  {rel}\n")
+    log(f"[nested_jax.release] wrote {output}: step {step}, {n_params:,} parameters, "
+        f"{len(everything) + 1} files, {len(docs)} eval file(s)")
+    return info
+
+
+def verify(output: str, log=print) -> int:
+    """Recompute every sha256; 0 when the bundle is intact, 1 otherwise."""
+    output = os.path.abspath(output)
+    sums_path = os.path.join(output, SUMS)
+    if not os.path.isfile(sums_path):
+        raise ReleaseError(f"{output} has no {SUMS}; it is not a nested_jax release (or is "
+                           "incomplete). Fix: pass the folder written by `python -m "
+                           "nested_jax.release --output`.")
+    want: dict[str, str] = {}
+    with open(sums_path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            digest, sep, rel = line.partition("  ")
+            if not sep or len(digest) != 64:
+                raise ReleaseError(f"{SUMS} line {n} is malformed: {line[:80]!r}.")
+            want[rel] = digest
+    problems = []
+    got = hash_tree(output, skip_top={SUMS})
+    for rel, digest in want.items():
+        if rel not in got:
+            problems.append(f"missing: {rel}")
+        elif got[rel]["sha256"] != digest:
+            problems.append(f"changed: {rel} (sha256 {got[rel]['sha256'][:12]}…, "
+                            f"recorded {digest[:12]}…)")
+    for rel in sorted(set(got) - set(want)):
+        problems.append(f"not listed in {SUMS}: {rel}")
+    try:
+        with open(os.path.join(output, MANIFEST)) as f:
+            manifest = json.load(f)["files"]
+        for rel, v in manifest.items():
+            if want.get(rel) != v["sha256"]:
+                problems.append(f"{MANIFEST} and {SUMS} disagree on {rel}")
+        for rel in set(want) - set(manifest) - {MANIFEST}:
+            problems.append(f"{rel} is not in {MANIFEST}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problems.append(f"{MANIFEST} is unreadable ({type(e).__name__})")
+    ok = len(want) - sum(1 for p in problems if p.startswith(("missing", "changed")))
+    log(f"release: {output}")
+    log(f"{ok} of {len(want)} files match {SUMS}")
+    for p in problems:
+        log(f"  FAIL {p}")
+    log("OK: the release is intact." if not problems else
+        f"FAILED: {len(problems)} problem(s).")
+    return 0 if not problems else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "verify":
+        p = argparse.ArgumentParser(prog="python -m nested_jax.release verify",
+                                    description="Re-check every sha256 of a release folder.")
+        p.add_argument("output", help="the release folder")
+        args = p.parse_args(argv[1:])
+        run = lambda: verify(args.output)  # noqa: E731
+    else:
+        p = argparse.ArgumentParser(
+            prog="python -m nested_jax.release", description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--checkpoint", required=True,
+                       help="training --workdir or its checkpoints/ folder")
+        p.add_argument("--step", type=int, default=None, help="step to release (default: latest)")
+        p.add_argument("--evals", nargs="*", default=[], help="eval JSON files to bundle")
+        p.add_argument("--output", required=True, help="release folder to create")
+        p.add_argument("--force", action="store_true", help="replace a non-empty --output")
+        args = p.parse_args(argv)
+
+        def run():
+            build(args.checkpoint, args.output, evals=args.evals, step=args.step,
+                  force=args.force)
+            return 0
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        return run()
+    except ReleaseError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
