@@ -106,6 +106,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size; -1 = all devices
     c.mesh.fsdp = 1  # parameter-sharding axis size
+    c.mesh.mode = "shard_map"  # data-parallel step: shard_map (explicit, per-device rows) | gspmd (jit + shardings)
+    c.mesh.fsdp_min_size = 2**16  # params with fewer elements stay replicated when mesh.fsdp > 1
 
     c.logging = lg = ml_collections.ConfigDict()
     lg.progress_bar = True  # tqdm progress bar with loss and tokens/s

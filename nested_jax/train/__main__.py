@@ -17,9 +17,20 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (get_config()).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-host (nested_jax.train.distributed); or env NJ_COORDINATOR/NJ_NUM_PROCESSES/NJ_PROCESS_ID.
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_DASHED = {"--num-processes": "--num_processes", "--process-id": "--process_id"}
+
+
+def _undash(arg: str) -> str:
+    name, sep, value = arg.partition("=")
+    return _DASHED.get(name, name) + sep + value
 
 
 def _parse(argv):
+    argv = [_undash(a) for a in argv]  # accept --num-processes / --process-id too
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - turned into a one-paragraph message
@@ -38,6 +49,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax/absl INFO lines drown the progress bar
+    from nested_jax.train import distributed
+
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     from nested_jax.checkpoint import CheckpointError
     from nested_jax.train.metrics import NonFiniteError
     from nested_jax.train.validate import ConfigError, preflight

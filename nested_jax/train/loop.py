@@ -21,6 +21,7 @@ from nested_jax.model.online import init_fast
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import metrics as metrics_lib
 from nested_jax.train import optim, step as step_lib
+from nested_jax.train import distributed, parallel
 from nested_jax.train.validate import check_resume_config, finalize_config
 
 
@@ -41,7 +42,7 @@ def _host(tree):
 def evaluate(eval_fn, params, batches, mesh, step) -> float:
     tot, n = 0.0, 0.0
     for b in batches:
-        s, c = eval_fn(params, mesh_lib.global_batch(b, mesh), step)
+        s, c = eval_fn(params, mesh_lib.shard_full_batch(b, mesh), step)
         tot, n = tot + float(s), n + float(c)
     return tot / max(n, 1.0)
 
@@ -59,16 +60,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     mesh = mesh_lib.make_mesh(config.mesh)
     n_proc, proc = jax.process_count(), jax.process_index()
-    if config.train.batch_size % (mesh.size) != 0:
-        raise ValueError(
-            f"train.batch_size={config.train.batch_size} must be divisible by the number of "
-            f"devices ({mesh.size}); change --config.train.batch_size."
-        )
+    parallel.check_batch(config, mesh)
     total = config.train.steps
     tx = optim.build_optimizer(config.optim, total)
     lr_schedule = optim.schedule(config.optim, total)
     fn = abstract_model(config.model)
-    rep = mesh_lib.replicated(mesh)
 
     def init_state():
         model = build_model(config.model, config.seed)
@@ -80,13 +76,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return step_lib.init_train_state(params, tx, fast)
 
     abstract_state = jax.eval_shape(init_state)
-    state_shardings = jax.tree.map(lambda _: rep, abstract_state)
+    state_shardings = parallel.state_shardings(config, mesh, abstract_state)  # FSDP / rows
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                         max_to_keep=config.checkpoint.max_to_keep,
                         async_save=config.checkpoint.async_save)
     train_iter = loader.make_train_iterator(
-        config.data, seq_len=config.train.seq_len, batch_size=config.train.batch_size // n_proc,
+        config.data, seq_len=config.train.seq_len, batch_size=config.train.batch_size,
         seed=config.seed, process_index=proc, process_count=n_proc)
 
     start = ckpt.latest_step()
@@ -99,32 +95,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             abstract_state, state_shardings)
+        same_procs = meta.get("process_count", 1) == n_proc  # else: per-process data files differ
         got = ckpt.restore(start, params=abstract["params"],
                            opt={"opt_state": abstract["opt_state"], "step": abstract["step"]},
-                           fast=abstract.get("fast"), data_iter=train_iter)
+                           fast=abstract.get("fast"), data_iter=train_iter if same_procs else None)
+        if not same_procs:
+            distributed.restore_data_state(ckpt.directory, start, train_iter)
         state = {"params": got["params"], "opt_state": got["opt"]["opt_state"],
                  "step": got["opt"]["step"]}
         if "fast" in abstract:
             state["fast"] = got["fast"]
         print(f"[nested_jax] resumed from step {start} in {ckpt.directory}", flush=True)
 
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    if proc == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
 
-    batch_sharding = mesh_lib.batch_sharding(mesh)
-    p_train = jax.jit(
-        functools.partial(step_lib.train_step, fn=fn, tx=tx, lr_schedule=lr_schedule,
-                          seed=config.seed),
-        in_shardings=(state_shardings, {"tokens": batch_sharding}),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
+    p_train = parallel.jit_train_step(config, mesh, state_shardings, fn=fn, tx=tx,
+                                      lr_schedule=lr_schedule)  # shard_map DP (mesh.mode)
     p_eval = jax.jit(functools.partial(step_lib.eval_step, fn=fn))
     eval_batches = loader.make_eval_batches(
         config.data, seq_len=config.train.seq_len, batch_size=config.eval.batch_size,
         num_batches=config.eval.num_batches)
 
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+    writer = (metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0
+              else distributed.NullWriter())
     guard = metrics_lib.NonFiniteGuard(  # counts skipped non-finite steps; aborts after K in a row
         workdir, config.train.get("max_nonfinite_in_a_row", 0),
         ckpt.read_meta(start) if start else None, save_batches=proc == 0, before_abort=ckpt.wait)
@@ -134,6 +129,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "package_version": nested_jax.__version__,
         "git_commit": git_commit(),
         "variant": config.model.variant,
+        "process_count": n_proc,
     }
 
     def save(step_done: int):
@@ -217,6 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     summary.update(final_step=summary.get("stopped_at", total), eval_loss=last_eval,
                    vocab_size=config.model.vocab_size,
                    ln_vocab=float(np.log(config.model.vocab_size)))
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if proc == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
