@@ -264,7 +264,7 @@ def cmd_report(a, argv) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text + "\n")
-    print(text)
+    print(f"[nested_jax.eval] wrote {path}", file=sys.stderr)
 
 
 COMMANDS = {"zeroshot": cmd_zeroshot, "niah": cmd_needle, "passkey": cmd_needle,
@@ -295,4 +295,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    if rc:  # skip interpreter teardown: Orbax's I/O threads can print noise after a failed read
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)

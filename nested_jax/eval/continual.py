@@ -93,7 +93,7 @@ def sequential(model, fn, params, tok, *, phases, names, seq_len: int, windows: 
         with bar(steps_per_phase, f"phase {p + 1}/{len(phases)}: {dom}", progress) as pb:
             for s in range(steps_per_phase):
                 loss = trainer.step(data[s * train_batch_size:(s + 1) * train_batch_size])
-                phase_losses.append(loss)
+                phase_losses.append(float(loss))  # blocks: the bar shows real speed
                 pb.update(1)
         losses.append({"domain": dom, "loss": [float(x) for x in phase_losses]})
         model.params = trainer.params

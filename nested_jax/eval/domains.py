@@ -36,21 +36,27 @@ def parse_domains(spec: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=len(DOMAINS))
-def _documents(domain: str) -> dict:
-    out: dict = {"train": [], "valid": []}
+def _raw(domain: str) -> tuple:
+    """(split, text, source) of every document of a domain (read once per process)."""
+    out = []
     for d in _SOURCES[domain]:
         src = sources.Source.from_dict({k: v for k, v in d.items() if k not in ("weight", "limit")})
-        for doc in sources.read_docs(src):
-            text = normalize(doc.text, src.whitespace)
-            if len(text) < src.min_chars or (src.max_chars and len(text) > src.max_chars):
-                continue
-            out[doc.split].append(text)
-    return {k: tuple(v) for k, v in out.items()}
+        out.extend((doc.split, doc.text, src) for doc in sources.read_docs(src))
+    return tuple(out)
 
 
+@functools.lru_cache(maxsize=2 * len(DOMAINS))
 def documents(domain: str, split: str) -> tuple:
-    """Texts of one domain and split ('train' / 'valid'), in a deterministic order."""
-    return _documents(domain)[split]
+    """Texts of one domain and split ('train' / 'valid'), normalised and length-filtered as
+    `prepare` does, in a deterministic order."""
+    out = []
+    for sp, raw, src in _raw(domain):
+        if sp != split:
+            continue
+        text = normalize(raw, src.whitespace)
+        if len(text) >= src.min_chars and not (src.max_chars and len(text) > src.max_chars):
+            out.append(text)
+    return tuple(out)
 
 
 def _windows(tok, docs, seq_len: int, n: int) -> np.ndarray:

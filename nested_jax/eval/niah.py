@@ -70,10 +70,11 @@ _SENT = re.compile(r"(?<=[.!?])\s+(?=[\"'“‘(A-Z])")
 
 @functools.lru_cache(maxsize=1)
 def _paragraphs() -> tuple:
-    """Paragraphs of the valid novels (whitespace normalised as `prepare` does)."""
+    """Paragraphs (blank-line separated; hard line wraps kept) of the valid novels,
+    whitespace-normalised as `prepare` does."""
     out = []
     for text in documents("novels", "valid"):
-        out.extend(p.strip() for p in text.split("\n") if p.strip())
+        out.extend(p.strip() for p in re.split(r"\n\s*\n", text) if p.strip())
     return tuple(out)
 
 
@@ -163,9 +164,9 @@ def build_samples(tok, template: Template, lengths, depths, n: int, seed: int,
                   distractors: int) -> dict:
     """{(length, depth): [Sample]}, seeded per cell so a cell does not depend on the others."""
     out = {}
-    for li, length in enumerate(lengths):
-        for di, depth in enumerate(depths):
-            rng = np.random.default_rng([seed, length, di])
+    for length in lengths:
+        for depth in depths:
+            rng = np.random.default_rng([seed, length, round(depth * 100)])
             out[(length, depth)] = [make_sample(tok, template, length, depth / 100.0, rng,
                                                 distractors) for _ in range(n)]
     return out
@@ -238,7 +239,8 @@ def plot_heatmap(result: dict, path: str, title: str) -> None:
                                             for L in lengths])
         ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
         ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("needle depth")
+        if ax is axes[0][0]:
+            ax.set_ylabel("needle depth")
         ax.set_title(name, fontsize=10)
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)

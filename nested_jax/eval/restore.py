@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
+import sys
+import time
 
 import jax
 import numpy as np
@@ -54,6 +58,24 @@ def _first_line(e: Exception, limit: int = 300) -> str:
     text = str(e).strip().splitlines()
     text = text[0] if text else type(e).__name__
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+@contextlib.contextmanager
+def _quiet_failed_io():
+    """Orbax's I/O threads print an 'Event loop is closed' traceback after a failed read;
+    swallow that noise (other output is passed through)."""
+    old, buf = sys.stderr, io.StringIO()
+    sys.stderr = buf
+    try:
+        yield
+    except BaseException:
+        time.sleep(0.5)  # let the I/O threads finish complaining
+        raise
+    finally:
+        sys.stderr = old
+        text = buf.getvalue()
+        if text and "Event loop is closed" not in text:
+            old.write(text)
 
 
 def abstract_params(model_cfg) -> dict:
@@ -109,7 +131,8 @@ def load(path: str, step: int | None = None, *, tokenizer: str | None = None) ->
                 "--tokenizer PATH to the .model file the run was trained with.")
         fn = abstract_model(cfg.model)
         try:
-            got = ck.restore(step, params=abstract_params(cfg.model))
+            with _quiet_failed_io():
+                got = ck.restore(step, params=abstract_params(cfg.model))
         except CheckpointError as e:
             raise EvalError(
                 f"the checkpoint at step {step} in {ck.directory} is corrupt or does not match its "

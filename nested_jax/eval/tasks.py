@@ -105,8 +105,10 @@ def _arc(name: str, task: str) -> Iterator[Item]:
 
 def boolq() -> Iterator[Item]:
     for r in assets.read_jsonl(assets.data_path("boolq_val")):
+        label = r["label"]  # "true"/"false" strings in the SuperGLUE file (or booleans)
+        yes = label.strip().lower() == "true" if isinstance(label, str) else bool(label)
         yield _mc("boolq", f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"],
-                  int(bool(r["label"])))
+                  int(yes))
 
 
 def siqa() -> Iterator[Item]:
