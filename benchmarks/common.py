@@ -67,7 +67,10 @@ def compiled_memory(compiled) -> dict[str, Any]:
     if m is None:
         return {"compiled_bytes": None}
     total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-    return {"compiled_bytes": int(total - m.alias_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes)}
+    return {
+        "compiled_bytes": int(total - m.alias_size_in_bytes),
+        "temp_bytes": int(m.temp_size_in_bytes),
+    }
 
 
 def device_memory_stats() -> dict[str, int] | None:
@@ -161,7 +164,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
 
     body = [[cell(r, k, s) for k, _, s in columns] for r in rows]
     heads = [h for _, h, _ in columns]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(heads)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(b) for b in body])
 

@@ -89,7 +89,8 @@ def _grad_all(fn: Callable) -> Callable:
 def linear_cases(cfg):
     B, H, T = cfg["B"], cfg["H"], cfg["T"]
     args = titans_inputs(B, H, T)
-    cases = {("token_loop", 1): memory.batched(functools.partial(memory.titans_linear_reference, chunk_size=1))}
+    token_loop = functools.partial(memory.titans_linear_reference, chunk_size=1)
+    cases = {("token_loop", 1): memory.batched(token_loop)}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = memory.batched(
             functools.partial(memory.titans_linear, chunk_size=C, remat_group=cfg["remat_group"],
@@ -104,7 +105,8 @@ def mlp_cases(cfg):
     B, H, T = cfg["B"], cfg["H"], cfg["T"]
     hidden = MLP_HIDDEN_MULT * DK
     args = titans_inputs(B, H, T, hidden=hidden)
-    cases = {("token_loop", 1): memory.batched(functools.partial(memory.titans_mlp_reference, chunk_size=1))}
+    token_loop = functools.partial(memory.titans_mlp_reference, chunk_size=1)
+    cases = {("token_loop", 1): memory.batched(token_loop)}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = memory.batched(
             functools.partial(memory.titans_mlp, chunk_size=C, remat_group=cfg["remat_group"],
@@ -172,7 +174,8 @@ def bench_memory(name, cfg, budget_s, mem_limit) -> tuple[list[dict[str, Any]], 
             row["error"] = f"skipped: needs {mem['compiled_bytes'] / 2**30:.1f} GiB"
         else:
             runnable[key] = (compiled, args)
-    device_peaks = measure_device_peaks(runnable, {(r["impl"], r["chunk_size"], r["mode"]): r for r in rows})
+    by_key = {(r["impl"], r["chunk_size"], r["mode"]): r for r in rows}
+    device_peaks = measure_device_peaks(runnable, by_key)
     mm, mm_args, mm_flops = common.matmul_case()
     timings = common.time_interleaved({**runnable, "matmul": (mm, mm_args)}, budget_s=budget_s)
     matmul_flops_per_sec = mm_flops / timings.pop("matmul")["min"]
@@ -181,7 +184,7 @@ def bench_memory(name, cfg, budget_s, mem_limit) -> tuple[list[dict[str, Any]], 
         key = (row["impl"], row["chunk_size"], row["mode"])
         if key not in timings:
             continue
-        t = timings[key]
+        t, tok = timings[key], token[row["mode"]]
         mult = 1.0 if row["mode"] == "fwd" else 3.0
         n_tok = B * H * T
         flops = mult * n_tok * flops_per_tok(row["chunk_size"])
@@ -193,14 +196,14 @@ def bench_memory(name, cfg, budget_s, mem_limit) -> tuple[list[dict[str, Any]], 
             flops=flops,
             flops_per_sec=flops / t["min"],
             state_bytes_per_sec=mult * n_tok * bytes_per_tok(row["chunk_size"]) / t["min"],
-            speedup_vs_token_loop=(token[row["mode"]]["min"] / t["min"]) if token[row["mode"]] else None,
-            speedup_vs_token_loop_median=(token[row["mode"]]["median"] / t["median"])
-            if token[row["mode"]] else None,
+            speedup_vs_token_loop=tok["min"] / t["min"] if tok else None,
+            speedup_vs_token_loop_median=tok["median"] / t["median"] if tok else None,
         )
         if key in device_peaks:
             row["peak_bytes"], row["peak_bytes_source"] = device_peaks[key], "device_memory_stats"
         else:
-            row["peak_bytes"], row["peak_bytes_source"] = row.get("compiled_bytes"), "compiled_memory_analysis"
+            row["peak_bytes"] = row.get("compiled_bytes")
+            row["peak_bytes_source"] = "compiled_memory_analysis"
     return rows, matmul_flops_per_sec
 
 
@@ -253,7 +256,8 @@ def plot(rows, path):
             if r["impl"] == "token_loop":
                 hlines[f"token loop {r['mode']}"] = r["tokens_per_sec"]
             else:
-                series.setdefault(f"chunked {r['mode']}", []).append((r["chunk_size"], r["tokens_per_sec"]))
+                point = (r["chunk_size"], r["tokens_per_sec"])
+                series.setdefault(f"chunked {r['mode']}", []).append(point)
         panels.append(dict(title=f"{name} memory", series=series, hlines=hlines))
     if panels:
         common.plot_panels(panels, path, xlabel="chunk size C", ylabel="tokens / s")
@@ -263,8 +267,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--output", default="benchmarks/out/scan_chunks")
-    parser.add_argument("--memories", default="linear,mlp,hope", help="comma list of linear,mlp,hope")
-    parser.add_argument("--chunks", default=None, help="override the preset's chunk sizes, e.g. 16,64")
+    parser.add_argument("--memories", default="linear,mlp,hope", help="comma list: linear,mlp,hope")
+    parser.add_argument("--chunks", default=None, help="override the preset's chunk sizes: 16,64")
     parser.add_argument(
         "--remat-group", type=int, default=1,
         help="chunks per remat group of titans_* (0 = off). 1 (checkpoint every chunk) was the "
@@ -280,7 +284,8 @@ def main(argv=None):
     peak = common.matmul_peak_flops()
     peaks = [peak["flops_per_sec"]]
     mem_limit = common.available_memory_bytes()
-    print(f"device: {info['backend']} {info['device_kind']} x{info['device_count']}, jax {info['jax_version']}")
+    print(f"device: {info['backend']} {info['device_kind']} x{info['device_count']}, "
+          f"jax {info['jax_version']}")
     rows = []
     for name in ns.memories.split(","):
         cfg = dict(preset[name], remat_group=ns.remat_group, coeff_method=ns.coeff_method)
@@ -308,11 +313,12 @@ def main(argv=None):
     print(common.format_table(table_rows, COLUMNS))
     os.makedirs(ns.output, exist_ok=True)
     common.write_json(rows, os.path.join(ns.output, "results.json"))
-    common.write_json(dict(device=info, matmul_peak_flops_per_sec=peak_flops, matmul_alone=peak,
-                           matmul_interleaved=peaks[1:], preset=ns.preset, config=PRESETS[ns.preset]),
-                      os.path.join(ns.output, "meta.json"))
+    meta = dict(device=info, matmul_peak_flops_per_sec=peak_flops, matmul_alone=peak,
+                matmul_interleaved=peaks[1:], preset=ns.preset, config=PRESETS[ns.preset])
+    common.write_json(meta, os.path.join(ns.output, "meta.json"))
     plot(rows, os.path.join(ns.output, "scan_chunks.png"))
-    print(f"wrote {ns.output}/results.json, scan_chunks.png ({time.perf_counter() - t0:.0f} s total)")
+    elapsed = time.perf_counter() - t0
+    print(f"wrote {ns.output}/results.json, scan_chunks.png ({elapsed:.0f} s total)")
     return rows
 
 

@@ -152,7 +152,9 @@ def chunk_coefficients(theta_NxC, eta_NxC, alpha_NxC, method: str = "auto") -> C
     if method == "auto":
         method = "cumulative" if jax.default_backend() == "cpu" else "log"
     if method not in COEFF_METHODS:
-        raise ValueError(f"unknown coefficient method {method!r}; choose from {sorted(COEFF_METHODS)}")
+        raise ValueError(
+            f"unknown coefficient method {method!r}; choose from {sorted(COEFF_METHODS)} or 'auto'"
+        )
     gates = [jnp.asarray(g, F32) for g in (theta_NxC, eta_NxC, alpha_NxC)]
     return COEFF_METHODS[method](*gates)
 
