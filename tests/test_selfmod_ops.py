@@ -175,7 +175,8 @@ def chunk_inputs(C, gate, seed=0):
            "B": 0.5 * jax.random.normal(ks[1], (H, out)) / np.sqrt(H)}
     if gate:
         mem["P"] = 0.3 * jax.random.normal(ks[2], (D, 1))
-    mom = {"A": 0.1 * jax.random.normal(ks[3], (D, H)), "B": 0.1 * jax.random.normal(ks[4], (H, out))}
+    mom = {"A": 0.1 * jax.random.normal(ks[3], (D, H)),
+           "B": 0.1 * jax.random.normal(ks[4], (H, out))}
     k = sm.l2norm(jax.random.normal(ks[5], (C, D)))
     vhat = jax.random.normal(ks[6], (C, out))
     eta = jax.random.uniform(ks[7], (C,), maxval=0.5)
@@ -202,9 +203,13 @@ def test_dgd_chunk_grads_and_gate_extremes():
 
     g = jax.jit(jax.grad(functools.partial(loss, sm.dgd_chunk), argnums=tuple(range(6))))
     g_ref = jax.jit(jax.grad(functools.partial(loss, sm.dgd_reference), argnums=tuple(range(6))))
-    assert rel(g(mem, k, vhat, eta, alpha, mom0), g_ref(mem, k, vhat, eta, alpha, mom0)) < 10 * TOL
-    for e, a in [(0 * eta, alpha), (eta, 0 * alpha), (eta, 1e-30 + 0 * alpha), (eta, 1 + 0 * alpha)]:
-        assert finite(g(mem, k, vhat, e, a, mom0))
+    zero, one = jnp.zeros_like(alpha), jnp.ones_like(alpha)
+    for e, a in [(eta, alpha), (zero, alpha), (eta, zero), (eta, 1e-30 * one), (eta, one)]:
+        out, ref = g(mem, k, vhat, e, a, mom0), g_ref(mem, k, vhat, e, a, mom0)
+        assert finite(out)
+        if bool((a > 1e-20).all()):  # dα is computed through log α: tiny α loses dα precision
+            assert rel(out, ref) < TOL
+        assert rel(out[:4] + out[5:], ref[:4] + ref[5:]) < TOL
 
 
 # ---------------------------------------------------------------- dgd_linear (matrix memory)

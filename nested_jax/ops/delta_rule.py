@@ -39,7 +39,12 @@ TINY = 1e-30  # floor for α before its log (α = 0 then means α = 1e-30)
 
 
 def log_retention(alpha):
-    """log α with α floored at TINY: finite values and gradients at α = 0."""
+    """log α with α floored at TINY: finite values and gradients down to α = 0.
+
+    Gradients flow through log α, so d/dα = (d/d log α)/α: exact for ordinary α, zero at
+    α = 0, and imprecise (float32 underflow) for α ≲ 1e-20. Gates given as logits should
+    pass log α = log_sigmoid(logit) directly (as `selfmod_titans` does).
+    """
     return jnp.log(jnp.maximum(alpha, TINY))
 
 

@@ -280,7 +280,7 @@ def init_selfmod_params(key, d: int, hidden: int, *, adaptive_q: bool = False,
         out = 1 if n in GATES else d
         params[n] = {
             "A": jax.random.normal(ka, (d, hidden), jnp.float32) / math.sqrt(d),
-            "B": jax.random.normal(kb, (hidden, out), jnp.float32) * (out_scale / math.sqrt(hidden)),
+            "B": jax.random.normal(kb, (hidden, out), jnp.float32) * out_scale / math.sqrt(hidden),
         }
     params["eta"].update(P=jnp.zeros((d, 1)), b=jnp.asarray(math.log(math.e - 1.0), jnp.float32))
     b_alpha = math.log(alpha_init / (1.0 - alpha_init))
