@@ -32,7 +32,8 @@ def checkpoint_info(loaded) -> dict:
     return {"directory": loaded.directory, "step": loaded.step,
             "tokenizer_sha256": loaded.meta.get("tokenizer_sha256"),
             "git_commit": loaded.meta.get("git_commit"),
-            "tokens_seen": loaded.meta.get("tokens_seen")}
+            "tokens_seen": loaded.meta.get("tokens_seen"),
+            "skipped_corrupt_steps": list(loaded.skipped_steps)}
 
 
 def header(command: str, argv: list[str], *, seeds: dict | None = None) -> dict:

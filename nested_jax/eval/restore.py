@@ -35,6 +35,7 @@ class Loaded:
     step: int
     meta: dict
     directory: str
+    skipped_steps: list = dataclasses.field(default_factory=list)  # newer corrupt steps
 
     @property
     def online(self) -> bool:
@@ -103,24 +104,61 @@ def open_checkpointer(path: str) -> Checkpointer:
     return ck
 
 
+def _step_problems(ck: Checkpointer, step: int) -> list[str]:
+    """Problems `inspect_step` finds in a step folder ([] if none or not inspectable)."""
+    try:
+        from nested_jax.checkpoint.io import inspect_step
+    except ImportError:  # older checkpoint module: let the restore itself fail
+        return []
+    return list(inspect_step(os.path.join(ck.directory, str(step))).problems)
+
+
+def _resolve(ck: Checkpointer, step: int | None) -> tuple[int, list[int]]:
+    """(step to restore, newer steps skipped because they are corrupt)."""
+    steps = ck.all_steps()
+    if step is not None:
+        if step not in steps:
+            raise EvalError(f"step {step} not found in {ck.directory}; available steps: {steps}. "
+                            "Fix: pass one of them to --step (or omit --step for the latest).")
+        problems = _step_problems(ck, step)
+        if problems:
+            raise EvalError(
+                f"checkpoint step {step} in {ck.directory} is corrupt or incomplete "
+                f"({problems[0]}). Fix: pick another --step (available: {steps}); "
+                f"`python -m nested_jax.checkpoint verify {ck.directory}` lists what is broken.")
+        return step, []
+    skipped = []
+    for s in reversed(steps):
+        problems = _step_problems(ck, s)
+        if not problems:
+            return s, skipped
+        skipped.append(s)
+        print(f"[nested_jax.eval] warning: skipping corrupt checkpoint step {s} ({problems[0]}); "
+              "using the newest intact step.", file=sys.stderr)
+    raise EvalError(
+        f"every checkpoint in {ck.directory} is corrupt or incomplete (steps {steps}). Fix: "
+        f"run `python -m nested_jax.checkpoint verify {ck.directory}` for details and "
+        "re-save by resuming training.")
+
+
 def load(path: str, step: int | None = None, *, tokenizer: str | None = None) -> Loaded:
-    """Restore params + meta of `step` (latest if None); check the tokenizer's sha256."""
+    """Restore params + meta of `step` (newest intact one if None); check the tokenizer's
+    sha256 against the one recorded in the checkpoint."""
     ck = open_checkpointer(path)
     try:
-        if step is not None and step not in ck.all_steps():
-            raise EvalError(f"step {step} not found in {ck.directory}; available steps: "
-                            f"{ck.all_steps()}. Fix: pass one of them to --step (or omit --step "
-                            "for the latest).")
-        step = ck.resolve_step(step)
+        step, skipped = _resolve(ck, step)
         try:
             meta = ck.read_meta(step)
             cfg = config_from_meta(meta)
         except (CheckpointError, KeyError, ValueError) as e:
             raise EvalError(
-                f"the checkpoint at step {step} in {ck.directory} is corrupt or incomplete (its "
+                f"checkpoint step {step} in {ck.directory} is corrupt or incomplete (its "
                 f"metadata cannot be read: {_first_line(e)}). Fix: pick another --step "
                 f"(available: {ck.all_steps()}) or re-save it by resuming training.") from None
-        tok = load_tokenizer(tokenizer or cfg.data.tokenizer)
+        try:
+            tok = load_tokenizer(tokenizer or cfg.data.tokenizer)
+        except (ValueError, FileNotFoundError) as e:
+            raise EvalError(f"cannot load the checkpoint's tokenizer: {e}") from None
         want = meta.get("tokenizer_sha256")
         if want and want != tok.sha256:
             raise EvalError(
@@ -135,10 +173,10 @@ def load(path: str, step: int | None = None, *, tokenizer: str | None = None) ->
                 got = ck.restore(step, params=abstract_params(cfg.model))
         except CheckpointError as e:
             raise EvalError(
-                f"the checkpoint at step {step} in {ck.directory} is corrupt or does not match its "
+                f"checkpoint step {step} in {ck.directory} is corrupt or does not match its "
                 f"config ({_first_line(e.__cause__ or e)}). Fix: pick another --step (available: "
                 f"{ck.all_steps()}) or re-save it by resuming training.") from None
     finally:
         ck.manager.close()
     return Loaded(fn=fn, params=got["params"], cfg=cfg, tokenizer=tok, step=int(step),
-                  meta=meta, directory=ck.directory)
+                  meta=meta, directory=ck.directory, skipped_steps=skipped)
