@@ -27,11 +27,12 @@ import sys
 import time
 
 PRESETS = {  # model shape per preset (vocab fixed: tokens are random)
-    "tiny": dict(d_model=64, n_layers=2, n_heads=4, seq_len=128, segment=32, periods=(32, 64, 128)),
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, seq_len=128, segment=32, periods=(32, 64, 128),
+                 vocab=2048),
     "smoke": dict(d_model=128, n_layers=2, n_heads=4, seq_len=128, segment=32,
-                  periods=(32, 64, 128)),
+                  periods=(32, 64, 128), vocab=2048),
     "base": dict(d_model=768, n_layers=12, n_heads=12, seq_len=2048, segment=256,
-                 periods=(256, 1024, 2048)),
+                 periods=(256, 1024, 2048), vocab=32000),
 }
 
 
@@ -69,7 +70,7 @@ def bench_config(args, variant: str, n: int):
     p = PRESETS[args.preset]
     c = default.get_config()
     m = c.model
-    m.variant, m.vocab_size = variant, args.vocab
+    m.variant, m.vocab_size = variant, args.vocab or p["vocab"]
     m.d_model, m.n_layers, m.n_heads = p["d_model"], p["n_layers"], p["n_heads"]
     m.dtype = args.dtype
     m.online.segment_len = p["segment"]
@@ -150,7 +151,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--global-batch", type=int, default=16, help="strong scaling only")
     ap.add_argument("--mode", choices=("shard_map", "gspmd"), default="shard_map")
     ap.add_argument("--fsdp", type=int, default=1)
-    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, default=0, help="0 = the preset's")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--steps", type=int, default=5, help="steps per timed round")
     ap.add_argument("--min-rounds", type=int, default=2)
