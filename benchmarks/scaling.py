@@ -109,7 +109,7 @@ def run_worker(args) -> dict:
         return step_lib.init_train_state(nnx.to_pure_dict(nnx.split(model)[1]), tx, fast)
 
     mesh = mesh_lib.make_mesh(c.mesh)
-    parallel.check_batch(c, mesh)
+    parallel.check_config(c, mesh)
     shardings = parallel.state_shardings(c, mesh, jax.eval_shape(init))
     state = jax.jit(init, out_shardings=shardings)()
     step = parallel.jit_train_step(c, mesh, shardings, fn=fn, tx=tx,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs import default
@@ -43,8 +44,6 @@ def _parts(c):
 
     def init():
         model = build_model(c.model, c.seed)
-        from flax import nnx
-
         params = nnx.to_pure_dict(nnx.split(model)[1])
         fast = None
         if step_lib.streams(c.model):

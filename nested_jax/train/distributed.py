@@ -72,10 +72,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return True
 
 
-def is_primary() -> bool:
-    return jax.process_index() == 0
-
-
 class NullWriter:
     """Stands in for MetricsWriter on processes other than 0."""
 
@@ -86,14 +82,6 @@ class NullWriter:
 
     def close(self) -> None:
         pass
-
-
-def sync(name: str) -> None:
-    """Barrier across processes (no-op on one)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def restore_data_state(ckpt_dir: str, step: int, data_iter) -> None:

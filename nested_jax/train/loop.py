@@ -60,7 +60,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     mesh = mesh_lib.make_mesh(config.mesh)
     n_proc, proc = jax.process_count(), jax.process_index()
-    parallel.check_batch(config, mesh)
+    parallel.check_config(config, mesh)
     total = config.train.steps
     tx = optim.build_optimizer(config.optim, total)
     lr_schedule = optim.schedule(config.optim, total)

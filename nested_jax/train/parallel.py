@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from nested_jax.model.lm import build_model
@@ -68,8 +69,7 @@ def state_shardings(config, mesh, abstract_state: dict):
 
 def _pmean_floats(tree, axes):
     return jax.tree.map(
-        lambda x: jax.lax.pmean(x, axes) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)
-        else x, tree)
+        lambda x: jax.lax.pmean(x, axes) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def shard_map_grad_fn(mesh, fn, fast_specs=None):
@@ -112,8 +112,10 @@ def jit_train_step(config, mesh, shardings, *, fn, tx, lr_schedule):
                    donate_argnums=(0,))
 
 
-def check_batch(config, mesh) -> None:
-    """Batch rows must split evenly over devices and processes."""
+def check_config(config, mesh) -> None:
+    """Before any work: a known mesh.mode, and batch rows that split evenly over devices
+    and processes."""
+    _mode(config)
     b, n, p = config.train.batch_size, mesh.size, jax.process_count()
     if b % n or b % p:
         raise ValueError(

@@ -98,11 +98,3 @@ def named(specs, mesh: Mesh):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, P))
 
-
-def describe(abstract_params, specs) -> list[tuple[str, tuple, str]]:
-    """(path, shape, spec) rows, e.g. for a log line or a test."""
-    rows = []
-    flat_specs = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]
-    for (p, x), (_, s) in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0], flat_specs):
-        rows.append((path_str(p), tuple(x.shape), str(s)))
-    return rows
