@@ -39,12 +39,13 @@ def get_config() -> ml_collections.ConfigDict:
     tt.alpha_init = 0.01  # initial forgetting α (0 keeps everything)
     tt.conv_width = 4  # causal depthwise conv on q, k, v
     tt.persistent_tokens = 0  # learnable key/value tokens every query sees (titans variant)
-    tt.remat_group = 0  # chunks per rematerialised group in the memory scan (0 = off)
+    tt.remat_group = 1  # chunks per rematerialised group in the memory scan (0 = off; 1 fastest on CPU)
 
     m.selfmod = sm = ml_collections.ConfigDict()  # self-modifying Titans (variant hope)
     sm.chunk_size = 8  # chunk of the k, v, q, η, α memories (reads at chunk-start state)
     sm.chunk_size_mem = 32  # chunk of the output memory M_mem (0 = same as chunk_size)
-    sm.eta_scale = 0.01  # η_t = eta_scale · softplus(M_η(x_t)); ≥ 0.1 diverges on long sequences
+    sm.eta_scale = 0.1  # η_t = eta_scale · softplus(M_η(x_t))
+    sm.v_norm = True  # ℓ2-normalise v_t (without it eta_scale ≥ 0.1 diverges on long sequences)
     sm.alpha_init = 0.99  # initial retention α (1 keeps everything)
     sm.momentum = 0.0  # Titans-style momentum on the DGD gradient term (0 = off)
     sm.hidden_mult = 1  # residual-MLP memory hidden width = hidden_mult × head dim
@@ -80,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.max_nonfinite_in_a_row = 5  # skip non-finite steps; abort after this many in a row (0 = never)
 
     c.optim = o = ml_collections.ConfigDict()
-    o.name = "adamw"  # outer optimizer: adamw | muon (2-D weights; AdamW for the rest)
+    o.name = "adamw"  # outer optimizer: adamw | muon | m3 (2-D weights; AdamW for the rest)
     o.lr = 3e-4  # peak learning rate
     o.warmup_steps = 500  # linear warm-up from 0 to lr
     o.schedule = "cosine"  # cosine | constant (after warm-up)
@@ -92,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
     o.grad_clip = 1.0  # global-norm gradient clipping; 0 disables
     o.momentum = 0.95  # Muon momentum
     o.adam_lr = 0.0  # Muon only: AdamW learning rate for non-matrix params (0 = same as lr)
+    o.m3_beta3 = 0.9  # M3 only: slow-momentum weight β3 (M3 reuses b1, b2, eps, weight_decay)
+    o.m3_alpha = 1.0  # M3 only: weight α of the slow orthogonalised momentum
+    o.m3_ns_steps = 3  # M3 only: Newton–Schulz iterations (the reproduction's cubic)
+    o.m3_slow_chunk = 100  # M3 only: steps between slow-momentum updates (0 = never)
 
     c.checkpoint = k = ml_collections.ConfigDict()
     k.every_steps = 1000  # save every this many steps (and always at the end)

@@ -23,6 +23,7 @@ class SelfModTitans(nnx.Module):
         self.h, self.k, self.dtype = h, k, dtype
         self.chunk_size, self.chunk_size_mem = s.chunk_size, s.chunk_size_mem or s.chunk_size
         self.eta_scale, self.momentum, self.remat_group = s.eta_scale, s.momentum, s.remat_group
+        self.v_norm = s.v_norm
         self.w_in = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.conv = CausalConv(h * k, s.conv_width, rngs=rngs)
         self.wq = Dense(h * k, h * k, std=(h * k) ** -0.5, rngs=rngs, dtype=dtype)
@@ -58,7 +59,8 @@ class SelfModTitans(nnx.Module):
         def one(mems, moms, x, q):
             return sm_ops.selfmod_titans(
                 mems, x, q, chunk_size=cs, chunk_size_mem=csm, eta_scale=self.eta_scale,
-                momentum=self.momentum, mom0=moms, remat_group=self.remat_group)
+                momentum=self.momentum, mom0=moms, remat_group=self.remat_group,
+                v_norm=self.v_norm)
 
         y, (mems, moms) = jax.vmap(jax.vmap(one))(state["mems"], state["moms"], heads(u), heads(q))
         y = self.out_norm(y.transpose(0, 2, 1, 3)).reshape(b, t, self.h * self.k)
