@@ -68,8 +68,7 @@ def test_tiny_model_trained_on_fixed_passkey_prompts_retrieves_the_key(tok):
         loss = trainer.step(batch)
     assert float(loss) < 0.05, float(loss)
     model = PlainLM(lambda p, toks: fn.bind(p)(toks), trainer.params, name="tiny")
-    got = niah._score_cell(model, tok, samples, batch_size=4, batch_tokens=4096,
-                           granule_len=lambda n: n)
+    got = niah._score_cell(model, tok, samples, batch_size=4, batch_tokens=4096)
     assert got["greedy_acc"] == 1.0, [r["generated"] for r in got["samples"]]
     assert got["rank_acc"] == 1.0 and got["mean_margin"] > 0
     assert time.time() - t0 < 60

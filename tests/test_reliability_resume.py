@@ -135,11 +135,21 @@ def final_params(workdir, step=STEPS):
     return jax.tree.map(np.asarray, got["params"]), meta
 
 
+# One reference run per pytest process, whichever module asks first. The path is kept in
+# the environment because pytest may import this file twice (as a test module and as
+# tests.test_reliability_resume from the other reliability tests).
+_REFERENCE_ENV = f"NESTED_JAX_TEST_REFERENCE_RUN_{os.getpid()}"
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
-    """The uninterrupted run (in-process), shared by the reliability tests."""
-    wd = str(tmp_path_factory.mktemp("reference") / "run")
-    train_and_evaluate(tiny_config(), wd)
+    """The uninterrupted run (in-process), shared by the reliability tests (read-only: tests
+    copy it before changing anything)."""
+    wd = os.environ.get(_REFERENCE_ENV)
+    if not wd or not os.path.isfile(os.path.join(wd, "summary.json")):
+        wd = str(tmp_path_factory.mktemp("reference") / "run")
+        train_and_evaluate(tiny_config(), wd)
+        os.environ[_REFERENCE_ENV] = wd
     return wd
 
 

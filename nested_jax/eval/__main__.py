@@ -42,6 +42,9 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     p.add_argument("--batch-tokens", type=int, default=32768,
                    help="cap on rows × padded length per batch (long inputs use fewer rows)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--chunk", type=int, default=2048,
+                   help="transformer/titans: inputs longer than this run chunk by chunk with the "
+                        "key/value cache (same scores, linear memory); 0 = one full forward")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     g = p.add_argument_group("test-time memorisation (DESIGN §2.6; HOPE variants only)")
     g.add_argument("--memorize", action="store_true",
@@ -113,11 +116,11 @@ def _memo(a):
                        use_correct_answer=a.memorize_use_correct_answer)
 
 
-def _load(path, step, tokenizer):
+def _load(path, step, a):
     from nested_jax.eval import models, restore
 
-    loaded = restore.load(path, step, tokenizer=tokenizer)
-    return loaded, models.from_loaded(loaded)
+    loaded = restore.load(path, step, tokenizer=a.tokenizer)
+    return loaded, models.from_loaded(loaded, chunk=a.chunk)
 
 
 def _base(cmd, argv, loaded, a, seeds=None) -> dict:
@@ -135,10 +138,10 @@ def cmd_zeroshot(a, argv) -> dict:
     from nested_jax.eval import tasks, zeroshot
 
     names = tasks.parse_tasks(a.tasks)
-    loaded, model = _load(a.checkpoint, a.step, a.tokenizer)
+    loaded, model = _load(a.checkpoint, a.step, a)
     max_len = a.max_length or int(loaded.cfg.train.seq_len)
     doc = _base("zeroshot", argv, loaded, a, seeds={"seed": a.seed, "note": "deterministic"})
-    fixed = -(-max_len // model.granule) * model.granule if a.pad_to_max_length else None
+    fixed = model.fit(max_len) if a.pad_to_max_length else None
     doc["settings"] = {"tasks": names, "limit": a.limit, "max_length": max_len,
                        "prefix": "EOS (document start)", "batch_size": a.batch_size}
     doc["metrics"] = zeroshot.run(model, loaded.tokenizer, task_names=names, limit=a.limit,
@@ -161,7 +164,7 @@ def cmd_needle(a, argv) -> dict:
     if bad or a.samples < 1 or a.distractors < 0:
         raise EvalError(f"bad sweep: depths {bad} must be in 0..100, --samples ≥ 1, "
                         "--distractors ≥ 0.")
-    loaded, model = _load(a.checkpoint, a.step, a.tokenizer)
+    loaded, model = _load(a.checkpoint, a.step, a)
     doc = _base(a.command, argv, loaded, a, seeds={"seed": a.seed})
     doc["settings"] = {"lengths": kept, "dropped_lengths": [L for L in lengths if L not in kept],
                        "depths": depths, "samples": a.samples, "distractors": a.distractors,
@@ -208,10 +211,9 @@ def cmd_continual(a, argv) -> dict:
         entries, sets_by_tok, first = [], {}, None
         doc = _base("continual", argv, None, a, seeds={"seed": a.seed})
         for path, step in specs:
-            loaded, model = _load(path, step, a.tokenizer)
+            loaded, model = _load(path, step, a)
             first = first or loaded
             seq_len = a.seq_len or int(first.cfg.train.seq_len)
-            continual._check_len(model, seq_len)
             key = loaded.tokenizer.sha256
             if key not in sets_by_tok:
                 sets_by_tok[key] = continual.eval_sets(loaded.tokenizer, names, seq_len, a.windows)
@@ -238,7 +240,7 @@ def cmd_continual(a, argv) -> dict:
         raise EvalError("sequential training needs --steps-per-phase N (N ≥ 1). Fix: e.g. "
                         "--steps-per-phase 100; or pass --checkpoints for a forgetting curve.")
     phases = domains.parse_domains(a.phases) if a.phases else names
-    loaded, model = _load(a.checkpoint, a.step, a.tokenizer)
+    loaded, model = _load(a.checkpoint, a.step, a)
     seq_len = a.seq_len or int(loaded.cfg.train.seq_len)
     doc = _base("continual", argv, loaded, a, seeds={"seed": a.seed})
     doc["settings"] = {"mode": "sequential", "phases": phases, "domains": names,

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from nested_jax.eval import domains as domains_lib
+from nested_jax.eval.errors import EvalError
 from nested_jax.eval.memo import Memorizer, MemoOptions
+from nested_jax.eval.models import OnlineLM
 from nested_jax.eval.progress import bar
 from nested_jax.eval.trainer import Trainer
 
@@ -20,13 +22,25 @@ def score_windows(model, windows_NxT1: np.ndarray, *, batch_size: int, memo: Mem
     (the reproduction's protocol); with --memorize-no-reset the state runs on across the
     windows of a domain."""
     n, t1 = windows_NxT1.shape
+    t = t1 - 1
+    tp = model.fit(t)  # right-pad to a length the model accepts (never changes the scores)
+
+    def run(w_BxT1, fast=None):
+        b = w_BxT1.shape[0]
+        tok = np.zeros((b, tp + 1), np.int32)
+        tok[:, :t1] = w_BxT1
+        mask = np.zeros((b, tp), np.float32)
+        mask[:, :t] = 1.0
+        logp, am = model.run(tok, mask, fast=fast, want_argmax=True)
+        return logp[:, :t], am[:, :t]
+
     ce_sum = acc_sum = 0.0
     for i in range(0, n, batch_size):
         tok = windows_NxT1[i:i + batch_size]
         rows = tok.shape[0]
         if rows < batch_size:  # keep one compiled shape
             tok = np.concatenate([tok, np.repeat(tok[-1:], batch_size - rows, 0)])
-        logp, am = model.run(tok, None, want_argmax=True)
+        logp, am = run(tok)
         ce_sum += float(-logp[:rows].sum())
         acc_sum += float((am[:rows] == tok[:rows, 1:]).sum())
     tokens = n * (t1 - 1)
@@ -37,7 +51,7 @@ def score_windows(model, windows_NxT1: np.ndarray, *, batch_size: int, memo: Mem
             ce_m = acc_m = 0.0
             for w in windows_NxT1:
                 fast = mem.memorize(list(w))
-                logp, am = model.run(w[None], None, fast=fast, want_argmax=True)
+                logp, am = run(w[None], fast)
                 ce_m += float(-logp.sum())
                 acc_m += float((am[0] == w[1:]).sum())
             out["memorized"] = {"ce": ce_m / tokens, "acc": acc_m / tokens}
@@ -46,12 +60,11 @@ def score_windows(model, windows_NxT1: np.ndarray, *, batch_size: int, memo: Mem
     return out
 
 
-def _check_len(model, seq_len: int) -> None:
-    if seq_len % model.granule:
-        from nested_jax.eval.errors import EvalError
-
+def _check_train_len(model, seq_len: int) -> None:
+    """Training runs the online scan on whole windows: seq_len must fit the segments."""
+    if isinstance(model, OnlineLM) and model.fit(seq_len) != seq_len:
         raise EvalError(f"--seq-len {seq_len} is not a multiple of the segment length "
-                        f"{model.granule} of this online variant. Fix: pass a multiple of it.")
+                        f"{model.segment_len} of this online variant. Fix: pass a multiple of it.")
 
 
 def eval_sets(tok, names, seq_len: int, windows: int) -> dict:
@@ -82,7 +95,7 @@ def sequential(model, fn, params, tok, *, phases, names, seq_len: int, windows: 
     trainer = Trainer(fn, params, lr=lr, weight_decay=weight_decay, start_step=start_step)
     rows, losses = [], []
     model.params = trainer.params
-    _check_len(model, seq_len)
+    _check_train_len(model, seq_len)
     mem = Memorizer(model, memo)
     rows.append({"after": "initial", **score_domains(model, sets, batch_size=batch_size,
                                                      memo=memo, mem=mem)})

@@ -53,7 +53,7 @@ class Memorizer:
         ids = list(ids)
         if len(ids) < 2:
             return self.fast
-        t = pad_len(len(ids) - 1, self.model.granule)
+        t = pad_len(len(ids) - 1, self.model)
         tokens = np.full((1, t + 1), PAD_ID, np.int32)
         tokens[0, :len(ids)] = ids
         mask = np.zeros((1, t), np.float32)

@@ -1,7 +1,9 @@
 """What the harnesses score with: per-token log-probs (and argmax) of a batch of sequences.
 
-Two kinds, one interface (`run`, `memorize`, `granule`, `can_memorize`):
-  PlainLM   full-sequence forward (transformer, titans, or any logits function: tests).
+Two kinds, one interface (`run`, `memorize`, `fit`, `can_memorize`):
+  PlainLM   full-sequence forward (transformer, titans, or any logits function: tests);
+            sequences longer than `chunk` run as a scan over chunks with the key/value
+            cache (the model's `segment`), so 64k-token prompts fit in memory.
   OnlineLM  the online segment scan of HOPE variants (`online_forward`): baseline scores
             with updates on (the model's own algorithm, fresh state per row), memorised
             scores read with a given fast state (`update=False`).
@@ -23,28 +25,64 @@ from nested_jax.model.online import online_forward
 from nested_jax.ops.losses import token_cross_entropy
 
 
+def _logp_argmax(logits, targets):
+    return -token_cross_entropy(logits, targets), jnp.argmax(logits, -1).astype(jnp.int32)
+
+
 class PlainLM:
-    """apply_fn(params, tokens_BxT) -> logits [B, T, V]; no fast state."""
+    """apply_fn(params, tokens_BxT) -> logits [B, T, V]; no fast state.
+
+    With `fn` (a Functional) and `chunk` > 0, inputs longer than `chunk` tokens run as a
+    scan over chunks (model.segment with the key/value cache): the same scores, memory
+    linear in the length instead of quadratic."""
 
     can_memorize = False
-    granule = 1  # sequence lengths need no rounding
 
-    def __init__(self, apply_fn, params=None, name: str = "plain"):
+    def __init__(self, apply_fn, params=None, name: str = "plain", *, fn=None, chunk: int = 0):
         self.params, self.name = params, name
+        self.chunk = int(chunk) if fn is not None else 0
 
         def run(params, tokens_BxT1):
-            logits = apply_fn(params, tokens_BxT1[:, :-1])
-            logp_BxT = -token_cross_entropy(logits, tokens_BxT1[:, 1:])
-            return logp_BxT, jnp.argmax(logits, -1).astype(jnp.int32)
+            return _logp_argmax(apply_fn(params, tokens_BxT1[:, :-1]), tokens_BxT1[:, 1:])
+
+        def run_chunked(params, tokens_BxT1):
+            model = fn.bind(params)
+            b, t = tokens_BxT1.shape[0], tokens_BxT1.shape[1] - 1
+            c, n = self.chunk, t // self.chunk
+            split = lambda a: a.reshape(b, n, c).swapaxes(0, 1)  # noqa: E731
+
+            def body(carry, x):
+                tok, tgt, i = x
+                logits, carry, _ = model.segment(tok, (i * c + jnp.arange(c)).astype(jnp.int32),
+                                                 carry)
+                return carry, _logp_argmax(logits, tgt)
+
+            xs = (split(tokens_BxT1[:, :-1]), split(tokens_BxT1[:, 1:]), jnp.arange(n))
+            _, (lp, am) = jax.lax.scan(body, model.init_carry(b, t), xs)
+            return lp.swapaxes(0, 1).reshape(b, t), am.swapaxes(0, 1).reshape(b, t)
 
         self._run = jax.jit(run)
+        self._run_chunked = jax.jit(run_chunked)
+
+    def fit(self, n: int) -> int:
+        """Padded length for n input tokens: n, or a multiple of `chunk` above it."""
+        c = self.chunk
+        return n if not c or n <= c else -(-n // c) * c
 
     def run(self, tokens_BxT1, mask_BxT=None, fast=None, want_argmax=False):
         """(logp [B, T], argmax [B, T] or None) as numpy; `fast` must be None."""
         del mask_BxT
         if fast is not None:
             raise ValueError(f"{self.name} has no fast state to read with.")
-        logp, am = self._run(self.params, jnp.asarray(tokens_BxT1, jnp.int32))
+        tokens = jnp.asarray(tokens_BxT1, jnp.int32)
+        t = tokens.shape[1] - 1
+        if self.chunk and t > self.chunk:
+            if t % self.chunk:
+                raise ValueError(f"{t} input tokens is not a multiple of the chunk {self.chunk}; "
+                                 "pad to model.fit(n) first.")
+            logp, am = self._run_chunked(self.params, tokens)
+        else:
+            logp, am = self._run(self.params, tokens)
         return np.asarray(logp), (np.asarray(am) if want_argmax else None)
 
     def memorize(self, prompt_BxT1, mask_BxT, *, steps, fast=None, reset=True):
@@ -115,7 +153,7 @@ class OnlineLM:
 
     def __init__(self, fn, params, step: int = 0, name: str = "online"):
         self.fn, self.params, self.step, self.name = fn, params, int(step), name
-        self.granule = int(fn.cfg.online.segment_len)
+        self.segment_len = int(fn.cfg.online.segment_len)
         probe = _ArgmaxFn(fn)
 
         def run(params, tokens, mask, fast, *, update, argmax):
@@ -138,14 +176,19 @@ class OnlineLM:
                      for u in (True, False) for a in (True, False)}
         self._mem = jax.jit(mem)
 
+    def fit(self, n: int) -> int:
+        """Padded length for n input tokens: a multiple of the segment length."""
+        s = self.segment_len
+        return -(-n // s) * s
+
     def run(self, tokens_BxT1, mask_BxT=None, fast=None, want_argmax=False):
         """Baseline (fast=None): online scan with CMS updates from a fresh state per row.
         With `fast`: read with that state (no writes), as memorised scoring does."""
         tokens = jnp.asarray(tokens_BxT1, jnp.int32)
         b, t = tokens.shape[0], tokens.shape[1] - 1
-        if t % self.granule:
+        if t % self.segment_len:
             raise ValueError(f"{t} input tokens is not a multiple of the segment length "
-                             f"{self.granule}; pad first (scoring.pad_len).")
+                             f"{self.segment_len}; pad to model.fit(n) first.")
         mask = jnp.ones((b, t), jnp.float32) if mask_BxT is None else jnp.asarray(mask_BxT,
                                                                                   jnp.float32)
         if fast is not None:
@@ -168,10 +211,12 @@ class OnlineLM:
         return state, counts
 
 
-def from_loaded(loaded):
-    """The scoring model of a restored checkpoint (eval.restore.Loaded)."""
+def from_loaded(loaded, chunk: int = 2048):
+    """The scoring model of a restored checkpoint (eval.restore.Loaded). Plain variants run
+    inputs longer than `chunk` tokens chunk by chunk (0 = always the full forward)."""
     variant = loaded.cfg.model.variant
     if variant in ONLINE_VARIANTS:
         return OnlineLM(loaded.fn, loaded.params, step=loaded.step, name=variant)
     fn = loaded.fn
-    return PlainLM(lambda p, toks: fn.bind(p)(toks), loaded.params, name=variant)
+    return PlainLM(lambda p, toks: fn.bind(p)(toks), loaded.params, name=variant, fn=fn,
+                   chunk=chunk)

@@ -134,11 +134,11 @@ def first_digits(text: str) -> str:
     return m.group(0) if m else ""
 
 
-def _score_cell(model, tok, samples, *, fast=None, batch_size: int, batch_tokens: int,
-                granule_len) -> dict:
-    """Greedy exact match and distractor ranking for a list of samples."""
+def _score_cell(model, tok, samples, *, fast=None, batch_size: int, batch_tokens: int) -> dict:
+    """Greedy exact match and distractor ranking for a list of samples (one padded length
+    for every forward: prompt + answer tokens, rounded as the model needs)."""
     n_new = max(len(s.answer) for s in samples) + 1
-    fixed = granule_len(max(len(s.prompt) for s in samples) + n_new)
+    fixed = model.fit(max(len(s.prompt) for s in samples) + n_new)
     reqs, spans = [], []
     for s in samples:
         spans.append((len(reqs), 1 + len(s.distractors)))
@@ -176,8 +176,6 @@ def run(model, tok, *, task: str, lengths, depths, samples: int, seed: int, dist
         batch_size: int, batch_tokens: int, memo: MemoOptions, progress: bool = True) -> dict:
     """Metrics per (length, depth) cell, per length, and overall."""
     template = TEMPLATES[task]
-    g = model.granule
-    granule_len = lambda n: -(-n // g) * g  # noqa: E731
     cells_in = build_samples(tok, template, lengths, depths, samples, seed, distractors)
     mem = Memorizer(model, memo)
     cells = []
@@ -185,14 +183,14 @@ def run(model, tok, *, task: str, lengths, depths, samples: int, seed: int, dist
         for (length, depth), ss in cells_in.items():
             cell = {"length": length, "depth": depth,
                     **_score_cell(model, tok, ss, batch_size=batch_size,
-                                  batch_tokens=batch_tokens, granule_len=granule_len)}
+                                  batch_tokens=batch_tokens)}
             if mem.active:
                 per = []
                 for s in ss:
                     ids = s.prompt + s.answer if memo.use_correct_answer else s.prompt
                     fast = mem.memorize(ids)
                     per.append(_score_cell(model, tok, [s], fast=fast, batch_size=batch_size,
-                                           batch_tokens=batch_tokens, granule_len=granule_len))
+                                           batch_tokens=batch_tokens))
                 rows = [r for p in per for r in p["samples"]]
                 cell["memorized"] = {
                     "n": len(rows), "greedy_acc": float(np.mean([r["greedy"] for r in rows])),

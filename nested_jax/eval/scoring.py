@@ -17,16 +17,16 @@ PAD_ID = 0
 _LADDER = (16, 24, 32, 48)  # × powers of two: 16, 24, 32, 48, 64, 96, 128, 192, ...
 
 
-def pad_len(n: int, granule: int = 1) -> int:
-    """Bucketed length ≥ n: the next value of 16·{1, 1.5, 2, 3}·2^k, then a multiple of
-    `granule` (the segment length of online variants)."""
+def pad_len(n: int, model=None) -> int:
+    """Bucketed length ≥ n: the next value of 16·{1, 1.5, 2, 3}·4^k, then what the model
+    needs (`model.fit`: a multiple of the segment length of online variants)."""
     n = max(int(n), 1)
     scale = 1
     while True:
         for v in _LADDER:
             if v * scale >= n:
                 b = v * scale
-                return -(-b // granule) * granule
+                return b if model is None else model.fit(b)
         scale *= 4
 
 
@@ -59,7 +59,7 @@ def _batches(order, lengths, model, max_rows: int, batch_tokens: int, fixed_len=
     """Consecutive groups of `order` (sorted longest first) sharing one bucket length."""
     i = 0
     while i < len(order):
-        t = fixed_len or pad_len(lengths[order[i]] - 1, model.granule)
+        t = fixed_len or pad_len(lengths[order[i]] - 1, model)
         rows = max(1, min(max_rows, batch_tokens // t))
         j = i + 1
         while j < len(order) and j - i < rows:
@@ -78,11 +78,11 @@ def score_requests(model, requests, *, max_len: int, batch_size: int = 16,
     tokens are scored); `prefix` defaults to none. `fast`: read with this fast
     state (memorised scoring). `progress`: a tqdm bar advanced per request.
     `fixed_len`: pad every batch to this many input tokens (one compiled shape) instead of
-    bucketing; a multiple of the model's granule, ≥ max_len.
+    bucketing; ≥ max_len and a length the model accepts (model.fit(fixed_len) == fixed_len).
     """
-    if fixed_len is not None and (fixed_len % model.granule or fixed_len < max_len):
-        raise ValueError(f"fixed_len {fixed_len} must be ≥ max_len {max_len} and a multiple "
-                         f"of {model.granule}.")
+    if fixed_len is not None and (model.fit(fixed_len) != fixed_len or fixed_len < max_len):
+        raise ValueError(f"fixed_len {fixed_len} must be ≥ max_len {max_len} and equal "
+                         f"model.fit(fixed_len) = {model.fit(fixed_len)}.")
     prefix = list(prefix or [])
     seqs, starts, truncated = [], [], 0
     for ctx, cont in requests:
@@ -131,7 +131,7 @@ def greedy_decode(model, prompts: list[list[int]], n_new: int, *, fast=None,
                   batch_size: int = 8, fixed_len: int | None = None) -> list[list[int]]:
     """Greedy generation by re-running the forward: n_new tokens after each prompt. Every
     step uses one padded length (fixed_len, or the bucket of the longest prompt + n_new)."""
-    t = fixed_len or pad_len(max(len(p) for p in prompts) + n_new, model.granule)
+    t = fixed_len or pad_len(max(len(p) for p in prompts) + n_new, model)
     rows = min(batch_size, len(prompts))  # every call has this many rows (one shape)
     out = []
     for i in range(0, len(prompts), rows):
