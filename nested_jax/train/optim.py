@@ -65,8 +65,16 @@ def build_optimizer(o, total_steps: int) -> optax.GradientTransformation:
         tx = muon(lr, beta=o.momentum, weight_decay=o.weight_decay, adam_b1=o.b1, adam_b2=o.b2,
                   adam_weight_decay=o.weight_decay, adam_learning_rate=adam_lr,
                   muon_weight_dimension_numbers=muon_dims)
+    elif o.name == "m3":
+        from nested_jax.train.m3 import m3
+
+        # M3 on the Muon-eligible matrices, AdamW (decay_mask) on the rest, one lr.
+        tx = m3(lr, beta1=o.b1, beta2=o.b2, beta3=o.m3_beta3, alpha=o.m3_alpha,
+                ns_steps=o.m3_ns_steps, slow_chunk=o.m3_slow_chunk, eps=o.eps,
+                weight_decay=o.weight_decay, dims=muon_dims, adam_b1=o.b1, adam_b2=o.b2,
+                adam_eps=o.eps, adam_weight_decay_mask=decay_mask)
     else:
-        raise ValueError(f"optim.name={o.name!r} is unknown; choose 'adamw' or 'muon'.")
+        raise ValueError(f"optim.name={o.name!r} is unknown; choose 'adamw', 'muon' or 'm3'.")
     if o.grad_clip and o.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
     return tx
