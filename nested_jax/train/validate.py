@@ -27,7 +27,7 @@ CHOICES = {
     "model.titans.mode": ("mag", "mal"),
     "model.titans.memory": ("linear", "mlp"),
     "model.online.reset": ("per_sequence", "never"),
-    "optim.name": ("adamw", "muon"),
+    "optim.name": ("adamw", "muon", "m3"),
     "optim.schedule": ("cosine", "constant"),
 }
 # Numeric fields: (field, low, high or None, low allowed?, high allowed?).
@@ -188,9 +188,19 @@ def check_resume_config(meta: dict, config, tokenizer_sha256: str) -> None:
         )
     old = _flatten(json.loads(meta["config"]))
     new = _flatten(json.loads(config.to_json_best_effort()))
-    diffs = [k for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
-             and k != "train.steps"]
+    keys = sorted(set(old) | set(new))
+    diffs = [k for k in keys if k in old and k in new and old[k] != new[k]
+             and not k.startswith(RESUMABLE_CHANGES) and k != "train.steps"]
+    added = [k for k in keys if k not in old]
+    gone = [k for k in keys if k not in new]
+    if added or gone:  # the code gained or lost config fields since the checkpoint was written
+        import sys
+
+        print("[nested_jax] warning: resuming a checkpoint written by an older config schema: "
+              + (f"new fields take their current values ({', '.join(added[:8])})" if added
+                 else "") + ("; " if added and gone else "")
+              + (f"fields no longer known are ignored ({', '.join(gone[:8])})" if gone else "")
+              + ".", file=sys.stderr, flush=True)
     if diffs:
         shown = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diffs[:6])
         raise ConfigError(
