@@ -148,7 +148,19 @@ def reference_run(tmp_path_factory):
     wd = os.environ.get(_REFERENCE_ENV)
     if not wd or not os.path.isfile(os.path.join(wd, "summary.json")):
         wd = str(tmp_path_factory.mktemp("reference") / "run")
-        train_and_evaluate(tiny_config(), wd)
+        calls, orig = [], Checkpointer.save
+
+        def spy(self, step, **kw):  # which records are on disk when checkpoint `step` starts
+            calls.append([step, _max_step(wd)])
+            return orig(self, step, **kw)
+
+        Checkpointer.save = spy
+        try:
+            train_and_evaluate(tiny_config(), wd)
+        finally:
+            Checkpointer.save = orig
+        with open(os.path.join(wd, "save_calls.json"), "w") as f:
+            json.dump(calls, f)
         os.environ[_REFERENCE_ENV] = wd
     return wd
 
@@ -205,6 +217,10 @@ def test_kill9_at_any_point_then_resume_equals_uninterrupted(tmp_path, reference
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
     assert records(wd) == records(reference_run)
+    # Every checkpoint starts after its step's record is in metrics.jsonl, so a kill right
+    # after a checkpoint never loses a record (the pending-metric flush).
+    with open(os.path.join(reference_run, "save_calls.json")) as f:
+        assert json.load(f) == [[6, 6], [12, 12], [18, 18], [24, 24]]
     assert meta["step"] == STEPS and meta["tokens_seen"] == STEPS * 4 * 32
     assert not [f for f in os.listdir(wd) if f.startswith("nonfinite_batch")]
 

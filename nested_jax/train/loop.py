@@ -159,9 +159,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         nonlocal t_last, step_last
         s, m = pending_item
         m = {k: float(v) for k, v in _host(m).items()}
-        guard.update(s, m)  # "nonfinite" → cumulative "nonfinite_skipped"; raises after K
+        guard.update(s, m)  # "nonfinite" → cumulative "nonfinite_skipped"
         summary["loss"] = m["loss"]
-        if s % config.train.log_every == 0 or s == total:
+        if s % config.train.log_every == 0 or s == total or guard.abort:
             now = time.perf_counter()
             tps = (s - step_last) * tokens_per_step / max(now - t_last, 1e-9)
             t_last, step_last = now, s
@@ -169,6 +169,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             summary["tokens_per_sec"] = tps
             if bar is not None:
                 bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
+        guard.check()  # K non-finite steps in a row: NonFiniteError, nothing more is saved
 
     stop = StopRequest().install()  # SIGTERM/SIGINT: checkpoint after this step, exit 0
     for i in range(start, total):

@@ -68,8 +68,9 @@ class NonFiniteGuard:
 
     Counts skipped steps (`nonfinite_skipped`, cumulative, added to every metrics record
     and to the checkpoint meta so a resumed run counts on), saves each offending batch to
-    `workdir/nonfinite_batch_step<N>.npy`, and raises NonFiniteError after
-    `max_in_a_row` consecutive skips (0 = never), before any further checkpoint is written.
+    `workdir/nonfinite_batch_step<N>.npy`. After `max_in_a_row` consecutive skips (0 =
+    never) `abort` is set; `check()` (called once the step's record is written, before any
+    further checkpoint) raises it as NonFiniteError.
     """
 
     def __init__(self, workdir: str, max_in_a_row: int, meta: dict | None = None, *,
@@ -79,6 +80,7 @@ class NonFiniteGuard:
         self.in_a_row = int((meta or {}).get("nonfinite_in_a_row", 0))
         self.save_batches, self.before_abort = save_batches, before_abort
         self._batches: dict[int, np.ndarray] = {}
+        self.abort: NonFiniteError | None = None
 
     def remember(self, step: int, batch) -> None:
         """Keep the host batch of `step` until its metrics are read (one step later)."""
@@ -90,7 +92,7 @@ class NonFiniteGuard:
         return {"nonfinite_skipped": self.skipped, "nonfinite_in_a_row": self.in_a_row}
 
     def update(self, step: int, m: dict) -> None:
-        """Consume m["nonfinite"] of `step`; add m["nonfinite_skipped"]; raise after K in a row."""
+        """Consume m["nonfinite"] of `step`; add m["nonfinite_skipped"]; set `abort` after K."""
         bad = bool(m.pop("nonfinite", 0.0))
         batch = self._batches.pop(step, None)
         if not bad:
@@ -109,9 +111,7 @@ class NonFiniteGuard:
               f"({self.in_a_row} in a row, {self.skipped} in total); batch saved to {path}.",
               file=sys.stderr, flush=True)
         if self.max_in_a_row and self.in_a_row >= self.max_in_a_row:
-            if self.before_abort is not None:
-                self.before_abort()
-            raise NonFiniteError(
+            self.abort = NonFiniteError(
                 f"training stopped at step {step}: {self.in_a_row} steps in a row had a "
                 f"non-finite loss or gradient (train.max_nonfinite_in_a_row="
                 f"{self.max_in_a_row}); their updates were skipped, so the last checkpoint in "
@@ -119,6 +119,13 @@ class NonFiniteGuard:
                 f"offending batch is {path}. Fix: inspect that batch, then rerun the same command "
                 "with a lower --config.optim.lr (it resumes from that checkpoint), or with a "
                 "larger --config.train.max_nonfinite_in_a_row to step past a few bad batches.")
+
+    def check(self) -> None:
+        """Raise the pending NonFiniteError (after letting an in-flight good save finish)."""
+        if self.abort is not None:
+            if self.before_abort is not None:
+                self.before_abort()
+            raise self.abort
 
 
 def read_metrics(path: str) -> list[dict]:
