@@ -161,3 +161,14 @@ def test_errors_are_one_paragraph_with_the_fix(ckpts, tmp_path, capsys):
     shutil.rmtree(bad / "checkpoints" / "1" / "params")
     msg = err(base + ["--checkpoint", str(bad)])
     assert "every checkpoint" in msg and "corrupt" in msg
+
+
+def test_continual_memorisation_on_hope(ckpts, tmp_path):
+    d = _run(["continual", "--checkpoints", ckpts["hope_attention"], "--domains", "math",
+              "--windows", "2", "--batch-size", "2", "--memorize", "--memorize-no-reset"],
+             tmp_path / "hope_curve.json")
+    s = d["metrics"]["checkpoints"][0]["domains"]["math"]
+    assert d["config"]["variant"] == "hope_attention" and d["settings"]["seq_len"] == 32
+    assert s["memorized"]["ce"] != s["ce"] and s["tokens"] == 64
+    mem = d["metrics"]["checkpoints"][0]["memorize"]
+    assert mem["applied"] and mem["prompts"] == 2 and mem["updates"]["fast"] > 0

@@ -242,3 +242,26 @@ def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_dropped(tmp_pat
     w.close()
     MetricsWriter(str(tmp_path), resume_step=2).close()
     assert [r["step"] for r in records(str(tmp_path))] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_streaming_hope_resume_equals_uninterrupted(tmp_path):
+    """HOPE-Attention with a streaming fast state (reset=never): the fast state item is
+    restored exactly too (about a minute on 2 CPU cores)."""
+    extra = {"model.variant": "hope_attention", "model.online.segment_len": 16,
+             "model.cms.periods": "(16, 32, 32)", "model.online.reset": "never",
+             "train.steps": 8, "checkpoint.every_steps": 4, "eval.every_steps": 4}
+    ref = Run(tmp_path / "ref", **extra)
+    assert ref.wait() == 0, ref.stderr[-3000:]
+    r = Run(tmp_path / "int", env={"NESTED_JAX_TEST_PAUSE_AFTER_STEP": "6"},
+            **{**extra, "checkpoint.async_save": False})
+    r.wait_for(lambda: "paused after step 6" in r.stderr, "step 6")
+    assert r.kill() == -signal.SIGKILL
+    r = Run(tmp_path / "int", **extra)
+    assert r.wait() == 0 and "resumed from step 4" in r.stdout, r.stderr[-3000:]
+    got, _ = final_params(str(tmp_path / "int"), 8)
+    want, _ = final_params(str(tmp_path / "ref"), 8)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+    assert records(str(tmp_path / "int")) == records(str(tmp_path / "ref"))
+    assert os.path.isdir(os.path.join(tmp_path, "int", "checkpoints", "8", "fast"))

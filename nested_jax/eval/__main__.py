@@ -54,6 +54,9 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
                    help="carry the fast state across items instead of a fresh one per item")
     g.add_argument("--memorize-use-correct-answer", action="store_true",
                    help="memorise the prompt followed by the correct answer")
+    g.add_argument("--memorize-teach-scale", type=float, default=None,
+                   help="teach-signal scale while memorising (default: the schedule's value "
+                        "at the checkpoint step)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +116,8 @@ def _memo(a):
     if a.memorize_steps < 1:
         raise EvalError(f"--memorize-steps={a.memorize_steps}; it must be ≥ 1.")
     return MemoOptions(enabled=a.memorize, steps=a.memorize_steps, reset=not a.memorize_no_reset,
-                       use_correct_answer=a.memorize_use_correct_answer)
+                       use_correct_answer=a.memorize_use_correct_answer,
+                       teach_scale=a.memorize_teach_scale)
 
 
 def _load(path, step, a):
@@ -193,6 +197,7 @@ def _split_at(spec: str) -> tuple[str, int | None]:
 
 def cmd_continual(a, argv) -> dict:
     from nested_jax.eval import continual, domains, output, restore
+    from nested_jax.eval.memo import Memorizer
 
     names = domains.parse_domains(a.domains)
     memo = _memo(a)
@@ -217,12 +222,14 @@ def cmd_continual(a, argv) -> dict:
             key = loaded.tokenizer.sha256
             if key not in sets_by_tok:
                 sets_by_tok[key] = continual.eval_sets(loaded.tokenizer, names, seq_len, a.windows)
-            from nested_jax.eval.memo import Memorizer
-
+            mem = Memorizer(model, memo)
             scores = continual.score_domains(model, sets_by_tok[key], batch_size=a.batch_size,
-                                             memo=memo, mem=Memorizer(model, memo))
+                                             memo=memo, mem=mem, progress=not a.no_progress,
+                                             desc=f"score @ step {loaded.step}")
             entries.append({"path": path, "step": loaded.step,
                             "variant": loaded.cfg.model.variant, "domains": scores})
+            if memo.enabled:
+                entries[-1]["memorize"] = mem.report()
             output.say(f"{path}@{loaded.step}: " + ", ".join(
                 f"{d} CE {s['ce']:.3f}" for d, s in scores.items()))
         doc["checkpoint"] = output.checkpoint_info(first)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nested_jax.data.tokenizer import EOS_ID
 from nested_jax.eval import domains as domains_lib
 from nested_jax.eval.errors import EvalError
 from nested_jax.eval.memo import Memorizer, MemoOptions
@@ -50,7 +51,7 @@ def score_windows(model, windows_NxT1: np.ndarray, *, batch_size: int, memo: Mem
             mem.fast = None  # a fresh state per domain
             ce_m = acc_m = 0.0
             for w in windows_NxT1:
-                fast = mem.memorize(list(w))
+                fast = mem.memorize(list(w), pad_id=EOS_ID)
                 logp, am = run(w[None], fast)
                 ce_m += float(-logp.sum())
                 acc_m += float((am[0] == w[1:]).sum())
@@ -72,9 +73,13 @@ def eval_sets(tok, names, seq_len: int, windows: int) -> dict:
 
 
 def score_domains(model, sets: dict, *, batch_size: int, memo: MemoOptions,
-                  mem: Memorizer | None = None) -> dict:
-    return {d: score_windows(model, w, batch_size=batch_size, memo=memo, mem=mem)
-            for d, w in sets.items()}
+                  mem: Memorizer | None = None, progress: bool = False, desc: str = "") -> dict:
+    out = {}
+    with bar(len(sets), desc or "score domains", progress) as pb:
+        for d, w in sets.items():
+            out[d] = score_windows(model, w, batch_size=batch_size, memo=memo, mem=mem)
+            pb.update(1)
+    return out
 
 
 def forgetting_curve(entries: list[dict], names) -> dict:
@@ -98,7 +103,8 @@ def sequential(model, fn, params, tok, *, phases, names, seq_len: int, windows: 
     _check_train_len(model, seq_len)
     mem = Memorizer(model, memo)
     rows.append({"after": "initial", **score_domains(model, sets, batch_size=batch_size,
-                                                     memo=memo, mem=mem)})
+                                                     memo=memo, mem=mem, progress=progress,
+                                                     desc="score: initial")})
     for p, dom in enumerate(phases):
         data = domains_lib.train_windows(tok, dom, seq_len, steps_per_phase * train_batch_size,
                                          seed + p)
@@ -111,7 +117,8 @@ def sequential(model, fn, params, tok, *, phases, names, seq_len: int, windows: 
         losses.append({"domain": dom, "loss": [float(x) for x in phase_losses]})
         model.params = trainer.params
         rows.append({"after": dom, **score_domains(model, sets, batch_size=batch_size,
-                                                   memo=memo, mem=mem)})
+                                                   memo=memo, mem=mem, progress=progress,
+                                                   desc=f"score: after {dom}")})
     ce = [[r[d]["ce"] for d in names] for r in rows]
     acc = [[r[d]["acc"] for d in names] for r in rows]
     out = {"phases": list(phases), "domains": list(names), "rows": [r["after"] for r in rows],

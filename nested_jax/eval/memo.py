@@ -12,7 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from nested_jax.eval.scoring import PAD_ID, pad_len
+from nested_jax.data.tokenizer import EOS_ID
+from nested_jax.eval.scoring import pad_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +22,7 @@ class MemoOptions:
     steps: int = 1
     reset: bool = True
     use_correct_answer: bool = False
+    teach_scale: float | None = None  # None: the checkpoint step's scheduled teach scale
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -48,19 +50,22 @@ class Memorizer:
                     "memorisation is a no-op, memorised scores equal the baseline")
         return None
 
-    def memorize(self, ids: list[int]):
-        """Memorise one prompt; returns the fast state (one row) to score with."""
+    def memorize(self, ids: list[int], pad_id: int = EOS_ID):
+        """Memorise one prompt; returns the fast state (one row) to score with. The prompt is
+        right-padded to the model's length with `pad_id` (EOS: a document end, which the
+        memories saw in training); padded targets carry no teach signal."""
         ids = list(ids)
         if len(ids) < 2:
             return self.fast
         t = pad_len(len(ids) - 1, self.model)
-        tokens = np.full((1, t + 1), PAD_ID, np.int32)
+        tokens = np.full((1, t + 1), pad_id, np.int32)
         tokens[0, :len(ids)] = ids
         mask = np.zeros((1, t), np.float32)
         mask[0, :len(ids) - 1] = 1.0
         reset = self.opts.reset or self.fast is None
         self.fast, counts = self.model.memorize(tokens, mask, steps=self.opts.steps,
-                                                fast=self.fast, reset=reset)
+                                                fast=self.fast, reset=reset,
+                                                teach_scale=self.opts.teach_scale)
         for k, v in counts.items():
             self.counts[k] = self.counts.get(k, 0.0) + v
         self.calls += 1

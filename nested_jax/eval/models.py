@@ -85,7 +85,7 @@ class PlainLM:
             logp, am = self._run(self.params, tokens)
         return np.asarray(logp), (np.asarray(am) if want_argmax else None)
 
-    def memorize(self, prompt_BxT1, mask_BxT, *, steps, fast=None, reset=True):
+    def memorize(self, prompt_BxT1, mask_BxT, *, steps, fast=None, reset=True, teach_scale=None):
         raise ValueError(f"{self.name} has no CMS levels: memorisation is a no-op.")
 
 
@@ -167,9 +167,9 @@ class OnlineLM:
             am = aux["fast"]["carry"]["argmax"] if argmax else None
             return -aux["ce"], am
 
-        def mem(params, tokens, mask, fast):
+        def mem(params, tokens, mask, fast, teach_scale):
             _, aux = online_forward(fn, params, tokens, step=self.step, update=True, fast=fast,
-                                    mask_BxT=mask)
+                                    mask_BxT=mask, teach_scale=teach_scale)
             return strip_kv(aux["fast"]), aux["metrics"]
 
         self._run = {(u, a): jax.jit(functools.partial(run, update=u, argmax=a))
@@ -196,16 +196,19 @@ class OnlineLM:
         logp, am = self._run[(fast is None, want_argmax)](self.params, tokens, mask, fast)
         return np.asarray(logp), (np.asarray(am) if want_argmax else None)
 
-    def memorize(self, prompt_BxT1, mask_BxT, *, steps: int, fast=None, reset: bool = True):
+    def memorize(self, prompt_BxT1, mask_BxT, *, steps: int, fast=None, reset: bool = True,
+                 teach_scale: float | None = None):
         """`steps` passes of the online scan over the prompt (teach signal from its own
         next-token loss), as model.online.memorize, keeping the update counts.
+        `teach_scale` overrides the checkpoint step's scheduled scale.
         Returns (fast state without the attention buffer, {level: updates})."""
         tokens = jnp.asarray(prompt_BxT1, jnp.int32)
         mask = jnp.asarray(mask_BxT, jnp.float32)
+        scale = None if teach_scale is None else jnp.asarray(teach_scale, jnp.float32)
         state = None if reset else fast
         counts: dict = {}
         for _ in range(steps):
-            state, metrics = self._mem(self.params, tokens, mask, state)
+            state, metrics = self._mem(self.params, tokens, mask, state, scale)
             for k, v in update_counts(metrics).items():
                 counts[k] = counts.get(k, 0.0) + v
         return state, counts

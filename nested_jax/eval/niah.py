@@ -188,8 +188,9 @@ def run(model, tok, *, task: str, lengths, depths, samples: int, seed: int, dist
                 per = []
                 for s in ss:
                     ids = s.prompt + s.answer if memo.use_correct_answer else s.prompt
-                    fast = mem.memorize(ids)
-                    per.append(_score_cell(model, tok, [s], fast=fast, batch_size=batch_size,
+                    fast = mem.memorize(ids, pad_id=tok.eos_id)
+                    per.append(_score_cell(model, tok, [s], fast=fast,
+                                           batch_size=min(batch_size, 1 + distractors),
                                            batch_tokens=batch_tokens))
                 rows = [r for p in per for r in p["samples"]]
                 cell["memorized"] = {

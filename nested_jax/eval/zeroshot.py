@@ -53,13 +53,13 @@ def evaluate_task(model, tok, items, *, max_len: int, batch_size: int, batch_tok
     mem = Memorizer(model, memo)
     if mem.active:
         logprob = np.zeros_like(base.logprob)
-        k = 0
+        k, rows = 0, max(it.n_choices for it in items)  # one item per batch, one shape
         with bar(len(items), f"{label} memorise", progress) as pb:
             for it in items:
                 text = it.answer_text() if memo.use_correct_answer else it.memo
-                fast = mem.memorize(prefix + tok.encode(text))
+                fast = mem.memorize(prefix + tok.encode(text), pad_id=tok.eos_id)
                 sl = slice(k, k + it.n_choices)
-                got = score_requests(model, reqs[sl], max_len=max_len, batch_size=batch_size,
+                got = score_requests(model, reqs[sl], max_len=max_len, batch_size=rows,
                                      batch_tokens=batch_tokens, fast=fast, prefix=prefix,
                                      fixed_len=fixed_len)
                 logprob[sl] = got.logprob
