@@ -15,6 +15,7 @@ repeats a one-row state over the rows of a batch.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +39,11 @@ class PlainLM:
 
     can_memorize = False
 
-    def __init__(self, apply_fn, params=None, name: str = "plain", *, fn=None, chunk: int = 0):
+    def __init__(self, apply_fn, params=None, name: str = "plain", *, fn=None, chunk: int = 0,
+                 multiple: int = 1):
         self.params, self.name = params, name
-        self.chunk = int(chunk) if fn is not None else 0
+        self.multiple = int(multiple)  # lengths must be multiples of this (Titans chunks)
+        self.chunk = math.lcm(int(chunk), self.multiple) if fn is not None and chunk else 0
 
         def run(params, tokens_BxT1):
             return _logp_argmax(apply_fn(params, tokens_BxT1[:, :-1]), tokens_BxT1[:, 1:])
@@ -65,8 +68,9 @@ class PlainLM:
         self._run_chunked = jax.jit(run_chunked)
 
     def fit(self, n: int) -> int:
-        """Padded length for n input tokens: n, or a multiple of `chunk` above it."""
-        c = self.chunk
+        """Padded length for n input tokens: a multiple of `multiple`, and of `chunk` above it."""
+        c, m = self.chunk, self.multiple
+        n = -(-n // m) * m
         return n if not c or n <= c else -(-n // c) * c
 
     def run(self, tokens_BxT1, mask_BxT=None, fast=None, want_argmax=False):
@@ -221,5 +225,6 @@ def from_loaded(loaded, chunk: int = 2048):
     if variant in ONLINE_VARIANTS:
         return OnlineLM(loaded.fn, loaded.params, step=loaded.step, name=variant)
     fn = loaded.fn
+    multiple = int(loaded.cfg.model.titans.chunk_size) if variant == "titans" else 1
     return PlainLM(lambda p, toks: fn.bind(p)(toks), loaded.params, name=variant, fn=fn,
-                   chunk=chunk)
+                   chunk=chunk, multiple=multiple)
