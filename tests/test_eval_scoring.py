@@ -128,7 +128,8 @@ def test_pad_len_buckets():
     assert scoring.pad_len(17, Seg()) == 64 and scoring.pad_len(130, Seg()) == 192
 
 
-@pytest.mark.parametrize("variant", ["transformer", "titans"])
+@pytest.mark.parametrize("variant", ["transformer",
+                                     pytest.param("titans", marks=pytest.mark.slow)])  # ~20 s
 def test_chunked_plain_forward_equals_the_full_forward(variant):
     """Long inputs of plain variants run chunk by chunk with the key/value cache."""
     from configs import default

@@ -105,22 +105,37 @@ class _ArgmaxFn:
 
 
 class _ArgmaxModel:
+    """Delegates to the LM; records argmax of the logits of each segment at its positions
+    (in carry["argmax"], initialised to -1 so an unrecorded position is detectable).
+    Hooks both entry points the online scan may use: `segment` and `run_blocks`."""
+
     def __init__(self, model):
         self._m = model
 
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
     def init_carry(self, batch, max_len):
         carry = self._m.init_carry(batch, max_len)
-        return {**carry, "argmax": jnp.zeros((batch, max_len), jnp.int32)}
+        return {**carry, "argmax": jnp.full((batch, max_len), -1, jnp.int32)}
 
-    def cms_meta(self):
-        return self._m.cms_meta()
+    @staticmethod
+    def _record(carry, logits, pos_S):
+        am_BxS = jnp.argmax(logits, -1).astype(jnp.int32)
+        return jax.lax.dynamic_update_slice(carry["argmax"], am_BxS, (0, pos_S[0]))
 
     def segment(self, tokens_BxS, pos_S, carry, *args, **kwargs):
         inner = {k: v for k, v in carry.items() if k != "argmax"}
         logits, new, aux = self._m.segment(tokens_BxS, pos_S, inner, *args, **kwargs)
-        am_BxS = jnp.argmax(logits, -1).astype(jnp.int32)
-        am = jax.lax.dynamic_update_slice(carry["argmax"], am_BxS, (0, pos_S[0]))
-        return logits, {**new, "argmax": am}, aux
+        return logits, {**new, "argmax": self._record(carry, logits, pos_S)}, aux
+
+    def run_blocks(self, x_BxSxD, pos_S=None, carry=None, *args, **kwargs):
+        if carry is None or "argmax" not in carry:
+            return self._m.run_blocks(x_BxSxD, pos_S, carry, *args, **kwargs)
+        inner = {k: v for k, v in carry.items() if k != "argmax"}
+        h, new, aux = self._m.run_blocks(x_BxSxD, pos_S, inner, *args, **kwargs)
+        am = self._record(carry, jax.lax.stop_gradient(self._m.logits(h)), pos_S)
+        return h, {**new, "argmax": am}, aux
 
 
 def expand_fast(fast, rows: int):
@@ -165,7 +180,7 @@ class OnlineLM:
             if fast is not None and argmax:
                 b, t = tokens.shape[0], tokens.shape[1] - 1
                 fast = {**fast, "carry": {**fast["carry"],
-                                          "argmax": jnp.zeros((b, t), jnp.int32)}}
+                                          "argmax": jnp.full((b, t), -1, jnp.int32)}}
             _, aux = online_forward(f, params, tokens, step=self.step, update=update,
                                     fast=fast, mask_BxT=mask)
             am = aux["fast"]["carry"]["argmax"] if argmax else None
@@ -198,7 +213,14 @@ class OnlineLM:
         if fast is not None:
             fast = expand_fast(fast, b)
         logp, am = self._run[(fast is None, want_argmax)](self.params, tokens, mask, fast)
-        return np.asarray(logp), (np.asarray(am) if want_argmax else None)
+        if want_argmax:
+            am = np.asarray(am)
+            if (am < 0).any():
+                raise RuntimeError(
+                    "the online scan did not record argmax predictions: model.online."
+                    "online_forward no longer calls LM.segment or LM.run_blocks; update "
+                    "eval/models.py:_ArgmaxModel.")
+        return np.asarray(logp), am
 
     def memorize(self, prompt_BxT1, mask_BxT, *, steps: int, fast=None, reset: bool = True,
                  teach_scale: float | None = None):
