@@ -143,11 +143,12 @@ def test_chunked_plain_forward_equals_the_full_forward(variant):
     m.titans.chunk_size = 8
     fn, params = init_params(m, 0)
     loaded = Loaded(fn=fn, params=params, cfg=cfg, tokenizer=None, step=0, meta={}, directory="")
-    full, chunked = from_loaded(loaded, chunk=0), from_loaded(loaded, chunk=16)
-    assert chunked.fit(40) == 48 and chunked.fit(16) == 16
-    assert full.fit(40) == (40 if variant == "transformer" else 40)  # titans chunk 8
-    assert full.fit(41) == (41 if variant == "transformer" else 48)
-    tokens = np.random.default_rng(0).integers(0, 64, (2, 65)).astype(np.int32)
+    full, chunked = from_loaded(loaded, chunk=0), from_loaded(loaded, chunk=32)
+    assert chunked.fit(16) == 16 and chunked.fit(40) == 64 and chunked.fit(70) == 96
+    assert full.fit(41) == (41 if variant == "transformer" else 48)  # titans chunk 8
+    big = from_loaded(loaded, chunk=2048)
+    assert big.fit(2056) == 2080 and big.fit(65544) == 66000  # k equal chunks, little padding
+    tokens = np.random.default_rng(0).integers(0, 64, (2, 97)).astype(np.int32)
     lp_full, am_full = full.run(tokens, want_argmax=True)
     lp_chunk, am_chunk = chunked.run(tokens, want_argmax=True)
     np.testing.assert_allclose(lp_chunk, lp_full, rtol=1e-4, atol=1e-4)

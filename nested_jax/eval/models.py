@@ -43,7 +43,8 @@ class PlainLM:
                  multiple: int = 1):
         self.params, self.name = params, name
         self.multiple = int(multiple)  # lengths must be multiples of this (Titans chunks)
-        self.chunk = math.lcm(int(chunk), self.multiple) if fn is not None and chunk else 0
+        self._step = math.lcm(16, self.multiple)  # chunk sizes are multiples of this
+        self.chunk = -(-int(chunk) // self._step) * self._step if fn is not None and chunk else 0
 
         def run(params, tokens_BxT1):
             return _logp_argmax(apply_fn(params, tokens_BxT1[:, :-1]), tokens_BxT1[:, 1:])
@@ -51,7 +52,8 @@ class PlainLM:
         def run_chunked(params, tokens_BxT1):
             model = fn.bind(params)
             b, t = tokens_BxT1.shape[0], tokens_BxT1.shape[1] - 1
-            c, n = self.chunk, t // self.chunk
+            n = -(-t // self.chunk)  # equal chunks of at most `chunk` tokens
+            c = t // n
             split = lambda a: a.reshape(b, n, c).swapaxes(0, 1)  # noqa: E731
 
             def body(carry, x):
@@ -68,10 +70,14 @@ class PlainLM:
         self._run_chunked = jax.jit(run_chunked)
 
     def fit(self, n: int) -> int:
-        """Padded length for n input tokens: a multiple of `multiple`, and of `chunk` above it."""
+        """Padded length for n input tokens: a multiple of `multiple`; above `chunk`, k equal
+        chunks of at most `chunk` tokens (k = ⌈n / chunk⌉, so little padding)."""
         c, m = self.chunk, self.multiple
-        n = -(-n // m) * m
-        return n if not c or n <= c else -(-n // c) * c
+        if not c or n <= c:
+            return -(-n // m) * m
+        k = -(-n // c)
+        per = -(-n // k)
+        return k * (-(-per // self._step) * self._step)
 
     def run(self, tokens_BxT1, mask_BxT=None, fast=None, want_argmax=False):
         """(logp [B, T], argmax [B, T] or None) as numpy; `fast` must be None."""
@@ -81,9 +87,9 @@ class PlainLM:
         tokens = jnp.asarray(tokens_BxT1, jnp.int32)
         t = tokens.shape[1] - 1
         if self.chunk and t > self.chunk:
-            if t % self.chunk:
-                raise ValueError(f"{t} input tokens is not a multiple of the chunk {self.chunk}; "
-                                 "pad to model.fit(n) first.")
+            if self.fit(t) != t:
+                raise ValueError(f"{t} input tokens cannot be cut into equal chunks of at most "
+                                 f"{self.chunk}; pad to model.fit(n) = {self.fit(t)} first.")
             logp, am = self._run_chunked(self.params, tokens)
         else:
             logp, am = self._run(self.params, tokens)
