@@ -276,10 +276,12 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def latest_good_step(self) -> int | None:
-        """Newest step that passes `inspect_step` (warning about the ones skipped)."""
+    def latest_good_step(self, check_hashes: bool = False) -> int | None:
+        """Newest step that passes `inspect_step` (warning about the ones skipped). Read-only
+        opens (evaluation) compare file sizes only, not hashes, to start fast; training
+        resumes check hashes (in `_recover`), and `verify` checks everything."""
         for step in reversed(self.all_steps()):
-            rep = inspect_step(os.path.join(self.directory, str(step)))
+            rep = inspect_step(os.path.join(self.directory, str(step)), check_hashes=check_hashes)
             if rep.ok:
                 return step
             warn(f"skipping checkpoint step {step} in {self.directory}: {rep.problems[0]}.")
