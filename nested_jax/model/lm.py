@@ -73,6 +73,12 @@ class LM(nnx.Module):
         """Final hidden states [B, T, D] of the plain full-sequence forward."""
         return self.run_blocks(self.embed(tokens_BxT), pos_T)[0]
 
+    def head_weight(self):
+        """The LM head as a [V, D] matrix (the embedding when tied)."""
+        if self.cfg.tie_embeddings:
+            return self.embed.embedding[...]
+        return self.head.kernel[...].T
+
     def logits(self, x_BxTxD):
         if self.cfg.tie_embeddings:
             return self.embed.attend(x_BxTxD)

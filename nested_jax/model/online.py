@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from nested_jax.model.cms import level_apply
-from nested_jax.ops.losses import token_cross_entropy
+from nested_jax.ops.losses import ce_and_hidden_grad, token_cross_entropy
 from nested_jax.ops.teach import scale_and_clip, teach_scale_at
 
 
@@ -134,17 +134,22 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         carry = state["carry"]
 
         def f(probes):
-            logits, new_carry, aux = model.segment(tok_in, pos, carry, probes, off)
-            ce = token_cross_entropy(logits, tgt) * m
-            return ce.sum(), (ce, new_carry, aux)
+            x = model.embed(tok_in) + off.astype(model.embed.dtype)
+            h, new_carry, aux = model.run_blocks(x, pos, carry, probes)
+            return h, (new_carry, aux)
 
         if not update:
-            _, (ce, new_carry, _) = f(None)
+            h, (new_carry, _) = f(None)
+            ce = token_cross_entropy(model.logits(h), tgt) * m
             new_carry = {**new_carry, "cms": carry["cms"]}
             return {**state, "carry": new_carry}, (ce, {}, {})
         probes0 = {n: jnp.zeros((n_layers, b, s, cfg.d_model), jnp.float32) for n in names}
-        _, vjp_fn, (ce, new_carry, aux) = jax.vjp(f, probes0, has_aux=True)
-        (deltas,) = vjp_fn(jnp.ones((), jnp.float32))
+        h, vjp_fn, (new_carry, aux) = jax.vjp(f, probes0, has_aux=True)
+        # Per-token CE and its gradient at the head input in one pass; the teach signal is
+        # that gradient pulled back through the blocks (no second pass through the head).
+        ce, g_h = ce_and_hidden_grad(h, model.head_weight(), tgt)
+        ce = ce * m
+        (deltas,) = vjp_fn(jax.lax.stop_gradient(g_h * m[..., None]).astype(h.dtype))
         deltas = jax.lax.stop_gradient(deltas)
         tokens_after = state["tokens"] + (i + 1) * s
         cms_delta, opt, acc, surprise = {}, {}, {}, {}
@@ -165,12 +170,19 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             due = (tokens_after % periods[n]) == 0
             mean_surprise = surp_n / periods[n]
             gate = mean_surprise >= o.surprise_threshold  # [L,B]
-            upd, new_opt = jax.vmap(jax.vmap(txs[n].update))(acc_n, state["opt"][n], carry["cms"][n])
             apply = due & gate
-            pick = lambda new, old: jnp.where(  # noqa: E731
-                apply.reshape(apply.shape + (1,) * (new.ndim - 2)), new, old)
-            cms_delta[n] = jax.tree.map(lambda dd, u: pick(dd + u, dd), carry["cms"][n], upd)
-            opt[n] = jax.tree.map(pick, new_opt, state["opt"][n])
+
+            def step_level(acc_n=acc_n, n=n, apply=apply):
+                upd, new_opt = jax.vmap(jax.vmap(txs[n].update))(
+                    acc_n, state["opt"][n], carry["cms"][n])
+                pick = lambda new, old: jnp.where(  # noqa: E731
+                    apply.reshape(apply.shape + (1,) * (new.ndim - 2)), new, old)
+                return (jax.tree.map(lambda dd, u: pick(dd + u, dd), carry["cms"][n], upd),
+                        jax.tree.map(pick, new_opt, state["opt"][n]))
+
+            # `due` is one scalar for the whole batch: skip the optimizer off-period.
+            cms_delta[n], opt[n] = jax.lax.cond(
+                due, step_level, lambda n=n: (carry["cms"][n], state["opt"][n]))
             acc[n] = jax.tree.map(lambda a: jnp.where(due, jnp.zeros_like(a), a), acc_n)
             surprise[n] = jnp.where(due, 0.0, surp_n)
             seg_metrics[n] = apply.astype(jnp.float32).mean(-1)  # [L] updates this segment
