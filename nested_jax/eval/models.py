@@ -99,51 +99,6 @@ class PlainLM:
         raise ValueError(f"{self.name} has no CMS levels: memorisation is a no-op.")
 
 
-class _ArgmaxFn:
-    """A Functional whose model also records argmax predictions in the scan's carry, so
-    the online scan (which returns only per-token CE) yields greedy tokens too."""
-
-    def __init__(self, fn):
-        self._fn, self.cfg = fn, fn.cfg
-
-    def bind(self, params):
-        return _ArgmaxModel(self._fn.bind(params))
-
-
-class _ArgmaxModel:
-    """Delegates to the LM; records argmax of the logits of each segment at its positions
-    (in carry["argmax"], initialised to -1 so an unrecorded position is detectable).
-    Hooks both entry points the online scan may use: `segment` and `run_blocks`."""
-
-    def __init__(self, model):
-        self._m = model
-
-    def __getattr__(self, name):
-        return getattr(self._m, name)
-
-    def init_carry(self, batch, max_len):
-        carry = self._m.init_carry(batch, max_len)
-        return {**carry, "argmax": jnp.full((batch, max_len), -1, jnp.int32)}
-
-    @staticmethod
-    def _record(carry, logits, pos_S):
-        am_BxS = jnp.argmax(logits, -1).astype(jnp.int32)
-        return jax.lax.dynamic_update_slice(carry["argmax"], am_BxS, (0, pos_S[0]))
-
-    def segment(self, tokens_BxS, pos_S, carry, *args, **kwargs):
-        inner = {k: v for k, v in carry.items() if k != "argmax"}
-        logits, new, aux = self._m.segment(tokens_BxS, pos_S, inner, *args, **kwargs)
-        return logits, {**new, "argmax": self._record(carry, logits, pos_S)}, aux
-
-    def run_blocks(self, x_BxSxD, pos_S=None, carry=None, *args, **kwargs):
-        if carry is None or "argmax" not in carry:
-            return self._m.run_blocks(x_BxSxD, pos_S, carry, *args, **kwargs)
-        inner = {k: v for k, v in carry.items() if k != "argmax"}
-        h, new, aux = self._m.run_blocks(x_BxSxD, pos_S, inner, *args, **kwargs)
-        am = self._record(carry, jax.lax.stop_gradient(self._m.logits(h)), pos_S)
-        return h, {**new, "argmax": am}, aux
-
-
 def expand_fast(fast, rows: int):
     """Repeat a one-row fast state over `rows` batch rows (batch is axis 1 of each leaf)."""
     def rep(x):
@@ -156,8 +111,8 @@ def expand_fast(fast, rows: int):
 
 
 def strip_kv(fast):
-    """Drop the per-sequence attention buffer (and argmax probe) from a fast state."""
-    carry = {k: v for k, v in fast["carry"].items() if k not in ("kv", "argmax")}
+    """Drop the per-sequence attention buffer from a fast state."""
+    carry = {k: v for k, v in fast["carry"].items() if k != "kv"}
     return {**fast, "carry": carry}
 
 
@@ -179,18 +134,11 @@ class OnlineLM:
     def __init__(self, fn, params, step: int = 0, name: str = "online"):
         self.fn, self.params, self.step, self.name = fn, params, int(step), name
         self.segment_len = int(fn.cfg.online.segment_len)
-        probe = _ArgmaxFn(fn)
 
         def run(params, tokens, mask, fast, *, update, argmax):
-            f = probe if argmax else fn
-            if fast is not None and argmax:
-                b, t = tokens.shape[0], tokens.shape[1] - 1
-                fast = {**fast, "carry": {**fast["carry"],
-                                          "argmax": jnp.full((b, t), -1, jnp.int32)}}
-            _, aux = online_forward(f, params, tokens, step=self.step, update=update,
-                                    fast=fast, mask_BxT=mask)
-            am = aux["fast"]["carry"]["argmax"] if argmax else None
-            return -aux["ce"], am
+            _, aux = online_forward(fn, params, tokens, step=self.step, update=update,
+                                    fast=fast, mask_BxT=mask, collect_argmax=argmax)
+            return -aux["ce"], (aux["argmax"] if argmax else None)
 
         def mem(params, tokens, mask, fast, teach_scale):
             _, aux = online_forward(fn, params, tokens, step=self.step, update=True, fast=fast,
@@ -219,14 +167,7 @@ class OnlineLM:
         if fast is not None:
             fast = expand_fast(fast, b)
         logp, am = self._run[(fast is None, want_argmax)](self.params, tokens, mask, fast)
-        if want_argmax:
-            am = np.asarray(am)
-            if (am < 0).any():
-                raise RuntimeError(
-                    "the online scan did not record argmax predictions: model.online."
-                    "online_forward no longer calls LM.segment or LM.run_blocks; update "
-                    "eval/models.py:_ArgmaxModel.")
-        return np.asarray(logp), am
+        return np.asarray(logp), (np.asarray(am) if want_argmax else None)
 
     def memorize(self, prompt_BxT1, mask_BxT, *, steps: int, fast=None, reset: bool = True,
                  teach_scale: float | None = None):

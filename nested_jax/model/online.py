@@ -95,13 +95,15 @@ def _persisting(fast: dict, fresh: dict) -> dict:
 
 
 def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: dict | None = None,
-                   mask_BxT=None, teach_scale=None, x_offset_BxTxD=None, collect_teach=False):
+                   mask_BxT=None, teach_scale=None, x_offset_BxTxD=None, collect_teach=False,
+                   collect_argmax=False):
     """Run the segment scan. Returns (mean loss, aux) with aux = {"ce": [B,T], "fast": final
     state, "metrics": {...}}. `fast` (optional) continues from a given state instead of a
     fresh one; `update=False` reads with the state but never writes CMS levels.
     `teach_scale` overrides the scheduled scale (used by memorisation). `x_offset` is added
     to the embeddings and `collect_teach` returns the raw teach signals aux["teach"]
-    {level: [N, L, B, S, D]} (both for tests)."""
+    {level: [N, L, B, S, D]} (both for tests). `collect_argmax` returns aux["argmax"] [B, T],
+    the greedy next-token predictions (for evaluation's generation)."""
     model = fn.bind(params)
     cfg = fn.cfg
     b, t1 = tokens_BxT1.shape
@@ -138,11 +140,16 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             h, new_carry, aux = model.run_blocks(x, pos, carry, probes)
             return h, (new_carry, aux)
 
+        def greedy(h):
+            if not collect_argmax:
+                return jnp.zeros((b, 0), jnp.int32)
+            return jnp.argmax(model.logits(jax.lax.stop_gradient(h)), -1).astype(jnp.int32)
+
         if not update:
             h, (new_carry, _) = f(None)
             ce = token_cross_entropy(model.logits(h), tgt) * m
             new_carry = {**new_carry, "cms": carry["cms"]}
-            return {**state, "carry": new_carry}, (ce, {}, {})
+            return {**state, "carry": new_carry}, (ce, {}, {}, greedy(h))
         probes0 = {n: jnp.zeros((n_layers, b, s, cfg.d_model), jnp.float32) for n in names}
         h, vjp_fn, (new_carry, aux) = jax.vjp(f, probes0, has_aux=True)
         # Per-token CE and its gradient at the head input in one pass; the teach signal is
@@ -189,9 +196,9 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         new_carry = {**new_carry, "cms": cms_delta}
         new_state = {"carry": new_carry, "opt": opt, "acc": acc, "surprise": surprise,
                      "tokens": state["tokens"]}
-        return new_state, (ce, seg_metrics, deltas if collect_teach else {})
+        return new_state, (ce, seg_metrics, deltas if collect_teach else {}, greedy(h))
 
-    state, (ce_NxBxS, seg_metrics, teach) = jax.lax.scan(body, state0, xs)
+    state, (ce_NxBxS, seg_metrics, teach, am_NxBxS) = jax.lax.scan(body, state0, xs)
     state = {**state, "tokens": state["tokens"] + t}
     ce_BxT = ce_NxBxS.swapaxes(0, 1).reshape(b, t)
     loss = ce_BxT.sum() / jnp.maximum(mask_BxT.sum(), 1.0)
@@ -203,6 +210,8 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
     out = {"ce": ce_BxT, "fast": state, "metrics": metrics}
     if collect_teach:
         out["teach"] = teach
+    if collect_argmax:
+        out["argmax"] = am_NxBxS.swapaxes(0, 1).reshape(b, t)
     return loss, out
 
 
