@@ -24,7 +24,9 @@ pmean'd loss": that idiom is for check_vma=True and gives device-local gradients
 tests/test_distributed.py checks DP == single device for transformer, hope_attention, hope.
 
 mesh.mode = "gspmd": plain jax.jit with the same in/out shardings; XLA partitions the whole
-step (per-layer parameter gathering for FSDP).
+step. With FSDP it gathers each layer's weights inside the layer scan (seen in the compiled
+HLO) instead of all weights up front: the mode for models whose whole weights and gradients
+do not fit one device.
 """
 
 from __future__ import annotations
