@@ -225,6 +225,8 @@ def test_mesh_and_multihost_settings(monkeypatch):
     for k in distributed.ENV.values():
         monkeypatch.delenv(k, raising=False)
     assert distributed.settings() is None
+    assert distributed.settings("auto") == {"coordinator": "auto", "num_processes": None,
+                                            "process_id": None}  # SLURM etc. fill them in
     assert distributed.settings("h:1", 2, 1) == {"coordinator": "h:1", "num_processes": 2,
                                                   "process_id": 1}
     monkeypatch.setenv("NJ_COORDINATOR", "h:2")

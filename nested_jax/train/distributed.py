@@ -6,6 +6,8 @@ only process 0 does.
     (same with --process_id 1 on host 1)
 
 or the environment NJ_COORDINATOR / NJ_NUM_PROCESSES / NJ_PROCESS_ID (launch scripts).
+`--coordinator auto` lets JAX read them from the cluster (SLURM, Open MPI, Kubernetes/GKE):
+`srun python -m nested_jax.train ... --coordinator auto`.
 Every process runs the same program; each reads its own slice of the data (the loader's
 process_index/process_count), the mesh spans all processes' devices, and Orbax writes one
 checkpoint cooperatively (each process its shards; a shared filesystem is required).
@@ -37,6 +39,8 @@ def settings(coordinator: str | None = None, num_processes: int | None = None,
                 raise ValueError(f"{ENV[k]}={os.environ[ENV[k]]!r} is not an integer.") from None
     if got["coordinator"] is None and got["num_processes"] is None and got["process_id"] is None:
         return None
+    if got["coordinator"] == "auto":  # cluster auto-detection fills in the rest
+        return got
     missing = [k for k, v in got.items() if v is None]
     if missing:
         flags_ = ", ".join(f"--{k} (or {ENV[k]})" for k in missing)
@@ -65,7 +69,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if s["num_processes"] == 1:
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=s["coordinator"],
+    auto = s["coordinator"] == "auto"
+    jax.distributed.initialize(coordinator_address=None if auto else s["coordinator"],
                                num_processes=s["num_processes"], process_id=s["process_id"],
                                initialization_timeout=timeout_s)
     _initialized = True
