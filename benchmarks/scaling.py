@@ -1,6 +1,6 @@
 """Data-parallel scaling: training tokens/s on 1, 2, …, N devices.
 
-    python -m benchmarks.scaling                                  # all local GPUs, or 1..4 CPU devices
+    python -m benchmarks.scaling                    # all local GPUs, or 1,2,4 CPU devices
     python -m benchmarks.scaling --devices 1,2,4,8 --variants transformer,hope_attention
     python -m benchmarks.scaling --scaling strong --global-batch 32 --mode gspmd --fsdp 2
 
@@ -215,8 +215,9 @@ def main(argv=None) -> list[dict]:
         ("step_s", "step s", ".4f"), ("tokens_per_sec", "tokens/s", ",.0f"),
         ("speedup", "speedup", ".2f"), ("efficiency", "efficiency", ".2f"),
         ("compile_s", "compile s", ".1f"), ("error", "error", "")]))
-    common.write_json({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "variant")},
-                       "gpus": gpus, "rows": rows}, os.path.join(args.output, "results.json"))
+    kept = {k: v for k, v in vars(args).items() if k not in ("worker", "variant")}
+    common.write_json({"args": kept, "gpus": gpus, "rows": rows},
+                      os.path.join(args.output, "results.json"))
     _plot(rows, os.path.join(args.output, "scaling.png"), f"{args.scaling} scaling on {kind}")
     print(f"wrote {args.output}/results.json and scaling.png")
     return rows

@@ -18,7 +18,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host (nested_jax.train.distributed); or env NJ_COORDINATOR/NJ_NUM_PROCESSES/NJ_PROCESS_ID.
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, or auto (SLURM...).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None,
+                                   "host:port of process 0, or auto (SLURM, MPI, GKE).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 _DASHED = {"--num-processes": "--num_processes", "--process-id": "--process_id"}
