@@ -108,7 +108,7 @@ def transformer_runs():
 @pytest.mark.parametrize("variant,reset", [
     ("transformer", "per_sequence"),
     ("hope_attention", "never"),  # streaming: per-row fast state sharded with the batch
-    pytest.param("hope", "per_sequence", marks=pytest.mark.slow),  # ~5 min of compiling on 2 cores
+    pytest.param("hope", "per_sequence", marks=pytest.mark.slow),  # ~3 min of compiling on 2 cores
 ])
 def test_data_parallel_steps_equal_single_device(variant, reset, request):
     assert jax.device_count() == 2
