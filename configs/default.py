@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.cms = cm = ml_collections.ConfigDict()  # Continuum Memory System (hope* variants)
     cm.names = ("fast", "mid", "slow", "ultra")  # levels, applied in this order
     cm.periods = (128, 512, 1024, 2048)  # tokens between updates of each level (multiples of segment_len)
-    cm.optimizers = ("precond", "precond", "precond", "precond")  # inner optimizer: precond | momentum
+    cm.optimizers = ("precond", "precond", "precond", "precond")  # inner optimizer per level: precond (Adam) | momentum | precond_repro
     cm.lrs = (3e-4, 3e-4, 3e-4, 3e-4)  # inner learning rate per level
     cm.beta = 0.9  # inner momentum
     cm.beta2 = 0.999  # inner second-moment decay (precond)
@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 10_000  # number of optimizer updates
-    t.batch_size = 32  # global batch size in sequences (split over mesh.data)
+    t.batch_size = 32  # global batch size in sequences (split over all devices: mesh.data × mesh.fsdp)
     t.seq_len = 2048  # tokens per training sequence
     t.log_every = 10  # write a metrics.jsonl record every this many steps
     t.max_nonfinite_in_a_row = 5  # skip non-finite steps; abort after this many in a row (0 = never)

@@ -26,17 +26,24 @@ class OnlineConfigError(ValueError):
 
 
 def inner_optimizer(kind: str, lr: float, beta: float, beta2: float, eps: float = 1e-8):
-    """A CMS level's inner optimizer: 'momentum' (SGD + momentum) or 'precond' (Adam-like:
-    g / (sqrt(EMA g²) + eps), then EMA momentum, as the reproduction's DeepMomentum)."""
+    """A CMS level's inner optimizer (per batch row):
+      'momentum'       SGD with momentum beta;
+      'precond'        Adam-like: bias-corrected EMA of g over sqrt(EMA of g²) (first step lr·sign g);
+      'precond_repro'  the reproduction's DeepMomentum "preconditioned": g/(sqrt(v)+eps) with
+                       v an undebiased EMA of g², then an undebiased EMA momentum — its first
+                       step is 3.16·lr·sign(g) whatever the gradient's size."""
     if kind == "momentum":
         return optax.sgd(lr, momentum=beta)
     if kind == "precond":
+        return optax.adam(lr, b1=beta, b2=beta2, eps=eps)
+    if kind == "precond_repro":
         return optax.chain(
             optax.scale_by_rms(decay=beta2, eps=eps, eps_in_sqrt=False, bias_correction=False),
             optax.ema(beta, debias=False),
             optax.scale(-lr),
         )
-    raise OnlineConfigError(f"CMS optimizer {kind!r} is unknown; choose 'momentum' or 'precond'.")
+    raise OnlineConfigError(
+        f"CMS optimizer {kind!r} is unknown; choose 'momentum', 'precond' or 'precond_repro'.")
 
 
 def level_optimizers(cms_cfg) -> dict:

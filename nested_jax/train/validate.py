@@ -164,7 +164,7 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
 
 # Fields that may change between a run and its resumption (length, cadence, logging).
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "checkpoint.", "eval.", "logging.",
-                     "train.max_nonfinite_in_a_row", "optim.lr")
+                     "train.max_nonfinite_in_a_row", "optim.lr", "mesh.")
 
 
 def _flatten(d, prefix=""):
