@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   python -m nested_jax.eval continual --checkpoints runs/x@1000 runs/x@2000 --output out/curve.json
   python -m nested_jax.eval continual --checkpoint runs/x --steps-per-phase 100 --output out/seq.json
   python -m nested_jax.eval report --inputs out/zs_a.json out/zs_b.json --output out/table.md
+  python -m nested_jax.eval report --experiments launch/experiments   # RESULTS.md + figures/
 """
 
 
@@ -104,9 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--windows", type=int, default=16, help="eval windows per domain")
     c.add_argument("--seq-len", type=int, default=0, help="window length (0 = train.seq_len)")
 
-    r = sub.add_parser("report", help="markdown table comparing eval JSON files")
-    r.add_argument("--inputs", nargs="+", required=True, help="JSON files of eval runs")
-    r.add_argument("--output", required=True, help="markdown file to write")
+    r = sub.add_parser("report", help="markdown table comparing eval JSON files "
+                       "(--inputs), or RESULTS.md + figures of the experiment studies (--experiments)")
+    r.add_argument("--inputs", nargs="+", default=None, help="JSON files of eval runs")
+    r.add_argument("--experiments", default=None,
+                   help="folder with results/<study>/study.json (launch/experiments): write "
+                        "RESULTS.md and figures/ there (nested_jax/eval/experiments.py)")
+    r.add_argument("--output", default=None, help="markdown file to write (--experiments: "
+                   "default DIR/RESULTS.md)")
     return ap
 
 
@@ -268,6 +274,18 @@ def cmd_continual(a, argv) -> dict:
 def cmd_report(a, argv) -> None:
     from nested_jax.eval import report
 
+    if a.experiments:
+        from nested_jax.eval import experiments
+
+        if a.inputs:
+            raise EvalError("give either --inputs (eval JSON files) or --experiments DIR, not both.")
+        res = experiments.generate(a.experiments, a.output)
+        print(f"[nested_jax.eval] wrote {res['output']} ({res['studies']} studies, "
+              f"{len(res['figures'])} figures)", file=sys.stderr)
+        return
+    if not a.inputs or not a.output:
+        raise EvalError("report needs --inputs A.json B.json --output table.md, or "
+                        "--experiments DIR (launch/experiments).")
     text = report.markdown(report.load_runs(a.inputs))
     path = os.path.abspath(a.output)
     os.makedirs(os.path.dirname(path), exist_ok=True)

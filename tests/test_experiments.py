@@ -1,0 +1,315 @@
+"""The experiment studies (launch/experiments) and their report generator
+(`python -m nested_jax.eval report --experiments DIR`, nested_jax/eval/experiments.py).
+
+Fast: the generator on small synthetic study JSONs (every study type) → RESULTS.md + PNGs.
+Slow: one study script end to end with the tiniest sizes (train → eval → report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nested_jax.eval import experiments
+from nested_jax.eval.__main__ import main as eval_main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ["novels", "wikipedia", "math", "code"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic study folders (same layout and JSON shapes as launch/experiments/studies.py writes)
+# ---------------------------------------------------------------------------------------------
+
+
+def _w(path: Path, doc) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def _run(sdir: Path, name: str, *, loss0=7.6, loss1=5.0, eval_loss=5.2, variant="hope",
+         steps=20, nonfinite=0, teach=0.1, optim="adamw", n_params=1000) -> dict:
+    recs = [{"step": 0, "eval_loss": 7.6}]
+    for s in range(2, steps + 1, 2):
+        frac = s / steps
+        recs.append({"step": s, "loss": loss0 + (loss1 - loss0) * frac, "grad_norm": 1.0 + frac,
+                     "lr": 1e-3, "teach_scale": teach * min(1.0, 2 * frac),
+                     "nonfinite_skipped": nonfinite if s == steps else 0,
+                     "tokens_per_sec": 1000.0 + s})
+    recs.append({"step": steps, "eval_loss": eval_loss})
+    d = sdir / "train" / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    _w(d / "summary.json", {"final_step": steps, "loss": loss1, "eval_loss": eval_loss,
+                            "ln_vocab": math.log(2048), "tokens_per_sec": 1000.0})
+    _w(d / "config.json", {"model": {"variant": variant, "online": {"teach_scale": teach}},
+                           "train": {"batch_size": 4, "seq_len": 32},
+                           "optim": {"name": optim, "lr": 1e-3}})
+    return {"command": f"python -m nested_jax.train --config configs/smoke.py --workdir runs/x/{name}",
+            "workdir": f"runs/x/{name}", "n_params": n_params, "wall_s": 12.5,
+            "files": {"metrics": f"train/{name}/metrics.jsonl", "summary": f"train/{name}/summary.json",
+                      "config": f"train/{name}/config.json"}}
+
+
+def _eval(sdir: Path, key: str, command: str, metrics: dict, *, n_params=1000, variant="hope",
+          argv_extra="") -> dict:
+    doc = {"command": command,
+           "command_line": f"python -m nested_jax.eval {command} --checkpoint runs/x {argv_extra}"
+                           f"--output runs/x/evals/{key}.json",
+           "config": {"variant": variant, "n_params": n_params},
+           "checkpoint": {"step": 20}, "metrics": metrics}
+    _w(sdir / "evals" / f"{key}.json", doc)
+    return {"run": key.split("_")[0], "command": command, "json": f"evals/{key}.json", "wall_s": 3.0,
+            "label": command}
+
+
+def _zs(acc, mem=None, glp=-10.0, mem_glp=None, applied=True):
+    tasks = {}
+    for i, t in enumerate(["piqa", "arc_easy"]):
+        r = {"n": 4, "acc": acc, "acc_stderr": 0.2, "acc_norm": acc, "acc_norm_stderr": 0.2,
+             "gold_logprob": glp - i, "truncated": 0}
+        if mem is not None:
+            r["memorized"] = {"n": 4, "acc": mem, "acc_norm": mem, "gold_logprob": mem_glp - i}
+            r["delta"] = {"acc": mem - acc, "acc_norm": mem - acc}
+            r["memorize"] = {"applied": applied, "updates_total": 3.0 if applied else 0.0,
+                             **({} if applied else {"note": "variant has no CMS levels: no-op"})}
+        tasks[t] = r
+    mean = {"acc": acc, "acc_norm": acc}
+    if mem is not None:
+        mean.update(memorized_acc=mem, memorized_acc_norm=mem)
+    return {"tasks": tasks, "mean": mean}
+
+
+def _needle(rank, mem_rank=None, margin=0.5, mem_margin=None, applied=True):
+    cell = {"length": 64, "depth": 50, "n": 2, "greedy_acc": 0.0, "rank_acc": rank,
+            "mean_margin": margin, "samples": []}
+    m = {"lengths": [64], "depths": [50], "samples_per_cell": 2, "distractors": 4,
+         "overall_greedy_acc": 0.0, "overall_rank_acc": rank,
+         "by_length": {"64": {"greedy_acc": 0.0, "rank_acc": rank}}}
+    if mem_rank is not None:
+        cell["memorized"] = {"n": 2, "greedy_acc": 0.0, "rank_acc": mem_rank,
+                             "mean_margin": mem_margin, "samples": []}
+        m.update(overall_memorized_greedy_acc=0.0, overall_memorized_rank_acc=mem_rank,
+                 memorize={"applied": applied, "updates_total": 2.0 if applied else 0.0,
+                           **({} if applied else {"note": "no CMS levels: no-op"})})
+    m["cells"] = [cell]
+    return m
+
+
+def _curve(ces):
+    return {"checkpoints": [{"step": 10}, {"step": 20}],
+            "ce": {d: [c + 0.5, c] for d, c in zip(DOMAINS, ces)},
+            "acc": {d: [0.1, 0.2] for d in DOMAINS}}
+
+
+def _seq(base):
+    rows = ["initial"] + DOMAINS
+    ce = [[base + 0.1 * i + 0.01 * j for j in range(4)] for i in range(5)]
+    return {"phases": DOMAINS, "domains": DOMAINS, "rows": rows, "ce_matrix": ce,
+            "acc_matrix": [[0.1] * 4] * 5, "train_loss": [],
+            "forgetting": {d: {"ce_final": ce[-1][j], "ce_forgetting": 0.05 * (3 - j),
+                               "ce_increase_from_best": 0.1} for j, d in enumerate(DOMAINS)}}
+
+
+MACHINE = {"cpu_model": "Synthetic CPU 9000", "cpu_count": 2, "backend": "cpu",
+           "devices": ["TFRT_CPU_0"], "jax": "0.0", "load_avg": [1.0, 1.0, 1.0]}
+
+
+def _study(sdir: Path, name: str, **kw) -> None:
+    doc = {"study": name, "preset": "cpu", "tag": name, "title": f"{name} title",
+           "script": f"bash launch/experiments/{name}.sh", "started": "2025-01-02T03:04:05+00:00",
+           "finished": "2025-01-02T03:10:00+00:00", "wall_s": 355.0,
+           "git": {"commit": "0123456789abcdef", "dirty_files": 0}, "machine": MACHINE,
+           "runs": {}, "evals": {}, "checks": {}, "notes": [], "complete": True, **kw}
+    _w(sdir / "study.json", doc)
+
+
+def build_synthetic(root: Path) -> None:
+    res = root / "results"
+    # hope_vs_titans
+    s = res / "hope_vs_titans"
+    runs, evals = {}, {}
+    for i, v in enumerate(["hope", "titans", "transformer"]):
+        runs[v] = _run(s, v, variant=v, eval_loss=5.1 + 0.1 * i, n_params=1000 + i)
+        evals[f"{v}_curve"] = _eval(s, f"{v}_curve", "continual", _curve([5.0 + 0.1 * i] * 4), variant=v)
+        evals[f"{v}_zeroshot"] = _eval(s, f"{v}_zeroshot", "zeroshot", _zs(0.25 + 0.25 * i), variant=v)
+        evals[f"{v}_passkey"] = _eval(s, f"{v}_passkey", "passkey", _needle(0.5), variant=v)
+        evals[f"{v}_niah"] = _eval(s, f"{v}_niah", "niah", _needle(0.25), variant=v)
+        evals[f"{v}_sequential"] = _eval(s, f"{v}_sequential", "continual", _seq(5.0 + i), variant=v)
+    _study(s, "hope_vs_titans", runs=runs, evals=evals,
+           param_matching={"target_variant": "hope", "target_params": 1000, "variants": {
+               v: {"params": 1000 + i, "d_ff": 64 * (i + 1), "ratio_to_hope": 1 + i / 1000}
+               for i, v in enumerate(["hope", "titans", "transformer"])}},
+           notes=["synthetic note"])
+    # teach_scale_sweep
+    s = res / "teach_scale_sweep"
+    runs, rows = {}, []
+    for i, ts in enumerate([0.0, 0.05, 0.1, 0.2]):
+        n = f"ts{ts:.2f}_adamw"
+        runs[n] = _run(s, n, teach=ts, eval_loss=5.3 - 0.05 * i, nonfinite=1 if ts == 0.2 else 0)
+        rows.append({"run": n, "teach_scale": ts, "optimizer": "adamw"})
+    rows.append({"run": "ts0.10_adamw", "teach_scale": 0.1, "optimizer": "adamw", "optimizer_row": True})
+    for opt in ("muon", "m3"):
+        n = f"ts0.10_{opt}"
+        runs[n] = _run(s, n, teach=0.1, optim=opt, eval_loss=5.4)
+        rows.append({"run": n, "teach_scale": 0.1, "optimizer": opt, "optimizer_row": True})
+    _study(s, "teach_scale_sweep", runs=runs,
+           sweep={"variant": "hope", "schedule": {"model.online.teach_warmup_steps": 5},
+                  "scales": [0, 0.05, 0.1, 0.2], "optimizer_row_scale": 0.1, "rows": rows})
+    # multi_device_smoke
+    s = res / "multi_device_smoke"
+    runs = {"multi": _run(s, "multi", eval_loss=5.2), "single": _run(s, "single", eval_loss=5.2)}
+    runs["multi"]["command"] = "JAX_PLATFORMS=cpu XLA_FLAGS=--x=2 " + runs["multi"]["command"]
+    evals = {"multi_zeroshot": _eval(s, "multi_zeroshot", "zeroshot", _zs(0.5)),
+             "multi_passkey": _eval(s, "multi_passkey", "passkey", _needle(0.5)),
+             "multi_curve": _eval(s, "multi_curve", "continual", _curve([5.0] * 4)),
+             "multi_sequential": _eval(s, "multi_sequential", "continual", _seq(5.0))}
+    _study(s, "multi_device_smoke", runs=runs, evals=evals, devices=["cpu:0", "cpu:1"],
+           device_env="XLA_FLAGS=--xla_force_host_platform_device_count=2",
+           checks={"checkpoint_verify": {"command": "python -m nested_jax.checkpoint verify runs/x",
+                                         "what": "checkpoint verify", "rc": 0, "wall_s": 2.0}})
+    # memorisation_pilot
+    s = res / "memorisation_pilot"
+    runs, evals = {}, {}
+    settings = [{"key": "prompt_1", "label": "prompt, 1 step", "flags": "--memorize"},
+                {"key": "answer_1", "label": "prompt + answer, 1 step", "flags": "--memorize ..."}]
+    for v in ("hope", "transformer"):
+        runs[v] = _run(s, v, variant=v)
+        for st in settings if v == "hope" else settings[:1]:
+            k = st["key"]
+            applied = v == "hope"
+            evals[f"{v}_zeroshot_{k}"] = _eval(
+                s, f"{v}_zeroshot_{k}", "zeroshot",
+                _zs(0.5, 0.75 if applied else 0.5, -10.0, -9.5 if applied else -10.0, applied), variant=v)
+            evals[f"{v}_passkey_{k}"] = _eval(
+                s, f"{v}_passkey_{k}", "passkey",
+                _needle(0.5, 1.0 if applied else 0.5, 0.5, 0.9 if applied else 0.5, applied), variant=v)
+    _study(s, "memorisation_pilot", runs=runs, evals=evals, memo_settings=settings,
+           param_matching={"variants": {"hope": {"params": 1000}, "transformer": {"params": 990}}})
+    # pilot_release
+    s = res / "pilot_release"
+    _w(s / "release" / "release.json", {"step": 20, "tokens_seen": 2560, "n_params": 12345})
+    _study(s, "pilot_release", runs={"pilot": _run(s, "pilot", variant="hope_hybrid")},
+           evals={"pilot_zeroshot": _eval(s, "pilot_zeroshot", "zeroshot", _zs(0.5))},
+           release={"dir": "runs/x/release", "files": 12, "bytes": 34567,
+                    "copied": {"release": "release/release.json"}},
+           checks={"release_build": {"command": "python -m nested_jax.release --checkpoint runs/x",
+                                     "what": "release bundle", "rc": 0, "wall_s": 1.0},
+                   "release_verify": {"command": "python -m nested_jax.release verify runs/x/release",
+                                      "what": "release verify", "rc": 0, "wall_s": 1.0},
+                   "release_verify_tampered": {"command": "python -m nested_jax.release verify t",
+                                               "what": "tamper", "rc": 1, "wall_s": 1.0}})
+
+
+def test_report_experiments_synthetic(tmp_path):
+    build_synthetic(tmp_path)
+    rc = eval_main(["report", "--experiments", str(tmp_path)])
+    assert rc == 0
+    md = (tmp_path / "RESULTS.md").read_text()
+    # every study has a section, in the fixed order, with machine and date
+    heads = [m.group(1) for m in re.finditer(r"^## (\w+) \(cpu preset\)$", md, re.M)]
+    assert heads == list(experiments.STUDY_ORDER)
+    assert md.count("Synthetic CPU 9000 (2 cores)") >= 5
+    assert "2025-01-02T03:04:05+00:00" in md
+    assert "do not edit by hand" in md
+    # numbers come from the JSON files (formatted), with sources
+    assert "| hope | 1,000 |" in md  # n_params from the eval JSON config
+    assert "5.1000" in md and "5.3000" in md  # held-out losses (hope; titans)
+    assert "5.000 (148.4)" in md  # final CE (perplexity exp(5.0)) on a domain
+    assert "HOPE has the lowest CE on 4 of 4 domains" in md
+    assert "novels: hope 5.000 < titans 5.100 < transformer 5.200" in md
+    assert "+0.150" in md  # forgetting of the first domain
+    # every source label used in a table is listed with its file and command
+    used = set(re.findall(r"\| ([ETR]\d+(?:, [ETR]\d+)*) \|", md))
+    labels = {x for u in used for x in u.split(", ")}
+    assert labels and all(f"**{lab}**" in md for lab in labels)
+    assert "python -m nested_jax.eval zeroshot --checkpoint runs/x" in md
+    assert "python -m nested_jax.train --config configs/smoke.py" in md
+    # teach sweep: control delta, non-finite count, optimizer row
+    assert "Held-out loss minus the control (teach scale 0)" in md
+    assert "0.20: -0.1500" in md
+    assert "Non-finite steps across all runs: 1" in md
+    assert "muon 5.4000" in md and "m3 5.4000" in md
+    # multi-device parity, checks, evals
+    assert "|Δ held-out loss| = 0.00e+00" in md
+    assert "cpu:0" in md and "checkpoint verify" in md
+    # memorisation: applied vs no-op, deltas
+    assert "+0.250" in md and "+0.5000" in md  # zero-shot acc and gold log-prob deltas
+    assert "no-op" in md and "Transformer++ and Titans have no CMS fast state" in md
+    # release: checks with expectations, release.json fields
+    assert "expected non-zero" in md and "**unexpected**" not in md
+    assert "`12345`" in md
+    # notes
+    assert "synthetic note" in md
+    # figures: referenced from the markdown, exist, are PNGs
+    figs = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
+    assert len(figs) >= 8
+    for f in figs:
+        data = (tmp_path / f).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    names = {os.path.basename(f) for f in figs}
+    assert {"hope_vs_titans_loss.png", "hope_vs_titans_domain_ce.png",
+            "hope_vs_titans_continual_matrix.png", "teach_scale_sweep_loss.png",
+            "memorisation_pilot_zeroshot_delta.png"} <= names
+
+
+def test_report_experiments_output_and_errors(tmp_path, capsys):
+    build_synthetic(tmp_path / "exp")
+    out = tmp_path / "elsewhere" / "R.md"
+    res = experiments.generate(str(tmp_path / "exp"), str(out))
+    assert res["studies"] == 5 and out.exists()
+    assert all(f.startswith(str(tmp_path / "elsewhere" / "figures")) for f in res["figures"])
+    # links are relative to the markdown
+    assert "](../exp/results/hope_vs_titans/evals/hope_zeroshot.json)" in out.read_text()
+    # an incomplete study is flagged, not hidden
+    sj = tmp_path / "exp" / "results" / "pilot_release" / "study.json"
+    d = json.loads(sj.read_text())
+    d.pop("complete")
+    d["failed"] = "release_build: exit 1"
+    sj.write_text(json.dumps(d))
+    experiments.generate(str(tmp_path / "exp"), str(out))
+    assert "Incomplete: the study stopped with an error" in out.read_text()
+    # bad input: one-line error, exit 2
+    assert eval_main(["report", "--experiments", str(tmp_path / "nothing")]) == 2
+    assert eval_main(["report"]) == 2
+    assert eval_main(["report", "--experiments", str(tmp_path / "exp"), "--inputs", "a.json"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+
+
+@pytest.mark.slow
+def test_study_script_end_to_end(tmp_path):
+    """hope_vs_titans with the tiniest sizes (Transformer++ only): train → every eval → report,
+    through the bash entry point."""
+    env = dict(os.environ, PYTHON=sys.executable,
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jaxcache"))
+    r = subprocess.run(["bash", "launch/experiments/hope_vs_titans.sh", "--tiny",
+                        "--variants", "transformer", "--out", str(tmp_path / "exp"),
+                        "--runs", str(tmp_path / "runs")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = json.loads((tmp_path / "exp" / "results" / "hope_vs_titans-tiny" / "study.json").read_text())
+    assert study["complete"] and study["preset"] == "tiny"
+    assert set(study["evals"]) == {f"transformer_{k}" for k in
+                                   ("curve", "zeroshot", "passkey", "niah", "sequential")}
+    for rec in study["evals"].values():
+        doc = json.loads((tmp_path / "exp" / "results" / "hope_vs_titans-tiny" / rec["json"]).read_text())
+        assert doc["metrics"]
+    md = (tmp_path / "exp" / "RESULTS.md").read_text()
+    assert "## hope_vs_titans (tiny preset)" in md
+    assert (tmp_path / "exp" / "figures" / "hope_vs_titans-tiny_loss.png").exists()
+    assert (tmp_path / "runs" / "train" / "transformer" / "checkpoints").is_dir()
+    # a rerun reuses the finished training run and eval files
+    r2 = subprocess.run(["bash", "launch/experiments/hope_vs_titans.sh", "--tiny",
+                         "--variants", "transformer", "--out", str(tmp_path / "exp"),
+                         "--runs", str(tmp_path / "runs"), "--no-report"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "reusing the finished run" in r2.stdout and "eval transformer_zeroshot: reusing" in r2.stdout
