@@ -81,8 +81,8 @@ MODEL = {
 }
 
 EVAL = {
-    "cpu": {"zs_tasks": "all", "zs_limit": 30, "passkey": [256], "niah": [512],
-            "depths": [0, 50, 100], "samples": 2, "windows": 8, "seq_steps": 20,
+    "cpu": {"zs_tasks": "all", "zs_limit": 50, "passkey": [256], "niah": [512],
+            "depths": [0, 50, 100], "samples": 3, "windows": 8, "seq_steps": 20,
             "seq_batch": 8, "seq_lr": 1e-3, "memo_tasks": "piqa,arc_easy,winogrande,boolq",
             "memo_limit": 20, "batch_size": 16},
     "gpu": {"zs_tasks": "all", "zs_limit": 500, "passkey": [2048, 4096, 8192],
@@ -221,7 +221,7 @@ class Study:
         self.t0 = time.time()
         self.doc = {
             "study": name, "preset": self.preset, "tag": tag,
-            "script": f"bash launch/experiments/{name}.sh " + " ".join(a.argv_passed),
+            "script": " ".join([f"bash launch/experiments/{name}.sh", *a.argv_passed]),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "git": git_state(), "model_preset": self.model, "eval_preset": self.ev,
             "runs": {}, "evals": {}, "checks": {}, "notes": [],
@@ -266,10 +266,11 @@ class Study:
     def model_flags(self, extra: dict | None = None, config: str | None = None,
                     base: dict | None = None) -> tuple[str, dict]:
         ov = dict(self.model["overrides"] if base is None else base)
+        base_lr = ov.get("optim.lr", 3e-4)  # "BASE_LR": the preset's lr, before `extra`
         ov.update(extra or {})
         for k, v in list(ov.items()):
             if v == "BASE_LR":
-                ov[k] = ov.get("optim.lr", 3e-4)
+                ov[k] = base_lr
         return config or self.model["config"], ov
 
     def train(self, run: str, extra: dict | None = None, *, config: str | None = None,
