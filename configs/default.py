@@ -33,8 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     tt.memory = "mlp"  # "linear" (matrix W) | "mlp" (two-layer σ(kW1)W2, deep memory)
     tt.hidden_mult = 4  # MLP memory hidden width = hidden_mult × head dim
     tt.chunk_size = 16  # tokens per chunk of the chunked dual form (gradients at chunk start)
-    tt.theta_max = 1.0  # step size θ = theta_max · sigmoid(·)
-    tt.theta_init = 0.1  # initial θ / theta_max (via the gate bias)
+    tt.theta_max = 0.3  # step size θ = theta_max · sigmoid(·); θ → 1 makes the MLP memory diverge
+    tt.theta_init = 0.3  # initial θ / theta_max (via the gate bias)
+    tt.v_norm = True  # ℓ2-normalise values (bounded targets keep the inner loop stable)
     tt.eta_init = 0.5  # initial momentum decay η
     tt.alpha_init = 0.01  # initial forgetting α (0 keeps everything)
     tt.conv_width = 4  # causal depthwise conv on q, k, v

@@ -173,3 +173,18 @@ def test_muon_with_conv_kernels_builds_and_steps():
     assert np.abs(np.asarray(state["params"]["blocks"]["titans"]["conv_q"]["kernel"]) - conv).max() > 0
     assert np.abs(np.asarray(state["params"]["blocks"]["attn"]["wq"]["kernel"])
                   - before["blocks"]["attn"]["wq"]["kernel"]).max() > 0
+
+
+def test_memory_branches_stay_finite_on_long_sequences_with_default_gates():
+    """Default θ/η/α and value normalisation keep the inner loops stable (regression:
+    un-normalised values with θ_max = 1 made the MLP memory diverge within ~60 tokens)."""
+    from nested_jax.model.selfmod import SelfModTitans
+    from nested_jax.model.titans import TitansMemory
+
+    c = tiny("titans")
+    c.model.d_model, c.model.n_heads = 32, 2
+    x = 3.0 * jax.random.normal(jax.random.key(0), (1, 1024, 32))
+    for cls in (TitansMemory, SelfModTitans):
+        branch = cls(c.model, out_std=0.02, rngs=nnx.Rngs(0))
+        y, _ = jax.jit(lambda x, b=branch: b(x))(x)
+        assert np.all(np.isfinite(np.asarray(y))), cls.__name__

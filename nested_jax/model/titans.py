@@ -34,6 +34,7 @@ class TitansMemory(nnx.Module):
         self.h, self.k, self.dtype = h, k, dtype
         self.kind, self.chunk_size = t.memory, t.chunk_size
         self.theta_max, self.remat_group = t.theta_max, t.remat_group
+        self.v_norm = t.v_norm
         self.wq = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wk = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wv = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
@@ -78,6 +79,8 @@ class TitansMemory(nnx.Module):
         q = l2norm(jax.nn.silu(heads(q)))
         k = l2norm(jax.nn.silu(heads(k)))
         v = jax.nn.silu(heads(v))
+        if self.v_norm:
+            v = l2norm(v)
         logits = self.w_gates(x_BxTxD.astype(jnp.float32)) + self.gate_bias[...][None, None, :]
         g = jax.nn.sigmoid(logits).reshape(b, t, 3, self.h).transpose(2, 0, 3, 1)  # [3,B,H,T]
         theta, eta, alpha = self.theta_max * g[0], g[1], g[2]
