@@ -96,14 +96,20 @@ EVAL = {
 
 TEACH_SCALES = (0.0, 0.05, 0.10, 0.20)
 OPTIMIZER_ROW_SCALE = 0.10
-# Outer optimizers compared at one teach scale. Muon's orthogonalised matrix step has RMS
-# ~1/sqrt(width), so it gets its conventional larger lr on matrices and the AdamW lr on the
-# rest; M3 has one lr (see nested_jax/train/m3.py: its step is not comparable with AdamW's).
+# Outer optimizers compared at one teach scale, all at the preset's lr (untuned). Muon's
+# orthogonalised matrix step has RMS ~1/sqrt(width), so it would usually get a larger lr on
+# matrices with `optim.adam_lr` = the AdamW lr for the rest, but optim.adam_lr > 0 crashes
+# build_optimizer (ConfigDict has no .replace: AttributeError 'replace', train/optim.py), so
+# Muon runs with one lr like M3 (whose step is not comparable with AdamW's either, m3.py).
 OPTIMIZERS = {
     "adamw": {},
-    "muon": {"optim.name": "muon", "optim.lr": 0.02, "optim.adam_lr": "BASE_LR"},
+    "muon": {"optim.name": "muon"},
     "m3": {"optim.name": "m3"},
 }
+OPTIMIZER_NOTE = ("AdamW, Muon and M3 run at the preset's learning rate, untuned. Muon would "
+                  "normally take a larger matrix lr plus `optim.adam_lr` for the other "
+                  "parameters, but `optim.adam_lr > 0` crashes `build_optimizer` "
+                  "(AttributeError 'replace' in nested_jax/train/optim.py), so it has one lr.")
 VARIANTS = ("hope", "titans", "transformer")
 # Titans with the default theta_max = 1.0 (inner step size up to 1 for the deep MLP memory)
 # diverges in the CPU preset: NaN loss from step 20 at lr 3e-3, NaN gradients (finite loss)
@@ -460,19 +466,21 @@ def count_params(config: str, overrides: dict) -> int:
 
 
 def match_d_ff(config: str, base: dict, variant: str, target: int) -> tuple[int, int]:
-    """(d_ff, params) with d_ff a multiple of 64 whose count is closest to target."""
+    """(d_ff, params) with d_ff a multiple of 64 whose count is closest to target (the count
+    is linear in d_ff: solve from two points, then check the neighbours)."""
     d = int(base.get("model.d_model", 512))
-    best = None
-    for mult in range(1, 33):
-        dff = 64 * mult
-        if dff < d:
-            continue
-        n = count_params(config, {**base, "model.variant": variant, "model.d_ff": dff})
-        if best is None or abs(n - target) < abs(best[1] - target):
-            best = (dff, n)
-        if n > target:
-            break
-    return best
+
+    def n(dff):
+        return count_params(config, {**base, "model.variant": variant, "model.d_ff": dff})
+
+    lo = max(64, -(-d // 64) * 64)
+    n0, n1 = n(lo), n(lo + 64)
+    per = (n1 - n0) / 64
+    guess = lo + (target - n0) / per if per > 0 else lo
+    centre = max(lo, int(round(guess / 64)) * 64)
+    cands = [(abs(n(x) - target), x) for x in sorted({max(lo, centre + k * 64) for k in (-1, 0, 1)})]
+    _, best = min(cands)
+    return best, n(best)
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,6 +541,8 @@ def study_teach_scale_sweep(st: Study) -> None:
     variant = st.a.variant or "hope"
     steps = int(st.model["overrides"]["train.steps"])
     sched = teach_schedule(steps)
+    if OPTIMIZER_NOTE not in st.doc["notes"]:
+        st.doc["notes"].append(OPTIMIZER_NOTE)
     st.doc["sweep"] = {"variant": variant, "schedule": sched, "scales": list(TEACH_SCALES),
                        "optimizer_row_scale": OPTIMIZER_ROW_SCALE, "rows": []}
     for s in TEACH_SCALES:
