@@ -111,21 +111,6 @@ OPTIMIZER_NOTE = ("AdamW, Muon and M3 run at the preset's learning rate, untuned
                   "parameters, but `optim.adam_lr > 0` crashes `build_optimizer` "
                   "(AttributeError 'replace' in nested_jax/train/optim.py), so it has one lr.")
 VARIANTS = ("hope", "titans", "transformer")
-# Titans with the default theta_max = 1.0 (inner step size up to 1 for the deep MLP memory)
-# diverges in the CPU preset: NaN loss from step 20 at lr 3e-3, NaN gradients (finite loss)
-# from step 61 at lr 1e-3. theta_max = 0.1 trains stably, so the baseline uses it.
-TITANS_FIX = {"model.titans.theta_max": 0.1}
-TITANS_NOTE = ("Titans uses `model.titans.theta_max=0.1`: with the default 1.0 the Titans "
-               "baseline diverged in this preset (NaN loss from step 20 at lr 3e-3; NaN gradients "
-               "with a finite loss from step 61 at lr 1e-3), see launch/experiments/studies.py.")
-MEMO_SETTINGS = (  # (key, label, flags)
-    ("prompt_1", "prompt, 1 step", ["--memorize", "--memorize-steps", "1"]),
-    ("prompt_2", "prompt, 2 steps", ["--memorize", "--memorize-steps", "2"]),
-    ("answer_1", "prompt + answer, 1 step",
-     ["--memorize", "--memorize-steps", "1", "--memorize-use-correct-answer"]),
-    ("answer_2", "prompt + answer, 2 steps",
-     ["--memorize", "--memorize-steps", "2", "--memorize-use-correct-answer"]),
-)
 
 
 def fmt_value(v) -> str:
@@ -507,10 +492,6 @@ def matched_runs(st: Study, variants: list[str]) -> dict:
         if v != "hope":
             dff, n = match_d_ff(config, base, v, target)
             ov["model.d_ff"] = dff
-        if v == "titans":
-            ov.update(TITANS_FIX)
-            if TITANS_NOTE not in st.doc["notes"]:
-                st.doc["notes"].append(TITANS_NOTE)
         else:
             n = target
         st.doc["param_matching"]["variants"][v] = {"params": n, "d_ff": ov.get("model.d_ff", "default"),
