@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.norm_eps = 1e-6  # RMSNorm epsilon
     m.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     m.remat = False  # gradient checkpointing per block (saves activation memory)
+    m.unroll_layers = 4  # unroll the layer scan when n_layers <= this (less loop overhead, longer compile)
 
     m.titans = tt = ml_collections.ConfigDict()  # Titans memory (variants titans, hope_hybrid)
     tt.mode = "mag"  # titans variant only: "mag" (memory gates attention) | "mal" (memory layer first)
@@ -70,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     on.teach_decay_start = 0  # step at which s starts decaying linearly to 0 (0 = never)
     on.teach_decay_duration = 0  # steps of that decay
     on.surprise_threshold = 0.0  # skip a level update if the mean clipped ‖δ‖ of its period is below
+    on.unroll_segments = 8  # unroll the segment scan when it has <= this many segments
     on.reset = "per_sequence"  # fast state: "per_sequence" (fresh each sequence) | "never" (streaming)
 
     c.data = default_data_config()  # dataset, tokenizer, cache; see nested_jax/data/config.py

@@ -188,3 +188,19 @@ def test_memory_branches_stay_finite_on_long_sequences_with_default_gates():
         branch = cls(c.model, out_std=0.02, rngs=nnx.Rngs(0))
         y, _ = jax.jit(lambda x, b=branch: b(x))(x)
         assert np.all(np.isfinite(np.asarray(y))), cls.__name__
+
+
+@pytest.mark.parametrize("variant", ("hope_attention", "hope_hybrid"))
+def test_inner_gradients_without_clipping_match_the_per_level_path(variant):
+    """teach_clip = 0 takes Jᵀδ from the segment's vjp wrt the fast deltas; a huge clip takes
+    the per-level vjp of the clipped δ̃. Both must write the same fast state."""
+    fast = {}
+    for clip in (0.0, 1e9):
+        c = tiny(variant, teach_clip=clip)
+        c.model.cms.optimizers = ("momentum",) * 3  # linear in the gradient: a sharp check
+        fn, params = init_params(c.model, 0)
+        fast[clip] = online_forward(fn, params, _tokens(), step=0, teach_scale=0.5)[1]["fast"]
+    a, b = fast[0.0]["carry"]["cms"], fast[1e9]["carry"]["cms"]
+    assert max(np.abs(np.asarray(x)).max() for x in jax.tree.leaves(a)) > 0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=1e-7)

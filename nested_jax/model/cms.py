@@ -31,10 +31,13 @@ def level_apply(p: dict, x_BxTxD, eps: float = 1e-6, dtype=jnp.float32):
 
 
 def effective(meta: dict, delta: dict | None) -> dict:
-    """meta + stop_gradient(delta) (delta has a leading batch axis)."""
+    """meta + delta (delta has a leading batch axis). Deltas are built only from
+    stop-gradient quantities (nested_jax.model.online), so the outer gradient reaches the
+    meta parameters through this read and nothing flows into the writes; the online step
+    differentiates wrt delta itself to get the inner gradients Jᵀδ."""
     if delta is None:
         return meta
-    return jax.tree.map(lambda m, d: m[None] + jax.lax.stop_gradient(d), meta, delta)
+    return jax.tree.map(lambda m, d: m[None] + d, meta, delta)
 
 
 class CMS(nnx.Module):

@@ -66,7 +66,10 @@ class LM(nnx.Module):
 
         if self.remat:
             body = jax.checkpoint(body)
-        x, (new_carry, aux) = jax.lax.scan(body, x_BxTxD, (layer_state, carry, probes))
+        n = self.cfg.n_layers
+        unroll = n if n <= self.cfg.get("unroll_layers", 1) else 1  # small stacks: no loop overhead
+        x, (new_carry, aux) = jax.lax.scan(body, x_BxTxD, (layer_state, carry, probes),
+                                           unroll=unroll)
         return self.final_norm(x), new_carry, aux
 
     def hidden(self, tokens_BxT, pos_T=None):

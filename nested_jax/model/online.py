@@ -136,15 +136,18 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
     xs = (seg(tokens_BxT1[:, :-1]), seg(tokens_BxT1[:, 1:]), seg(mask_BxT.astype(jnp.float32)),
           jnp.arange(n_seg), offs)
     n_layers = cfg.n_layers
+    # δ per token is needed to clip it, to measure surprise, or when a test asks for it;
+    # otherwise the inner gradients come straight from the vjp wrt the fast deltas.
+    need_probes = o.teach_clip > 0 or o.surprise_threshold > 0 or collect_teach
 
     def body(state, x):
         tok_in, tgt, m, i, off = x
         pos = (i * s + jnp.arange(s)).astype(jnp.int32)
         carry = state["carry"]
 
-        def f(probes):
+        def f(probes, cms_delta):
             x = model.embed(tok_in) + off.astype(model.embed.dtype)
-            h, new_carry, aux = model.run_blocks(x, pos, carry, probes)
+            h, new_carry, aux = model.run_blocks(x, pos, {**carry, "cms": cms_delta}, probes)
             return h, (new_carry, aux)
 
         def greedy(h):
@@ -153,34 +156,45 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             return jnp.argmax(model.logits(jax.lax.stop_gradient(h)), -1).astype(jnp.int32)
 
         if not update:
-            h, (new_carry, _) = f(None)
+            h, (new_carry, _) = f(None, carry["cms"])
             ce = token_cross_entropy(model.logits(h), tgt) * m
             new_carry = {**new_carry, "cms": carry["cms"]}
             return {**state, "carry": new_carry}, (ce, {}, {}, greedy(h))
-        probes0 = {n: jnp.zeros((n_layers, b, s, cfg.d_model), jnp.float32) for n in names}
-        h, vjp_fn, (new_carry, aux) = jax.vjp(f, probes0, has_aux=True)
+        probes0 = None
+        if need_probes:
+            probes0 = {n: jnp.zeros((n_layers, b, s, cfg.d_model), jnp.float32) for n in names}
+        h, vjp_fn, (new_carry, aux) = jax.vjp(f, probes0, carry["cms"], has_aux=True)
         # Per-token CE and its gradient at the head input in one pass; the teach signal is
         # that gradient pulled back through the blocks (no second pass through the head).
         ce, g_h = ce_and_hidden_grad(h, model.head_weight(), tgt)
         ce = ce * m
-        (deltas,) = vjp_fn(jax.lax.stop_gradient(g_h * m[..., None]).astype(h.dtype))
-        deltas = jax.lax.stop_gradient(deltas)
+        deltas, grad_delta = jax.lax.stop_gradient(
+            vjp_fn(jax.lax.stop_gradient(g_h * m[..., None]).astype(h.dtype)))
         tokens_after = state["tokens"] + (i + 1) * s
         cms_delta, opt, acc, surprise = {}, {}, {}, {}
         seg_metrics = {}
         for n in names:
-            d_tilde = scale_and_clip(deltas[n], scale, o.teach_clip)  # [L,B,S,D]
-            x_in = jax.lax.stop_gradient(aux["cms_inputs"][n])
-            eff = jax.tree.map(lambda mm, dd: mm[:, None] + dd, meta[n], carry["cms"][n])
+            if o.teach_clip > 0:
+                # Per-token clipping: pull the clipped δ̃ back through the level alone.
+                d_tilde = scale_and_clip(deltas[n], scale, o.teach_clip)  # [L,B,S,D]
+                x_in = jax.lax.stop_gradient(aux["cms_inputs"][n])
+                eff = jax.tree.map(lambda mm, dd: mm[:, None] + dd, meta[n], carry["cms"][n])
 
-            def level_grad(eff_l, x_l, d_l):
-                _, vjp_l = jax.vjp(lambda p: level_apply(p, x_l, cfg.norm_eps), eff_l)
-                return vjp_l(d_l.astype(x_l.dtype))[0]
+                def level_grad(eff_l, x_l, d_l):
+                    _, vjp_l = jax.vjp(lambda p: level_apply(p, x_l, cfg.norm_eps), eff_l)
+                    return vjp_l(d_l.astype(x_l.dtype))[0]
 
-            g = jax.vmap(level_grad)(eff, x_in, d_tilde)  # per-row grads [L,B,...]
+                g = jax.vmap(level_grad)(eff, x_in, d_tilde)  # per-row grads [L,B,...]
+            else:
+                # No clipping: Jᵀ(s·δ) = s·(Jᵀδ), which the vjp above already produced.
+                d_tilde = None if probes0 is None else deltas[n] * scale
+                g = jax.tree.map(lambda a: a * scale, grad_delta[n])
             acc_n = jax.tree.map(jnp.add, state["acc"][n], g)
-            tok_norm = jnp.sqrt(jnp.sum(d_tilde * d_tilde, -1))  # [L,B,S]
-            surp_n = state["surprise"][n] + tok_norm.sum(-1)
+            if d_tilde is None:
+                surp_n = state["surprise"][n]
+            else:
+                tok_norm = jnp.sqrt(jnp.sum(d_tilde * d_tilde, -1))  # [L,B,S]
+                surp_n = state["surprise"][n] + tok_norm.sum(-1)
             due = (tokens_after % periods[n]) == 0
             mean_surprise = surp_n / periods[n]
             gate = mean_surprise >= o.surprise_threshold  # [L,B]
@@ -195,8 +209,8 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
                         jax.tree.map(pick, new_opt, state["opt"][n]))
 
             # `due` is one scalar for the whole batch: skip the optimizer off-period.
-            cms_delta[n], opt[n] = jax.lax.cond(
-                due, step_level, lambda n=n: (carry["cms"][n], state["opt"][n]))
+            cms_delta[n], opt[n] = jax.lax.stop_gradient(jax.lax.cond(
+                due, step_level, lambda n=n: (carry["cms"][n], state["opt"][n])))
             acc[n] = jax.tree.map(lambda a: jnp.where(due, jnp.zeros_like(a), a), acc_n)
             surprise[n] = jnp.where(due, 0.0, surp_n)
             seg_metrics[n] = apply.astype(jnp.float32).mean(-1)  # [L] updates this segment
@@ -205,7 +219,8 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
                      "tokens": state["tokens"]}
         return new_state, (ce, seg_metrics, deltas if collect_teach else {}, greedy(h))
 
-    state, (ce_NxBxS, seg_metrics, teach, am_NxBxS) = jax.lax.scan(body, state0, xs)
+    unroll = n_seg if n_seg <= cfg.online.get("unroll_segments", 1) else 1
+    state, (ce_NxBxS, seg_metrics, teach, am_NxBxS) = jax.lax.scan(body, state0, xs, unroll=unroll)
     state = {**state, "tokens": state["tokens"] + t}
     ce_BxT = ce_NxBxS.swapaxes(0, 1).reshape(b, t)
     loss = ce_BxT.sum() / jnp.maximum(mask_BxT.sum(), 1.0)
