@@ -313,3 +313,31 @@ def test_study_script_end_to_end(tmp_path):
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert "reusing the finished run" in r2.stdout and "eval transformer_zeroshot: reusing" in r2.stdout
+
+
+def test_study_scripts_dry_run(capsys):
+    """Every study plans its commands for the CPU and GPU presets (nothing runs): real CLI
+    calls, param-matched baselines, the multi-device environment, the release steps."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("studies", ROOT / "launch" / "experiments" / "studies.py")
+    studies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(studies)
+    for name in studies.STUDIES:
+        for extra in ([], ["--gpu"]):
+            assert studies.main([name, "--dry-run", *extra]) == 0
+            out = capsys.readouterr().out
+            lines = [x for x in out.splitlines() if "python -m nested_jax." in x]
+            assert lines, (name, extra)
+            preset = "gpu" if extra else "cpu"
+            assert f"runs/experiments/{name}/{preset}/" in out
+            if name == "hope_vs_titans":
+                assert "--config.model.variant=titans --config.model.d_ff=" in out
+                assert out.count("python -m nested_jax.eval ") == 15
+            if name == "multi_device_smoke" and not extra:
+                assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in out
+            if name == "teach_scale_sweep":
+                assert out.count("python -m nested_jax.train") == 6
+                assert "--config.optim.name=m3" in out and "--config.optim.name=muon" in out
+            if name == "pilot_release":
+                assert "nested_jax.release verify" in out

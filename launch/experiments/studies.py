@@ -111,6 +111,14 @@ OPTIMIZER_NOTE = ("AdamW, Muon and M3 run at the preset's learning rate, untuned
                   "parameters, but `optim.adam_lr > 0` crashes `build_optimizer` "
                   "(AttributeError 'replace' in nested_jax/train/optim.py), so it has one lr.")
 VARIANTS = ("hope", "titans", "transformer")
+MEMO_SETTINGS = (  # (key, label, flags)
+    ("prompt_1", "prompt, 1 step", ["--memorize", "--memorize-steps", "1"]),
+    ("prompt_2", "prompt, 2 steps", ["--memorize", "--memorize-steps", "2"]),
+    ("answer_1", "prompt + answer, 1 step",
+     ["--memorize", "--memorize-steps", "1", "--memorize-use-correct-answer"]),
+    ("answer_2", "prompt + answer, 2 steps",
+     ["--memorize", "--memorize-steps", "2", "--memorize-use-correct-answer"]),
+)
 
 
 def fmt_value(v) -> str:

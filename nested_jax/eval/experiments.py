@@ -696,8 +696,16 @@ def section_multi_device(sec: Section) -> None:
             and by["single"]["eval_loss"] is not None:
         dl = abs(by["multi"]["final_loss"] - by["single"]["final_loss"])
         de = abs(by["multi"]["eval_loss"] - by["single"]["eval_loss"])
+        one = {m["step"]: m["loss"] for m in by["single"]["train"]}
+        diffs = [(m["step"], abs(m["loss"] - one[m["step"]])) for m in by["multi"]["train"]
+                 if m["step"] in one and _finite(m["loss"]) and _finite(one[m["step"]])]
+        grow = ""
+        if len(diffs) >= 2:
+            grow = (f" The train-loss gap is {diffs[0][1]:.2e} at step {diffs[0][0]} and "
+                    f"{diffs[-1][1]:.2e} at step {diffs[-1][0]}: same algorithm, float32 "
+                    "rounding (gradient all-reduce order) compounding over the steps.")
         sec.add(f"Multi-device vs one device on the same global batch: |Δ final train loss| = "
-                f"{dl:.2e}, |Δ held-out loss| = {de:.2e} (float32 reduction order only).", "")
+                f"{dl:.2e}, |Δ held-out loss| = {de:.2e}.{grow}", "")
     checks = d.get("checks", {})
     if checks:
         sec.add("### Checks", "")
