@@ -564,6 +564,7 @@ def study_multi_device_smoke(st: Study) -> None:
     steps = int(st.model["overrides"]["train.steps"])
     if st.preset == "cpu" and not st.a.steps:
         steps = 100
+        st.model["overrides"]["train.steps"] = steps
     extra = {"model.variant": variant, "train.steps": steps, "mesh.data": -1}
     if not st.a.dry_run:
         st.doc["devices"] = machine_info(env).get("devices")
