@@ -83,8 +83,8 @@ MODEL = {
 EVAL = {
     "cpu": {"zs_tasks": "all", "zs_limit": 50, "passkey": [256], "niah": [512],
             "depths": [0, 50, 100], "samples": 3, "windows": 8, "seq_steps": 20,
-            "seq_batch": 8, "seq_lr": 1e-3, "memo_tasks": "piqa,arc_easy,winogrande,boolq",
-            "memo_limit": 20, "batch_size": 16},
+            "seq_batch": 8, "seq_lr": 1e-3, "memo_tasks": "piqa,arc_easy",
+            "memo_limit": 12, "batch_size": 16},
     "gpu": {"zs_tasks": "all", "zs_limit": 500, "passkey": [2048, 4096, 8192],
             "niah": [2048, 4096, 8192], "depths": [0, 25, 50, 75, 100], "samples": 4,
             "windows": 32, "seq_steps": 200, "seq_batch": 8, "seq_lr": 1e-4,
