@@ -155,6 +155,9 @@ def build_synthetic(root: Path) -> None:
         n = f"ts{ts:.2f}_adamw"
         runs[n] = _run(s, n, teach=ts, eval_loss=5.3 - 0.05 * i, nonfinite=1 if ts == 0.2 else 0)
         rows.append({"run": n, "teach_scale": ts, "optimizer": "adamw"})
+    runs["ts0.00_adamw_seed1"] = _run(s, "ts0.00_adamw_seed1", teach=0.0, eval_loss=5.32)
+    rows.append({"run": "ts0.00_adamw_seed1", "teach_scale": 0.0, "optimizer": "adamw",
+                 "replicate_of": "ts0.00_adamw", "seed": 1})
     rows.append({"run": "ts0.10_adamw", "teach_scale": 0.1, "optimizer": "adamw", "optimizer_row": True})
     for opt in ("muon", "m3"):
         n = f"ts0.10_{opt}"
@@ -235,6 +238,8 @@ def test_report_experiments_synthetic(tmp_path):
     # teach sweep: control delta, non-finite count, optimizer row
     assert "Held-out loss minus the control (teach scale 0)" in md
     assert "0.20: -0.1500" in md
+    assert "seed replicate" in md and "|Δ held-out| = 0.0200" in md
+    assert "larger than the seed-to-seed difference: 0.05, 0.10, 0.20" in md
     assert "Non-finite steps across all runs: 1" in md
     assert "muon 5.4000" in md and "m3 5.4000" in md
     # multi-device parity, checks, evals
@@ -337,7 +342,7 @@ def test_study_scripts_dry_run(capsys):
             if name == "multi_device_smoke" and not extra:
                 assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in out
             if name == "teach_scale_sweep":
-                assert out.count("python -m nested_jax.train") == 6
+                assert out.count("python -m nested_jax.train") == 7  # + seed replicate
                 assert "--config.optim.name=m3" in out and "--config.optim.name=muon" in out
             if name == "pilot_release":
                 assert "nested_jax.release verify" in out

@@ -538,6 +538,12 @@ def study_teach_scale_sweep(st: Study) -> None:
         run = f"ts{s:.2f}_adamw"
         st.train(run, {"model.variant": variant, "model.online.teach_scale": s, **sched})
         st.doc["sweep"]["rows"].append({"run": run, "teach_scale": s, "optimizer": "adamw"})
+    # seed replicate of the control: how far two seeds (init + data order) move the losses
+    seed = int(_load_config(st.model["config"], {}).seed) + 1
+    run = f"ts0.00_adamw_seed{seed}"
+    st.train(run, {"model.variant": variant, "model.online.teach_scale": 0.0, **sched, "seed": seed})
+    st.doc["sweep"]["rows"].append({"run": run, "teach_scale": 0.0, "optimizer": "adamw",
+                                    "replicate_of": f"ts{0.0:.2f}_adamw", "seed": seed})
     for name, ov in OPTIMIZERS.items():
         run = f"ts{OPTIMIZER_ROW_SCALE:.2f}_{name}"
         if name != "adamw":

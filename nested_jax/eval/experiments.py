@@ -365,7 +365,9 @@ def _header(sec: Section) -> None:
             f"- Preset: {_preset_line(d)}",
             f"- Study record: [`{st.rel('study.json')}`]({st.rel('study.json')})")
     if d.get("failed"):
-        sec.add(f"- **Incomplete: the study stopped with an error:** `{d['failed'].splitlines()[0]}`")
+        msg = d["failed"].splitlines()[0].replace("`", "'")
+        sec.add(f"- **Incomplete: the study stopped with an error:** "
+                f"{msg[:300] + ('…' if len(msg) > 300 else '')}")
     elif not d.get("complete"):
         sec.add("- **Incomplete: the study did not finish (no `complete` flag).**")
     sec.add("")
@@ -593,7 +595,8 @@ def section_teach_sweep(sec: Section) -> None:
                             and o.get("adam_lr") else "")
         peak = r["config"].get("model", {}).get("online", {}).get("teach_scale", rc.get("teach_scale"))
         tail = [m["loss"] for m in r["train"][-3:] if _finite(m.get("loss"))]
-        rows.append([("↳ " if rc.get("optimizer_row") else "") + rc["run"],
+        name = rc["run"] + (f" (seed replicate of {rc['replicate_of']})" if rc.get("replicate_of") else "")
+        rows.append([("↳ " if rc.get("optimizer_row") else "") + name,
                      o.get("name", rc.get("optimizer", "?")), lr_s, _f(peak, 2),
                      _f(r["final_loss"]), _f(sum(tail) / len(tail)) if tail else "–",
                      _f(r["eval_loss"]), _f(r["max_grad_norm"], 2), _f(r["nonfinite"]),
@@ -603,7 +606,8 @@ def section_teach_sweep(sec: Section) -> None:
                      "mean of last 3 logged", "held-out loss", "max grad norm",
                      "non-finite steps skipped", "tokens/s", "src"], rows))
     sweep = [(rc, r) for rc, r in runs if not rc.get("optimizer_row") or rc.get("optimizer") == "adamw"]
-    sweep = [(rc, r) for rc, r in sweep if rc.get("optimizer", "adamw") == "adamw"]
+    sweep = [(rc, r) for rc, r in sweep if rc.get("optimizer", "adamw") == "adamw"
+             and not rc.get("replicate_of")]
     seen, uniq = set(), []
     for rc, r in sweep:
         if r["name"] not in seen:
@@ -619,6 +623,15 @@ def section_teach_sweep(sec: Section) -> None:
         if parts:
             sec.add("Held-out loss minus the control (teach scale 0): " + ", ".join(parts)
                     + " (negative = the teach signal helped).", "")
+        rep = next(((rc, r) for rc, r in runs if rc.get("replicate_of") == ctrl["name"]), None)
+        if rep and rep[1]["eval_loss"] is not None:
+            noise = abs(rep[1]["eval_loss"] - ctrl["eval_loss"])
+            big = [_f(rc.get("teach_scale"), 2) for rc, r in uniq if r is not ctrl
+                   and r["eval_loss"] is not None and abs(r["eval_loss"] - ctrl["eval_loss"]) > noise]
+            sec.add(f"Noise floor: the control with another seed (seed replicate: init and data "
+                    f"order) moves the held-out loss by |Δ held-out| = {_f(noise)}. Teach scales whose "
+                    "difference from the control is larger than the seed-to-seed difference: "
+                    + (", ".join(big) if big else "none") + ".", "")
         best = min((r for _, r in uniq if r["eval_loss"] is not None), key=lambda r: r["eval_loss"])
         sec.add(f"Best held-out loss in the sweep: `{best['name']}` ({_f(best['eval_loss'])}). "
                 f"Non-finite steps across all runs: "
