@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from configs import pilot, pilot_smoke
+from configs import pilot, pilot_smoke, repro
 from nested_jax.model.lm import init_params
 from nested_jax.train import optim, step as step_lib
 
@@ -33,12 +33,30 @@ VARIANTS = ("transformer", "titans", "hope_attention", "hope", "hope_hybrid")
 REPRODUCTION_SMOKE_TOKENS_PER_SEC = 53.0  # PyTorch reproduction, smoke HOPE, 2-core CPU
 
 
-def preset_config(name: str, variant: str):
+def preset_config(name: str, variant: str, segment_len: int = 0):
     c = (pilot_smoke if name == "smoke" else pilot).get_config()
     c.model.variant = variant
+    if segment_len:  # keep the reproduction's period ratios at another segment length
+        repro_periods = (1, 4, 16) if name == "smoke" else (1, 4, 32, 128)
+        repro.cms_levels(c, repro_periods, lr=c.model.cms.lrs[0], segment_len=segment_len,
+                         seq_len=c.train.seq_len)
     c.model.vocab_size = 32000
     c.optim.warmup_steps = 1
     return c
+
+
+def model_flops_per_token(c, n_params: int) -> float:
+    """6·N (tied head included in N) + attention scores/values 12·L·T·D for attention variants."""
+    attn = c.model.variant != "hope"
+    return 6.0 * n_params + (12.0 * c.model.n_layers * c.train.seq_len * c.model.d_model if attn else 0.0)
+
+
+def _peak_mb(mem: dict):
+    """Device peak where the backend reports it, else the executable's arguments+outputs+temps."""
+    stats = common.device_memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return mem["compiled_bytes"] / 2**20 if mem.get("compiled_bytes") else None
 
 
 def build_step(c):
@@ -66,6 +84,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--train-steps", type=int, default=30, help="steps on real text (0 = skip)")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of interleaved timing")
+    ap.add_argument("--segment-len", type=int, default=0,
+                    help="online segment length override (0 = the preset's)")
     ap.add_argument("--output", default="benchmarks/out/throughput")
     args = ap.parse_args(argv)
     variants = args.variants.split(",")
@@ -77,7 +97,7 @@ def main(argv=None) -> list[dict]:
     rows, cases, states = [], {}, {}
     batches = None
     for v in variants:
-        c = preset_config(args.preset, v)
+        c = preset_config(args.preset, v, args.segment_len)
         if batches is None:
             batches = real_batches(c, max(args.train_steps, 1))
         step, state, n_params = build_step(c)
@@ -93,9 +113,12 @@ def main(argv=None) -> list[dict]:
         tokens = c.train.batch_size * c.train.seq_len
         rows.append({"variant": v, "params_M": n_params / 1e6, "compile_s": compile_s,
                      "tokens_per_step": tokens, "flops_per_step": flops,
-                     "peak_memory_MB": (mem.get("peak_bytes") or 0) / 2**20 or None,
+                     "peak_memory_MB": _peak_mb(mem),
+                     "model_flops_per_token": model_flops_per_token(c, n_params),
                      "batch": c.train.batch_size, "seq_len": c.train.seq_len,
-                     "d_model": c.model.d_model, "n_layers": c.model.n_layers})
+                     "d_model": c.model.d_model, "n_layers": c.model.n_layers,
+                     "segment_len": c.model.online.segment_len,
+                     "cms_periods": list(c.model.cms.periods)})
         states[v] = [state]
 
         def run(v=v, step=step, batch=batch):
@@ -109,13 +132,15 @@ def main(argv=None) -> list[dict]:
         t = timing[r["variant"]]["median"]
         r["step_s"] = t
         r["tokens_per_sec"] = r["tokens_per_step"] / t
-        r["mfu"] = r["flops_per_step"] / t / peak["flops_per_sec"] if r["flops_per_step"] else None
+        # MFU in the PaLM sense: model FLOPs (6·params + attention per token), not counting the
+        # extra work of the online algorithm (teach signal, inner updates).
+        r["mfu"] = r["model_flops_per_token"] * r["tokens_per_sec"] / peak["flops_per_sec"]
         if args.preset == "smoke":
             r["x_reproduction"] = r["tokens_per_sec"] / REPRODUCTION_SMOKE_TOKENS_PER_SEC
 
     if args.train_steps > 0:  # falling loss on real text, fresh state per variant
         for r in rows:
-            c = preset_config(args.preset, r["variant"])
+            c = preset_config(args.preset, r["variant"], args.segment_len)
             step, state, _ = build_step(c)
             losses = []
             for b in batches[: args.train_steps]:

@@ -12,6 +12,14 @@ from typing import Any, Callable
 
 import jax
 
+# Scans of at most this many steps are unrolled: on CPU the loop's per-op overhead dominates
+# short scans (e.g. the 2-4 chunks of one online segment); longer scans stay loops.
+UNROLL_MAX = 8
+
+
+def _unroll(n: int) -> int:
+    return n if n <= UNROLL_MAX else 1
+
 
 def chunked_scan(
     step: Callable[[Any, Any], tuple[Any, Any]],
@@ -25,7 +33,7 @@ def chunked_scan(
     """
     n = jax.tree.leaves(xs)[0].shape[0]
     if remat_group <= 0:
-        return jax.lax.scan(step, carry, xs)
+        return jax.lax.scan(step, carry, xs, unroll=_unroll(n))
     if n % remat_group:
         raise ValueError(
             f"remat_group={remat_group} must divide the number of chunks {n}; "
@@ -38,7 +46,7 @@ def chunked_scan(
     def group_body(c, xg):
         return jax.lax.scan(step, c, xg)
 
-    carry, ys_g = jax.lax.scan(group_body, carry, xs_g)
+    carry, ys_g = jax.lax.scan(group_body, carry, xs_g, unroll=_unroll(groups))
     ys = jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), ys_g)
     return carry, ys
 
