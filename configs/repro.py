@@ -64,6 +64,6 @@ def cpu_smoke(c, *, steps: int = 60):
     c.checkpoint.every_steps = steps
     c.eval.every_steps = steps // 2
     c.eval.num_batches, c.eval.batch_size = 2, 4
-    c.model.titans.chunk_size = 8
-    c.model.selfmod.chunk_size, c.model.selfmod.chunk_size_mem = 8, 16
+    c.model.titans.chunk_size = 16
+    c.model.selfmod.chunk_size, c.model.selfmod.chunk_size_mem = 16, 32
     return c
