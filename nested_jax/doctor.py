@@ -18,25 +18,25 @@ def _version(mod: str) -> str:
 
 def main() -> int:
     ok = True
-    print(f"python        {sys.version.split()[0]}  ({sys.executable})")
+    print(f"python            {sys.version.split()[0]}  ({sys.executable})")
     if sys.version_info < (3, 12):
         print("  !! Python >= 3.12 is required; run `bash launch/setup.sh`.")
         ok = False
     for mod in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "grain", "ml_collections",
                 "chex", "sentencepiece", "numpy"):
         v = _version(mod)
-        print(f"{mod:<14}{v}")
+        print(f"{mod:<18}{v}")
         ok &= not v.startswith("MISSING")
-    print(f"platform      {platform.platform()}  cpus={os.cpu_count()}")
+    print(f"platform          {platform.platform()}  cpus={os.cpu_count()}")
     try:
         import jax
 
         devs = jax.devices()
-        print(f"devices       {len(devs)} × {devs[0].platform}: {[d.device_kind for d in devs]}")
+        print(f"devices           {len(devs)} × {devs[0].platform}: {[d.device_kind for d in devs]}")
         gpus = [d for d in devs if d.platform == "gpu"]
-        print(f"gpu           {'found: ' + gpus[0].device_kind if gpus else 'not found (CPU run)'}")
+        print(f"gpu               {'found: ' + gpus[0].device_kind if gpus else 'not found (CPU run)'}")
     except Exception as e:  # noqa: BLE001
-        print(f"devices       ERROR {e}")
+        print(f"devices           ERROR {e}")
         ok = False
     here = os.path.dirname(os.path.abspath(__file__))
     assets = os.path.join(here, "assets")
@@ -44,9 +44,9 @@ def main() -> int:
                 "tokenizers/novels_32k.model"):
         p = os.path.join(assets, rel)
         found = os.path.exists(p)
-        print(f"asset         {'ok     ' if found else 'MISSING'} {rel}")
+        print(f"asset             {'ok     ' if found else 'MISSING'} {rel}")
         ok &= found
-    print("status        " + ("ready" if ok else "NOT READY (see lines marked MISSING / !!)"))
+    print("status            " + ("ready" if ok else "NOT READY (see lines marked MISSING / !!)"))
     return 0 if ok else 1
 
 
