@@ -781,7 +781,7 @@ def section_memorisation(sec: Section) -> None:
     st = sec.st
     d = st.doc
     labels = {s["key"]: s["label"] for s in d.get("memo_settings", [])}
-    rows, bars_zs, bars_pk = [], {}, {}
+    rows, bars_zs, bars_pk, noop_notes = [], {}, {}, set()
     variants = _variant_order(st)
     run_rows = []
     pm = d.get("param_matching", {}).get("variants", {})
@@ -803,8 +803,9 @@ def section_memorisation(sec: Section) -> None:
                 dc = (n["cont_mem"] - n["cont_base"]) if n["cont_mem"] is not None and \
                     n["cont_base"] is not None else None
                 da = (n["mem"] - n["base"]) if n["mem"] is not None and n["base"] is not None else None
-                note = "applied" if n["applied"] else ("no-op: " + (n["note"] or "nothing to write")
-                                                       if n["applied"] is False else "–")
+                note = "applied" if n["applied"] else ("no-op" if n["applied"] is False else "–")
+                if n["applied"] is False and n["note"]:
+                    noop_notes.add(n["note"])
                 rows.append([v, ev, lab, n["metric"], _f(n["base"], 3), _f(n["mem"], 3),
                              _signed(da, 3), n["cont_metric"], _f(n["cont_base"], 3),
                              _f(n["cont_mem"], 3), _signed(dc, 4), _f(n["updates"], 1), note, src])
@@ -813,7 +814,7 @@ def section_memorisation(sec: Section) -> None:
     if rows:
         sec.add("### Baseline vs memorised (each `--memorize` run scores both)", "")
         sec.add(*_table(["model", "eval", "memorise", "metric", "baseline", "memorised", "Δ",
-                         "continuous metric", "baseline", "memorised", "Δ", "update norm sum",
+                         "continuous metric", "baseline", "memorised", "Δ", "CMS level updates",
                          "memorisation", "src"], rows))
         hope = [r for r in rows if r[0].startswith("hope")]
         if hope:
@@ -821,11 +822,18 @@ def section_memorisation(sec: Section) -> None:
             sec.add(f"HOPE: {len(moved)} of {len(hope)} memorisation settings change the continuous "
                     "score at 4 decimals; accuracy deltas: "
                     + ", ".join(f"{r[1]} / {r[2]} {r[6]}" for r in hope) + ".", "")
+            best = max((r for r in hope if r[10] != "–"), key=lambda r: float(r[10]), default=None)
+            if best:
+                sec.add(f"Largest continuous gain: {best[1]} with {best[2]} ({best[7]} {best[10]}; "
+                        f"{best[3]} {best[4]} → {best[5]}). Memorising the answer along with the "
+                        "prompt leaks it into the fast state, so those rows measure recall of "
+                        "what was written, not generalisation.", "")
         noop = [r for r in rows if r[12].startswith("no-op")]
         if noop:
             sec.add("Transformer++ and Titans have no CMS fast state: `--memorize` is a no-op for "
                     "them, and the JSON says so (" + ", ".join(sorted({r[0] for r in noop}))
-                    + "; memorised = baseline).", "")
+                    + "; memorised = baseline). Their notes: "
+                    + " / ".join(f"\"{x}\"" for x in sorted(noop_notes)) + ".", "")
         groups = list(labels.values())
         for name, bars, ylabel in (("zeroshot", bars_zs, "Δ mean gold log-prob"),
                                    ("passkey", bars_pk, "Δ mean log-prob margin")):
