@@ -636,10 +636,11 @@ def study_pilot_release(st: Study) -> None:
             st.train("pilot", {"model.variant": "hope_hybrid"})
         else:
             steps = st.a.steps or 60
-            st.train("pilot", {}, config="configs/pilot_smoke.py",
-                     base={"train.steps": steps, "checkpoint.every_steps": steps // 2,
-                           "checkpoint.max_to_keep": 10, "eval.every_steps": steps // 2,
-                           "logging.progress_bar": False})
+            base = {"train.steps": steps, "checkpoint.every_steps": steps // 2,
+                    "checkpoint.max_to_keep": 10, "eval.every_steps": steps // 2,
+                    "logging.progress_bar": False}
+            st.doc["model_preset"] = {"config": "configs/pilot_smoke.py", "overrides": base}
+            st.train("pilot", {}, config="configs/pilot_smoke.py", base=base)
     st.eval_suite("pilot", sequential=False)
     bundle = st.runs / "release"
     ev_files = [str(st.runs / "evals" / f"pilot_{k}.json") for k in ("zeroshot", "passkey", "niah", "curve")]

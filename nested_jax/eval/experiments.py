@@ -295,7 +295,8 @@ def plot_matrices(mats: dict, path: str, title: str) -> None:
         ce = m["ce_matrix"]
         im = ax.imshow(ce, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(m["domains"])), m["domains"], rotation=30, fontsize=7)
-        ax.set_yticks(range(len(m["rows"])), [f"after {r}" for r in m["rows"]], fontsize=7)
+        ax.set_yticks(range(len(m["rows"])),
+                      [r if r == "initial" else f"after {r}" for r in m["rows"]], fontsize=7)
         for i, row in enumerate(ce):
             for j, val in enumerate(row):
                 ax.text(j, i, f"{val:.2f}", ha="center", va="center", fontsize=6, color="w")
