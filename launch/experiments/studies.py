@@ -528,6 +528,8 @@ def teach_schedule(steps: int) -> dict:
 def study_teach_scale_sweep(st: Study) -> None:
     st.doc["title"] = "Teach-scale sweep (HOPE) and outer optimizers at one teach scale"
     variant = st.a.variant or "hope"
+    if st.preset == "gpu" and not st.a.steps:  # 7 runs: half the GPU preset's steps each
+        st.model["overrides"]["train.steps"] = 1000
     steps = int(st.model["overrides"]["train.steps"])
     sched = teach_schedule(steps)
     if OPTIMIZER_NOTE not in st.doc["notes"]:
@@ -568,8 +570,8 @@ def study_multi_device_smoke(st: Study) -> None:
         env["XLA_FLAGS"] = env["XLA_FLAGS"].strip()
         note = f"JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count={n}"
     steps = int(st.model["overrides"]["train.steps"])
-    if st.preset == "cpu" and not st.a.steps:
-        steps = 100
+    if st.preset != "tiny" and not st.a.steps:  # a smoke: half the preset's steps (CPU), 200 (GPU)
+        steps = 100 if st.preset == "cpu" else 200
         st.model["overrides"]["train.steps"] = steps
     extra = {"model.variant": variant, "train.steps": steps, "mesh.data": -1}
     if not st.a.dry_run:
