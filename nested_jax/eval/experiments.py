@@ -352,6 +352,11 @@ class Section:
         self.lines.extend(lines)
 
 
+def _reproduce(script: str) -> str:
+    """The study's command line without the flags that only control reuse and reporting."""
+    return " ".join(w for w in script.split() if w not in ("--force", "--no-report"))
+
+
 def _header(sec: Section) -> None:
     st, d = sec.st, sec.st.doc
     title = d.get("title") or d["study"]
@@ -362,7 +367,7 @@ def _header(sec: Section) -> None:
             f"{_f(d.get('wall_s'), 0)} s",
             f"- Code: commit `{(git.get('commit') or 'unknown')[:12]}`"
             + (f" (+{git['dirty_files']} uncommitted tracked files)" if git.get("dirty_files") else ""),
-            f"- Reproduce: `{d.get('script', '')}`",
+            f"- Reproduce: `{_reproduce(d.get('script', ''))}`",
             f"- Preset: {_preset_line(d)}",
             f"- Study record: [`{st.rel('study.json')}`]({st.rel('study.json')})")
     if d.get("failed"):
@@ -457,6 +462,10 @@ def section_hope_vs_titans(sec: Section) -> None:
                                               for v, i in pm.get("variants", {}).items()) + ".", "")
     learned = [(r["name"], r["eval_loss"], r["ln_vocab"]) for r in runs
                if r["eval_loss"] is not None and r["ln_vocab"]]
+    ranked = sorted((e, n) for n, e, _ in learned)
+    if len(ranked) > 1:
+        sec.add("Held-out loss at the end of training, lowest first: "
+                + " < ".join(f"{n} {_f(e)}" for e, n in ranked) + ".", "")
     if learned:
         sec.add("Every model learned? " + "; ".join(
             f"{n}: held-out {_f(e)} vs ln V {_f(v)} ({_f(v - e, 2)} nats below)"
@@ -570,6 +579,10 @@ def section_hope_vs_titans(sec: Section) -> None:
                 f"{(st.eval_doc(next(iter(mats)) + '_sequential')[0] or {}).get('settings', {}).get('steps_per_phase', '?')}"
                 " AdamW steps.", "")
         sec.add(*_table(["model"] + [f"{d} forgetting" for d in doms] + ["mean", "src"], rows))
+        means = sorted((float(r[-2]), r[0]) for r in rows if r[-2] != "–")
+        if len(means) > 1:
+            sec.add("Mean forgetting, least first: " + " < ".join(f"{n} {v:+.3f}" for v, n in means)
+                    + ". The last phase's domain has 0 by definition.", "")
         sec.image("continual_matrix", "CE matrix: rows = after each phase, columns = domain scored",
                   lambda p: plot_matrices(mats, p, "sequential training CE matrix"))
 
