@@ -163,6 +163,12 @@ def build_synthetic(root: Path) -> None:
         n = f"ts0.10_{opt}"
         runs[n] = _run(s, n, teach=0.1, optim=opt, eval_loss=5.4)
         rows.append({"run": n, "teach_scale": 0.1, "optimizer": opt, "optimizer_row": True})
+    n = "ts0.10_m3_big"  # diverged: no summary.json, metrics stop at step 8
+    runs[n] = _run(s, n, teach=0.1, optim="m3", steps=8, nonfinite=5)
+    (s / "train" / n / "summary.json").unlink()
+    del runs[n]["files"]["summary"]
+    runs[n].update(diverged=True, exit_status=3)
+    rows.append({"run": n, "teach_scale": 0.1, "optimizer": "m3_big", "optimizer_row": True})
     _study(s, "teach_scale_sweep", runs=runs,
            sweep={"variant": "hope", "schedule": {"model.online.teach_warmup_steps": 5},
                   "scales": [0, 0.05, 0.1, 0.2], "optimizer_row_scale": 0.1, "rows": rows})
@@ -240,8 +246,10 @@ def test_report_experiments_synthetic(tmp_path):
     assert "0.20: -0.1500" in md
     assert "seed replicate" in md and "|Δ held-out| = 0.0200" in md
     assert "larger than the seed-to-seed difference: 0.05, 0.10, 0.20" in md
-    assert "Non-finite steps across all runs: 1" in md
-    assert "muon 5.4000" in md and "m3 5.4000" in md
+    assert "Non-finite steps across all runs: 6" in md
+    assert "muon (lr 0.0010) 5.4000" in md and "m3 (lr 0.0010) 5.4000" in md
+    assert "m3_big (lr 0.0010) diverged" in md and "**diverged at step 8**" in md
+    assert "Diverged (training stopped" in md and "`ts0.10_m3_big`" in md
     # multi-device parity, checks, evals
     assert "|Δ held-out loss| = 0.00e+00" in md
     assert "cpu:0" in md and "checkpoint verify" in md
@@ -342,7 +350,7 @@ def test_study_scripts_dry_run(capsys):
             if name == "multi_device_smoke" and not extra:
                 assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in out
             if name == "teach_scale_sweep":
-                assert out.count("python -m nested_jax.train") == 7  # + seed replicate
+                assert out.count("python -m nested_jax.train") == 8  # + seed replicate, M3 at lr/30
                 assert "--config.optim.name=m3" in out and "--config.optim.name=muon" in out
             if name == "pilot_release":
                 assert "nested_jax.release verify" in out

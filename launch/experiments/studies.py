@@ -105,8 +105,12 @@ OPTIMIZERS = {
     "adamw": {},
     "muon": {"optim.name": "muon"},
     "m3": {"optim.name": "m3"},
+    # M3's first steps are ~lr·0.125/|g| per element (|g| ~ 1e-3 here), so at the AdamW lr
+    # they are ~80x larger than AdamW's; this row divides the lr by 30.
+    "m3_lr_div30": {"optim.name": "m3", "optim.lr": "BASE_LR/30"},
 }
-OPTIMIZER_NOTE = ("AdamW, Muon and M3 run at the preset's learning rate, untuned. Muon would "
+OPTIMIZER_NOTE = ("AdamW, Muon and M3 run at the preset's learning rate, untuned, plus M3 at a "
+                  "30x smaller lr (its AdaGrad-like step is ~1/|g| per element). Muon would "
                   "normally take a larger matrix lr plus `optim.adam_lr` for the other "
                   "parameters, but `optim.adam_lr > 0` crashes `build_optimizer` "
                   "(AttributeError 'replace' in nested_jax/train/optim.py), so it has one lr.")
@@ -268,12 +272,16 @@ class Study:
         base_lr = ov.get("optim.lr", 3e-4)  # "BASE_LR": the preset's lr, before `extra`
         ov.update(extra or {})
         for k, v in list(ov.items()):
-            if v == "BASE_LR":
-                ov[k] = base_lr
+            if isinstance(v, str) and v.startswith("BASE_LR"):  # "BASE_LR" or "BASE_LR/30"
+                div = float(v.split("/", 1)[1]) if "/" in v else 1.0
+                ov[k] = float(f"{base_lr / div:.3g}")
         return config or self.model["config"], ov
 
     def train(self, run: str, extra: dict | None = None, *, config: str | None = None,
-              base: dict | None = None, env: dict | None = None, env_note: str = "") -> dict:
+              base: dict | None = None, env: dict | None = None, env_note: str = "",
+              allow_diverge: bool = False) -> dict:
+        """Train one run (or reuse it). allow_diverge: a run that stops on non-finite steps
+        (exit 3) is recorded as diverged instead of failing the study."""
         config, ov = self.model_flags(extra, config, base)
         workdir = self.runs / "train" / run
         argv = [sys.executable, "-m", "nested_jax.train", "--config", config,
@@ -286,9 +294,12 @@ class Study:
             rec["n_params"] = count_params(config, ov)
         steps = int(ov.get("train.steps", 0)) or None
         stamp = workdir / "experiment_command.txt"
+        record = workdir / "experiment_record.json"
+        prev = json.loads(record.read_text()) if record.exists() else {}
         done = (not self.a.force and stamp.exists() and stamp.read_text() == cmd
-                and (workdir / "summary.json").exists()
-                and json.loads((workdir / "summary.json").read_text()).get("final_step") == steps)
+                and (((workdir / "summary.json").exists()
+                      and json.loads((workdir / "summary.json").read_text()).get("final_step") == steps)
+                     or (allow_diverge and prev.get("diverged"))))
         if self.a.dry_run:
             self.doc["runs"][run] = rec
             self.sh(f"train_{run}", argv, env=env)
@@ -298,18 +309,24 @@ class Study:
         if done:
             self.say(f"train {run}: reusing the finished run in {rec['workdir']}")
             rec["reused"] = True
-            prev = json.loads((workdir / "experiment_record.json").read_text()) \
-                if (workdir / "experiment_record.json").exists() else {}
             rec["wall_s"] = prev.get("wall_s")
+            if prev.get("diverged"):
+                rec.update(diverged=True, exit_status=prev.get("exit_status"))
         else:
             if workdir.exists() and (not stamp.exists() or stamp.read_text() != cmd):
                 shutil.rmtree(workdir)  # another command's leftovers: start clean
             workdir.mkdir(parents=True, exist_ok=True)
             stamp.write_text(cmd)
             self.say(f"train {run}: {cmd}")
-            r = self.sh(f"train_{run}", argv, env=env)
+            r = self.sh(f"train_{run}", argv, env=env, check=not allow_diverge)
+            if r["rc"] == 3:  # train.max_nonfinite_in_a_row non-finite steps in a row
+                rec.update(diverged=True, exit_status=3)
+            elif r["rc"] != 0:
+                raise StudyFailed(f"train_{run}: exit {r['rc']} after {r['wall_s']}s; "
+                                  f"`{shown(argv)}`:\n{r['tail']}")
             rec["wall_s"] = r["wall_s"]
-            (workdir / "experiment_record.json").write_text(json.dumps({"wall_s": r["wall_s"]}))
+            record.write_text(json.dumps({"wall_s": r["wall_s"], "diverged": rec.get("diverged", False),
+                                          "exit_status": r["rc"]}))
         dst = self.results / "train" / run
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("metrics.jsonl", "summary.json", "config.json"):
@@ -317,9 +334,13 @@ class Study:
                 shutil.copy(workdir / f, dst / f)
         rec["files"] = {f.split(".")[0]: rel(dst / f, self.results)
                         for f in ("metrics.jsonl", "summary.json", "config.json") if (dst / f).exists()}
-        s = json.loads((workdir / "summary.json").read_text())
-        self.say(f"train {run}: done in {rec['wall_s']}s, held-out loss {s.get('eval_loss'):.4f} "
-                 f"(ln V = {s.get('ln_vocab'):.4f})")
+        if rec.get("diverged"):
+            self.say(f"train {run}: diverged (non-finite steps, exit 3) after {rec['wall_s']}s; "
+                     "recorded as such")
+        else:
+            s = json.loads((workdir / "summary.json").read_text())
+            self.say(f"train {run}: done in {rec['wall_s']}s, held-out loss "
+                     f"{s.get('eval_loss'):.4f} (ln V = {s.get('ln_vocab'):.4f})")
         self.doc["runs"][run] = rec
         self.save()
         return rec
@@ -538,19 +559,21 @@ def study_teach_scale_sweep(st: Study) -> None:
                        "optimizer_row_scale": OPTIMIZER_ROW_SCALE, "rows": []}
     for s in TEACH_SCALES:
         run = f"ts{s:.2f}_adamw"
-        st.train(run, {"model.variant": variant, "model.online.teach_scale": s, **sched})
+        st.train(run, {"model.variant": variant, "model.online.teach_scale": s, **sched},
+                 allow_diverge=True)
         st.doc["sweep"]["rows"].append({"run": run, "teach_scale": s, "optimizer": "adamw"})
     # seed replicate of the control: how far two seeds (init + data order) move the losses
     seed = int(_load_config(st.model["config"], {}).seed) + 1
     run = f"ts0.00_adamw_seed{seed}"
-    st.train(run, {"model.variant": variant, "model.online.teach_scale": 0.0, **sched, "seed": seed})
+    st.train(run, {"model.variant": variant, "model.online.teach_scale": 0.0, **sched, "seed": seed},
+             allow_diverge=True)
     st.doc["sweep"]["rows"].append({"run": run, "teach_scale": 0.0, "optimizer": "adamw",
                                     "replicate_of": f"ts{0.0:.2f}_adamw", "seed": seed})
     for name, ov in OPTIMIZERS.items():
         run = f"ts{OPTIMIZER_ROW_SCALE:.2f}_{name}"
         if name != "adamw":
             st.train(run, {"model.variant": variant, "model.online.teach_scale": OPTIMIZER_ROW_SCALE,
-                           **sched, **ov})
+                           **sched, **ov}, allow_diverge=True)
             st.doc["sweep"]["rows"].append({"run": run, "teach_scale": OPTIMIZER_ROW_SCALE,
                                             "optimizer": name, "optimizer_row": True})
         else:

@@ -142,7 +142,12 @@ class Study:
         tps = [m["tokens_per_sec"] for m in train[1:] if m.get("tokens_per_sec")]
         if not tps:
             tps = [m["tokens_per_sec"] for m in train if m.get("tokens_per_sec")]
+        diverged = bool(rec.get("diverged"))
+        if diverged:  # stopped on non-finite steps: no summary; the last eval is not final
+            summ = None
+            evals = [m for m in evals if train and m["step"] >= train[-1]["step"]]
         out = {"name": name, "label": label, "record": rec, "summary": summ or {}, "config": cfg or {},
+               "diverged": diverged,
                "train": train, "evals": evals,
                "final_loss": train[-1]["loss"] if train else (summ or {}).get("loss"),
                "final_step": (summ or {}).get("final_step", train[-1]["step"] if train else None),
@@ -613,8 +618,9 @@ def section_teach_sweep(sec: Section) -> None:
         rows.append([("↳ " if rc.get("optimizer_row") else "") + name,
                      o.get("name", rc.get("optimizer", "?")), lr_s, _f(peak, 2),
                      _f(r["final_loss"]), _f(sum(tail) / len(tail)) if tail else "–",
-                     _f(r["eval_loss"]), _f(r["max_grad_norm"], 2), _f(r["nonfinite"]),
-                     _f(r["tokens_per_sec"], 0), r["label"]])
+                     f"**diverged at step {r['final_step']}**" if r["diverged"] else _f(r["eval_loss"]),
+                     _f(r["max_grad_norm"], 2), _f(r["nonfinite"]), _f(r["tokens_per_sec"], 0),
+                     r["label"]])
     sec.add("### Final losses and stability", "")
     sec.add(*_table(["run", "optimizer", "lr", "peak teach scale", "final train loss",
                      "mean of last 3 logged", "held-out loss", "max grad norm",
@@ -652,9 +658,17 @@ def section_teach_sweep(sec: Section) -> None:
                 f"{sum(r['nonfinite'] or 0 for r in cache.values() if r)}.", "")
     opt = [(rc, r) for rc, r in runs if rc.get("optimizer_row")]
     if opt:
+        def lr(r):
+            return _f(r["config"].get("optim", {}).get("lr"), 4)
+
         sec.add("Outer optimizers at teach scale " + _f(opt[0][0].get("teach_scale"), 2) + ": "
-                + ", ".join(f"{rc['optimizer']} {_f(r['eval_loss'])}" for rc, r in opt)
-                + " (held-out loss; one learning rate each, not tuned).", "")
+                + ", ".join(f"{rc['optimizer']} (lr {lr(r)}) "
+                            + ("diverged" if r["diverged"] else _f(r["eval_loss"])) for rc, r in opt)
+                + " (held-out loss; learning rates not tuned).", "")
+    div = [r["name"] for r in cache.values() if r and r["diverged"]]
+    if div:
+        sec.add("Diverged (training stopped after `train.max_nonfinite_in_a_row` non-finite steps, "
+                "exit status 3): " + ", ".join(f"`{n}`" for n in div) + ".", "")
     sec.image("loss", "Training loss per run (held-out loss dashed)",
               lambda p: plot_loss_curves([r for r in cache.values() if r], p, "teach-scale sweep",
                                          runs[0][1]["ln_vocab"] if runs else None))
