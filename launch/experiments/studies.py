@@ -313,19 +313,23 @@ class Study:
             if prev.get("diverged"):
                 rec.update(diverged=True, exit_status=prev.get("exit_status"))
         else:
-            if workdir.exists() and (not stamp.exists() or stamp.read_text() != cmd):
-                shutil.rmtree(workdir)  # another command's leftovers: start clean
-            workdir.mkdir(parents=True, exist_ok=True)
+            interrupted = stamp.exists() and stamp.read_text() == cmd and prev.get("status") == "running"
+            if workdir.exists() and not interrupted:
+                shutil.rmtree(workdir)  # another command's or a failed run's leftovers
+            workdir.mkdir(parents=True, exist_ok=True)  # (an interrupted run resumes)
             stamp.write_text(cmd)
+            record.write_text(json.dumps({"status": "running"}))
             self.say(f"train {run}: {cmd}")
-            r = self.sh(f"train_{run}", argv, env=env, check=not allow_diverge)
-            if r["rc"] == 3:  # train.max_nonfinite_in_a_row non-finite steps in a row
+            r = self.sh(f"train_{run}", argv, env=env, check=False)
+            if r["rc"] == 3 and allow_diverge:  # train.max_nonfinite_in_a_row non-finite in a row
                 rec.update(diverged=True, exit_status=3)
             elif r["rc"] != 0:
+                record.write_text(json.dumps({"status": "failed", "exit_status": r["rc"]}))
                 raise StudyFailed(f"train_{run}: exit {r['rc']} after {r['wall_s']}s; "
                                   f"`{shown(argv)}`:\n{r['tail']}")
             rec["wall_s"] = r["wall_s"]
-            record.write_text(json.dumps({"wall_s": r["wall_s"], "diverged": rec.get("diverged", False),
+            record.write_text(json.dumps({"status": "finished", "wall_s": r["wall_s"],
+                                          "diverged": rec.get("diverged", False),
                                           "exit_status": r["rc"]}))
         dst = self.results / "train" / run
         dst.mkdir(parents=True, exist_ok=True)
