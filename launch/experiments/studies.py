@@ -310,6 +310,7 @@ class Study:
             self.say(f"train {run}: reusing the finished run in {rec['workdir']}")
             rec["reused"] = True
             rec["wall_s"] = prev.get("wall_s")
+            rec["git_commit"] = prev.get("git_commit")
             if prev.get("diverged"):
                 rec.update(diverged=True, exit_status=prev.get("exit_status"))
         else:
@@ -318,7 +319,8 @@ class Study:
                 shutil.rmtree(workdir)  # another command's or a failed run's leftovers
             workdir.mkdir(parents=True, exist_ok=True)  # (an interrupted run resumes)
             stamp.write_text(cmd)
-            record.write_text(json.dumps({"status": "running"}))
+            rec["git_commit"] = self.doc["git"].get("commit")
+            record.write_text(json.dumps({"status": "running", "git_commit": rec["git_commit"]}))
             self.say(f"train {run}: {cmd}")
             r = self.sh(f"train_{run}", argv, env=env, check=False)
             if r["rc"] == 3 and allow_diverge:  # train.max_nonfinite_in_a_row non-finite in a row
@@ -329,6 +331,7 @@ class Study:
                                   f"`{shown(argv)}`:\n{r['tail']}")
             rec["wall_s"] = r["wall_s"]
             record.write_text(json.dumps({"status": "finished", "wall_s": r["wall_s"],
+                                          "git_commit": rec["git_commit"],
                                           "diverged": rec.get("diverged", False),
                                           "exit_status": r["rc"]}))
         dst = self.results / "train" / run

@@ -362,16 +362,31 @@ def _reproduce(script: str) -> str:
     return " ".join(w for w in script.split() if w not in ("--force", "--no-report"))
 
 
+def _time_note(d: dict) -> str:
+    """Sum of the recorded command times, and how many steps this invocation reused."""
+    recs = [*d.get("runs", {}).values(), *d.get("evals", {}).values(), *d.get("checks", {}).values()]
+    total = sum(r.get("wall_s") or 0 for r in recs)
+    reused = sum(1 for r in recs if r.get("reused"))
+    out = f"; the recorded commands took {_f(total, 0)} s in total"
+    if reused:
+        out += f" ({reused} of {len(recs)} reused from an earlier invocation with the same command)"
+    return out
+
+
 def _header(sec: Section) -> None:
     st, d = sec.st, sec.st.doc
     title = d.get("title") or d["study"]
     sec.add(f"## {d['study']} ({d.get('preset', 'cpu')} preset)", "", f"**{title}**", "")
     git = d.get("git", {})
+    head = git.get("commit") or ""
+    other = sorted({(r.get("git_commit") or "unknown")[:12] for r in d.get("runs", {}).values()
+                    if r.get("reused") and r.get("git_commit") != head})
     sec.add(f"- Machine: {st.machine_line()}",
             f"- Date: {d.get('started', '?')} → {d.get('finished', '?')}; wall time "
-            f"{_f(d.get('wall_s'), 0)} s",
+            f"{_f(d.get('wall_s'), 0)} s" + _time_note(d),
             f"- Code: commit `{(git.get('commit') or 'unknown')[:12]}`"
-            + (f" (+{git['dirty_files']} uncommitted tracked files)" if git.get("dirty_files") else ""),
+            + (f" (+{git['dirty_files']} uncommitted tracked files)" if git.get("dirty_files") else "")
+            + (f"; reused training runs from commit(s) {', '.join(other)}" if other else ""),
             f"- Reproduce: `{_reproduce(d.get('script', ''))}`",
             f"- Preset: {_preset_line(d)}",
             f"- Study record: [`{st.rel('study.json')}`]({st.rel('study.json')})")
