@@ -89,7 +89,7 @@ EVAL = {
             "niah": [2048, 4096, 8192], "depths": [0, 25, 50, 75, 100], "samples": 4,
             "windows": 32, "seq_steps": 200, "seq_batch": 8, "seq_lr": 1e-4,
             "memo_tasks": "all", "memo_limit": 200, "batch_size": 16},
-    "tiny": {"zs_tasks": "piqa", "zs_limit": 2, "passkey": [64], "niah": [64], "depths": [50],
+    "tiny": {"zs_tasks": "piqa", "zs_limit": 2, "passkey": [128], "niah": [128], "depths": [50],
              "samples": 1, "windows": 2, "seq_steps": 2, "seq_batch": 2, "seq_lr": 1e-3,
              "memo_tasks": "piqa", "memo_limit": 2, "batch_size": 8},
 }
@@ -148,6 +148,12 @@ def shown(argv: list[str]) -> str:
 
 def rel(p: Path | str, start: Path | str) -> str:
     return os.path.relpath(os.path.abspath(p), os.path.abspath(start))
+
+
+def disp(p: Path | str) -> str:
+    """A path as commands show it: relative to the repo root inside it, absolute outside."""
+    a = os.path.abspath(p)
+    return rel(a, ROOT) if a.startswith(str(ROOT) + os.sep) else a
 
 
 def machine_info(env: dict | None = None) -> dict:
@@ -285,10 +291,10 @@ class Study:
         config, ov = self.model_flags(extra, config, base)
         workdir = self.runs / "train" / run
         argv = [sys.executable, "-m", "nested_jax.train", "--config", config,
-                "--workdir", rel(workdir, ROOT) if str(workdir).startswith(str(ROOT)) else str(workdir),
+                "--workdir", disp(workdir),
                 *config_flags(ov)]
         cmd = (env_note + " " if env_note else "") + shown(argv)
-        rec = {"command": cmd, "workdir": rel(workdir, ROOT), "config": config,
+        rec = {"command": cmd, "workdir": disp(workdir), "config": config,
                "overrides": {k: fmt_value(v) for k, v in ov.items()}}
         if not self.a.dry_run:
             rec["n_params"] = count_params(config, ov)
@@ -357,7 +363,7 @@ class Study:
         out = self.runs / "evals" / f"{key}.json"
         ck = ["--checkpoint", self.doc["runs"][run]["workdir"]] if checkpoint else []
         argv = [sys.executable, "-m", "nested_jax.eval", command, *ck, *[str(x) for x in args],
-                "--no-progress", "--output", rel(out, ROOT) if str(out).startswith(str(ROOT)) else str(out)]
+                "--no-progress", "--output", disp(out)]
         if self.a.dry_run:
             self.sh(f"eval_{key}", argv, env=env)
             return {}
@@ -371,7 +377,7 @@ class Study:
         if prev_ok and (self.runs / "logs" / f"eval_{key}.wall").exists():
             rec["wall_s"] = float((self.runs / "logs" / f"eval_{key}.wall").read_text())
             rec["reused"] = True
-            self.say(f"eval {key}: reusing {rel(out, ROOT)}")
+            self.say(f"eval {key}: reusing {disp(out)}")
         else:
             self.say(f"eval {key}: {shown(argv)}")
             r = self.sh(f"eval_{key}", argv, env=env)
@@ -676,8 +682,8 @@ def study_pilot_release(st: Study) -> None:
     st.eval_suite("pilot", sequential=False)
     bundle = st.runs / "release"
     ev_files = [str(st.runs / "evals" / f"pilot_{k}.json") for k in ("zeroshot", "passkey", "niah", "curve")]
-    ev_files = [rel(p, ROOT) if p.startswith(str(ROOT)) else p for p in ev_files]
-    out = rel(bundle, ROOT) if str(bundle).startswith(str(ROOT)) else str(bundle)
+    ev_files = [disp(p) for p in ev_files]
+    out = disp(bundle)
     st.check("release_build", [sys.executable, "-m", "nested_jax.release", "--checkpoint",
                                st.doc["runs"]["pilot"]["workdir"], "--evals", *ev_files,
                                "--output", out, "--force"], "release bundle")
@@ -693,7 +699,7 @@ def study_pilot_release(st: Study) -> None:
     card = tam / "MODEL_CARD.md"
     card.write_text(card.read_text() + "\ntampered\n")
     st.check("release_verify_tampered", [sys.executable, "-m", "nested_jax.release", "verify",
-                                         rel(tam, ROOT) if str(tam).startswith(str(ROOT)) else str(tam)],
+                                         disp(tam)],
              "release verify after appending a line to MODEL_CARD.md (must fail)")
     shutil.rmtree(tam)
     rel_dir = st.results / "release"
@@ -760,7 +766,7 @@ def main(argv=None) -> int:
     st.save()
     st.report()
     if not a.dry_run:
-        st.say(f"done in {st.doc['wall_s']}s; results in {rel(st.results, ROOT)}")
+        st.say(f"done in {st.doc['wall_s']}s; results in {disp(st.results)}")
     return 0
 
 
