@@ -175,6 +175,16 @@ def write_json(obj: Any, path: str) -> None:
         json.dump(obj, f, indent=1, default=float)
 
 
+def save_figure(fig, path: str) -> None:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_panels(panels: Sequence[dict[str, Any]], path: str, *, xlabel: str, ylabel: str) -> None:
     """One log-log panel per dict {title, series: {label: [(x, y)]}, hlines: {label: y}}."""
     import matplotlib
@@ -195,7 +205,4 @@ def plot_panels(panels: Sequence[dict[str, Any]], path: str, *, xlabel: str, yla
         ax.set(title=panel["title"], xlabel=xlabel, ylabel=ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -226,6 +226,8 @@ def main(argv=None) -> list[dict]:
 def _plot(rows, path, title):
     import matplotlib
 
+    from benchmarks import common
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -246,10 +248,7 @@ def _plot(rows, path, title):
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

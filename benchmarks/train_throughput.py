@@ -180,10 +180,7 @@ def _plot(rows, path, preset, info):
         ax.legend(fontsize=8)
     ax.set_xlabel("training tokens/s")
     ax.set_title(f"{preset} shape on {info['device_kind']} × {info['device_count']}")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

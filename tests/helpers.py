@@ -1,5 +1,8 @@
 """Small shared builders for tests."""
 
+import functools
+
+import jax
 import ml_collections
 
 
@@ -11,3 +14,22 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
     ))
     c.update(overrides)
     return c
+
+
+def losses_on_fixed_batch(model_cfg, optim_cfg, steps: int, total_steps: int = 20) -> tuple[list, dict]:
+    """Train `steps` jitted steps on one fixed random batch; returns (losses, final state)."""
+    from nested_jax.model.lm import init_params
+    from nested_jax.train import optim, step as step_lib
+
+    fn, params = init_params(model_cfg, seed=0)
+    tx = optim.build_optimizer(optim_cfg, total_steps)
+    state = step_lib.init_train_state(params, tx)
+    step = jax.jit(functools.partial(step_lib.train_step, fn=fn, tx=tx,
+                                     lr_schedule=optim.schedule(optim_cfg, total_steps), seed=0))
+    tokens = jax.random.randint(jax.random.key(3), (4, 17), 0, model_cfg.vocab_size)
+    losses = []
+    for _ in range(steps):
+        state, m = step(state, {"tokens": tokens})
+        losses.append(float(m["loss"]))
+        assert float(m["nonfinite"]) == 0.0
+    return losses, state

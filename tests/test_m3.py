@@ -3,7 +3,6 @@ the reproduction's optim/m3.py (cubic Newton–Schulz, sums without bias correct
 L2, slow momentum every C steps); it minimises a least-squares loss; build_optimizer("m3")
 trains a tiny LM."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +12,9 @@ import pytest
 from optax.contrib import MuonDimensionNumbers as Dims
 
 from configs.default import get_config
-from nested_jax.model.lm import init_params
-from nested_jax.train import optim, step as step_lib
+from nested_jax.train import optim
 from nested_jax.train.m3 import m3, scale_by_m3
-from tests.helpers import tiny_model_config
+from tests.helpers import losses_on_fixed_batch, tiny_model_config
 
 B1, B2, B3, ALPHA, STEPS, C, EPS = 0.9, 0.999, 0.8, 0.7, 3, 3, 1e-8
 N_STEPS = 2 * C + 1  # slow momentum fires after steps 3 and 6
@@ -165,19 +163,9 @@ def test_m3_minimises_least_squares():
 
 def test_build_optimizer_m3_trains_tiny_model():
     cfg = tiny_model_config()
-    fn, params = init_params(cfg, seed=0)
     o = get_config().optim
     o.name, o.lr, o.warmup_steps, o.schedule, o.m3_slow_chunk = "m3", 1e-3, 1, "constant", 2
-    tx = optim.build_optimizer(o, 20)
-    state = step_lib.init_train_state(params, tx)
-    step = jax.jit(functools.partial(step_lib.train_step, fn=fn, tx=tx,
-                                     lr_schedule=optim.schedule(o, 20), seed=0))
-    tokens = jax.random.randint(jax.random.key(3), (4, 17), 0, cfg.vocab_size)
-    losses = []
-    for _ in range(6):
-        state, m = step(state, {"tokens": tokens})
-        losses.append(float(m["loss"]))
-        assert float(m["nonfinite"]) == 0.0
+    losses, _ = losses_on_fixed_batch(cfg, o, steps=6)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     with pytest.raises(ValueError, match="'m3'"):
         o.name = "sgd"

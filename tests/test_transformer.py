@@ -1,6 +1,5 @@
 """Transformer++: causality, initial loss ≈ ln V, a train step lowers the loss."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +8,8 @@ import ml_collections
 import pytest
 
 from nested_jax.model.lm import init_params
-from nested_jax.train import optim, step as step_lib
-from tests.helpers import tiny_model_config
+from nested_jax.train import step as step_lib
+from tests.helpers import losses_on_fixed_batch, tiny_model_config
 
 
 @pytest.mark.parametrize("window,remat,tied", [(0, False, True), (3, True, False)])
@@ -46,19 +45,10 @@ def test_initial_loss_close_to_ln_vocab():
 
 def test_train_step_lowers_loss_on_fixed_batch():
     cfg = tiny_model_config()
-    fn, params = init_params(cfg, seed=0)
     o = ml_collections.ConfigDict(dict(name="adamw", lr=3e-3, warmup_steps=1, schedule="constant",
                                        min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
                                        weight_decay=0.0, grad_clip=1.0))
-    tx = optim.build_optimizer(o, 20)
-    state = step_lib.init_train_state(params, tx)
-    step = jax.jit(functools.partial(step_lib.train_step, fn=fn, tx=tx,
-                                     lr_schedule=optim.schedule(o, 20), seed=0))
-    tokens = jax.random.randint(jax.random.key(3), (4, 17), 0, cfg.vocab_size)
-    losses = []
-    for _ in range(15):
-        state, m = step(state, {"tokens": tokens})
-        losses.append(float(m["loss"]))
+    losses, state = losses_on_fixed_batch(cfg, o, steps=15)
     assert losses[-1] < losses[0] - 0.5, losses
     assert int(state["step"]) == 15
 
