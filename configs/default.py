@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     tt.theta_max = 0.3  # step size θ = theta_max · sigmoid(·); θ → 1 makes the MLP memory diverge
     tt.theta_init = 0.3  # initial θ / theta_max (via the gate bias)
     tt.v_norm = True  # ℓ2-normalise values (bounded targets keep the inner loop stable)
+    # MLP memory read/written as k + LN(σ(k W1) W2) (lucidrains' ResidualNorm, TTT): the LN
+    # shrinks the inner gradient as the fast weights grow, so a chunk's summed update cannot
+    # run away (without it the smoke Titans diverged to 1e27 within 128 tokens).
+    tt.residual_norm = True
     tt.eta_init = 0.5  # initial momentum decay η
     tt.alpha_init = 0.01  # initial forgetting α (0 keeps everything)
     tt.conv_width = 4  # causal depthwise conv on q, k, v

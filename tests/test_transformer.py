@@ -63,3 +63,24 @@ def test_bf16_compute_keeps_fp32_params_and_matches_loss():
     l32 = float(step_lib.lm_loss(fn32, p32, tokens))
     l16 = float(step_lib.lm_loss(fn16, p16, tokens))
     assert abs(l32 - l16) < 0.02
+
+
+def test_decay_mask_spares_stacked_norms_and_biases():
+    """The layer scan stacks norm scales into [L, d]: they must still not decay."""
+    from configs.smoke import get_config as smoke_config
+    from nested_jax.train import optim
+
+    names = {}
+    for variant in ("transformer", "titans", "hope_hybrid"):
+        c = smoke_config().model
+        c.variant, c.vocab_size, c.d_model, c.n_layers = variant, 64, 32, 2
+        _, params = init_params(c, seed=0)
+        mask = optim.decay_mask(params)
+        for (path, leaf), (_, d) in zip(jax.tree_util.tree_leaves_with_path(params),
+                                        jax.tree_util.tree_leaves_with_path(mask)):
+            names.setdefault(str(path[-1].key), set()).add(bool(d))
+            if leaf.ndim >= 2 and str(path[-1].key) == "scale":
+                assert leaf.shape[0] == 2  # the stacked case this test is about
+    assert names["scale"] == {False} and names["gate_bias"] == {False}
+    assert names["ln_scale"] == {False} and names["ln_bias"] == {False}
+    assert names["kernel"] == {True} and names["embedding"] == {True}

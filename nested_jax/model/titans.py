@@ -35,6 +35,7 @@ class TitansMemory(nnx.Module):
         self.kind, self.chunk_size = t.memory, t.chunk_size
         self.theta_max, self.remat_group = t.theta_max, t.remat_group
         self.v_norm = t.v_norm
+        self.residual_norm = t.memory == "mlp" and t.get("residual_norm", False)
         self.wq = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wk = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wv = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
@@ -53,6 +54,12 @@ class TitansMemory(nnx.Module):
             f = t.hidden_mult * k
             self.w1 = nnx.Param(normal(rngs.params(), (h, k, f), k**-0.5))
             self.w2 = nnx.Param(normal(rngs.params(), (h, f, k), 0.1 * f**-0.5))
+            if t.get("residual_norm", False):  # per-head LayerNorm affine of k + LN(core)
+                # LN output of norm ≈ 1 like the ℓ2-normalised targets (a unit scale makes it
+                # √k, which the inner loop keeps fighting by growing the fast weights).
+                s0 = k**-0.5 if self.v_norm else 1.0
+                self.ln_scale = nnx.Param(jnp.full((h, k), s0, jnp.float32))
+                self.ln_bias = nnx.Param(jnp.zeros((h, k), jnp.float32))
         else:
             raise ValueError(f"model.titans.memory={self.kind!r}; choose 'linear' or 'mlp'.")
         self.out_norm = RMSNorm(k, dtype=dtype)
@@ -91,11 +98,13 @@ class TitansMemory(nnx.Module):
                             chunk_size=chunk, remat_group=self.remat_group)
             w, s = (w,), (s,)
         else:
-            def one(q, k, v, th, et, al, w, s):
+            def one(q, k, v, th, et, al, w, s, ln):
                 return mem_ops.titans_mlp(q, k, v, th, et, al, w, s, chunk,
-                                          remat_group=self.remat_group)
-            run = jax.vmap(jax.vmap(one))
-            y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"], state["s"])
+                                          remat_group=self.remat_group, residual_norm=ln)
+            ln = (self.ln_scale[...], self.ln_bias[...]) if self.residual_norm else None
+            per_head = jax.vmap(one, in_axes=(0,) * 8 + (0 if ln else None,))
+            run = jax.vmap(per_head, in_axes=(0,) * 8 + (None,))  # batch; LN params shared
+            y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"], state["s"], ln)
         y = self.out_norm(y.transpose(0, 2, 1, 3)).reshape(b, t, self.h * self.k)
         new_state = {"w": tuple(w), "s": tuple(s), "conv_q": cq, "conv_k": ck, "conv_v": cv}
         return self.wo(y), new_state

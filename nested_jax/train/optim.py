@@ -21,12 +21,20 @@ def schedule(o, total_steps: int) -> optax.Schedule:
     raise ValueError(f"optim.schedule={o.schedule!r}; choose 'cosine' or 'constant'.")
 
 
+# Leaves that never decay: norm scales and biases, which the layer scan stacks into 2-D
+# [layers, d] arrays, so ndim alone cannot tell them from matrices.
+NO_DECAY_NAMES = frozenset({"scale", "bias", "b", "gate_bias", "ln_scale", "ln_bias"})
+
+
 def decay_mask(params):
     """Weight decay only on matrices (ndim >= 2), not norms, biases or scalars.
 
     The embedding is 2-D and decays too, as in most LM recipes.
     """
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    def decays(path, p) -> bool:
+        return p.ndim >= 2 and _path_names(path)[-1] not in NO_DECAY_NAMES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def _path_names(path) -> list[str]:
