@@ -193,8 +193,11 @@ def git_state() -> dict:
         r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else None
 
-    return {"commit": git("rev-parse", "HEAD"),
-            "dirty_files": len((git("status", "--porcelain", "--untracked-files=no") or "").splitlines())}
+    # Only code counts as dirty: the studies' own outputs (results, figures, RESULTS.md) are
+    # rewritten by every --force run and say nothing about the code that produced them.
+    outputs = [f":(exclude)launch/experiments/{p}" for p in ("results", "figures", "RESULTS.md")]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs) or ""
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": len(status.splitlines())}
 
 
 # --------------------------------------------------------------------------------------------
