@@ -82,6 +82,28 @@ def device_memory_stats() -> dict[str, int] | None:
     return stats or None
 
 
+def measure_device_peaks(runnable, rows_by_key) -> dict[Any, int]:
+    """Per-case peak device bytes from `memory_stats()` (GPU/TPU; {} on CPU).
+
+    The device keeps one process-wide high-water mark that cannot be reset, so cases
+    run once in increasing order of compiled size: a case that raises the mark used
+    (new mark − bytes in use before it); a case that does not keeps its compiled value.
+    """
+    stats = device_memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return {}
+    peaks, mark = {}, stats["peak_bytes_in_use"]
+    order = sorted(runnable, key=lambda k: rows_by_key[k].get("compiled_bytes") or 0)
+    for key in order:
+        fn, args = runnable[key]
+        base = device_memory_stats().get("bytes_in_use", 0)
+        jax.block_until_ready(fn(*args))
+        new_mark = device_memory_stats()["peak_bytes_in_use"]
+        if new_mark > mark:
+            peaks[key], mark = new_mark - base, new_mark
+    return peaks
+
+
 def available_memory_bytes() -> int:
     """Memory one benchmark case may use: device limit, else the host's available RAM."""
     stats = device_memory_stats()

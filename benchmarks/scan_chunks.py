@@ -175,7 +175,7 @@ def bench_memory(name, cfg, budget_s, mem_limit) -> tuple[list[dict[str, Any]], 
         else:
             runnable[key] = (compiled, args)
     by_key = {(r["impl"], r["chunk_size"], r["mode"]): r for r in rows}
-    device_peaks = measure_device_peaks(runnable, by_key)
+    device_peaks = common.measure_device_peaks(runnable, by_key)
     mm, mm_args, mm_flops = common.matmul_case()
     timings = common.time_interleaved({**runnable, "matmul": (mm, mm_args)}, budget_s=budget_s)
     matmul_flops_per_sec = mm_flops / timings.pop("matmul")["min"]
@@ -205,28 +205,6 @@ def bench_memory(name, cfg, budget_s, mem_limit) -> tuple[list[dict[str, Any]], 
             row["peak_bytes"] = row.get("compiled_bytes")
             row["peak_bytes_source"] = "compiled_memory_analysis"
     return rows, matmul_flops_per_sec
-
-
-def measure_device_peaks(runnable, rows_by_key) -> dict[Any, int]:
-    """Per-case peak device bytes from `memory_stats()` (GPU/TPU; {} on CPU).
-
-    The device keeps one process-wide high-water mark that cannot be reset, so cases
-    run once in increasing order of compiled size: a case that raises the mark used
-    (new mark − bytes in use before it); a case that does not keeps its compiled value.
-    """
-    stats = common.device_memory_stats()
-    if not stats or "peak_bytes_in_use" not in stats:
-        return {}
-    peaks, mark = {}, stats["peak_bytes_in_use"]
-    order = sorted(runnable, key=lambda k: rows_by_key[k].get("compiled_bytes") or 0)
-    for key in order:
-        fn, args = runnable[key]
-        base = common.device_memory_stats().get("bytes_in_use", 0)
-        jax.block_until_ready(fn(*args))
-        new_mark = common.device_memory_stats()["peak_bytes_in_use"]
-        if new_mark > mark:
-            peaks[key], mark = new_mark - base, new_mark
-    return peaks
 
 
 COLUMNS = [

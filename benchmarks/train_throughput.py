@@ -51,23 +51,16 @@ def model_flops_per_token(c, n_params: int) -> float:
     return 6.0 * n_params + (12.0 * c.model.n_layers * c.train.seq_len * c.model.d_model if attn else 0.0)
 
 
-def _peak_mb(mem: dict):
-    """Device peak where the backend reports it, else the executable's arguments+outputs+temps."""
-    stats = common.device_memory_stats()
-    if stats and "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    return mem["compiled_bytes"] / 2**20 if mem.get("compiled_bytes") else None
-
-
 def build_step(c):
+    """(jitted train step that donates its state, fresh() -> a new initial state, #params)."""
     fn, params = init_params(c.model, c.seed)
     tx = optim.build_optimizer(c.optim, max(c.train.steps, 10))
-    state = step_lib.init_train_state(params, tx)
+    fresh = lambda: step_lib.init_train_state(init_params(c.model, c.seed)[1], tx)  # noqa: E731
     step = functools.partial(step_lib.train_step, fn=fn, tx=tx,
                              lr_schedule=optim.schedule(c.optim, max(c.train.steps, 10)),
                              seed=c.seed)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    return jax.jit(step, donate_argnums=0), state, n_params
+    return jax.jit(step, donate_argnums=0), fresh, n_params
 
 
 def real_batches(c, n: int):
@@ -94,13 +87,15 @@ def main(argv=None) -> list[dict]:
     print(f"device: {info['device_kind']} × {info['device_count']} ({info['backend']}); "
           f"dense matmul {peak['flops_per_sec'] / 1e9:.1f} GFLOP/s")
 
-    rows, cases, states = [], {}, {}
+    rows, cases, states, steps = [], {}, {}, {}
     batches = None
     for v in variants:
         c = preset_config(args.preset, v, args.segment_len)
         if batches is None:
             batches = real_batches(c, max(args.train_steps, 1))
-        step, state, n_params = build_step(c)
+        step, fresh, n_params = build_step(c)
+        steps[v] = (step, fresh)
+        state = fresh()
         batch = {"tokens": jax.numpy.asarray(batches[0])}
         t0 = time.perf_counter()
         lowered = step.lower(state, batch)
@@ -113,7 +108,7 @@ def main(argv=None) -> list[dict]:
         tokens = c.train.batch_size * c.train.seq_len
         rows.append({"variant": v, "params_M": n_params / 1e6, "compile_s": compile_s,
                      "tokens_per_step": tokens, "flops_per_step": flops,
-                     "peak_memory_MB": _peak_mb(mem),
+                     "compiled_bytes": mem.get("compiled_bytes"),
                      "model_flops_per_token": model_flops_per_token(c, n_params),
                      "batch": c.train.batch_size, "seq_len": c.train.seq_len,
                      "d_model": c.model.d_model, "n_layers": c.model.n_layers,
@@ -127,6 +122,12 @@ def main(argv=None) -> list[dict]:
             return m["loss"]
 
         cases[v] = (run, ())
+    # Peak device memory per variant where the backend reports it (GPU/TPU), else the
+    # executable's arguments + outputs + temporaries.
+    peaks = common.measure_device_peaks(cases, {r["variant"]: r for r in rows})
+    for r in rows:
+        peak_b = peaks.get(r["variant"], r.pop("compiled_bytes"))
+        r["peak_memory_MB"] = peak_b / 2**20 if peak_b else None
     # Several consecutive steps per round (min_case_s): a training run keeps one model hot in
     # the caches, which one step at a time round-robin would not.
     timing = common.time_interleaved(cases, budget_s=args.budget, min_case_s=1.5)
@@ -142,8 +143,8 @@ def main(argv=None) -> list[dict]:
 
     if args.train_steps > 0:  # falling loss on real text, fresh state per variant
         for r in rows:
-            c = preset_config(args.preset, r["variant"], args.segment_len)
-            step, state, _ = build_step(c)
+            step, fresh = steps[r["variant"]]  # the step compiled above: no second compile
+            state = fresh()
             losses = []
             for b in batches[: args.train_steps]:
                 state, m = step(state, {"tokens": jax.numpy.asarray(b)})

@@ -49,17 +49,6 @@ class ReleaseError(RuntimeError):
     """A release cannot be built or does not verify; the message names the fix."""
 
 
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _param_count(step_dir: str) -> tuple[int, dict]:
     """(total parameters, {top-level group: count}) from the Orbax metadata (no array read)."""
     import jax
@@ -74,18 +63,6 @@ def _param_count(step_dir: str) -> tuple[int, dict]:
         key = str(getattr(path[0], "key", path[0])) if path else "params"
         groups[key] = groups.get(key, 0) + n
     return sum(groups.values()), groups
-
-
-def _read_metrics(path: str) -> list[dict]:
-    out = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-    return out
 
 
 def _eval_rows(doc: dict) -> list[tuple[str, object]]:
@@ -294,14 +271,15 @@ def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | No
         shutil.copy2(p, os.path.join(output, "evals", name + ".json"))
     logs = os.path.join(output, "logs")
     os.makedirs(logs)
+    from nested_jax.train.loop import git_commit
+    from nested_jax.train.metrics import plot_loss_curve, read_metrics
+
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    recs = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= step]
+    recs = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= step]
     if recs:  # the run's records up to the released step
         with open(os.path.join(logs, "metrics.jsonl"), "w") as f:
             for r in recs:
                 f.write(json.dumps(r) + "\n")
-        from nested_jax.train.metrics import plot_loss_curve
-
         plot_loss_curve(os.path.join(logs, "metrics.jsonl"), os.path.join(logs, "loss_curve.png"),
                         title=f"{cfg['model']['variant']} on {cfg['data']['dataset']}")
     else:
@@ -325,7 +303,7 @@ def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | No
         "package_version": meta.get("package_version", "unknown"),
         "git_commit": meta.get("git_commit", "unknown"),
         "release_package_version": nested_jax.__version__,
-        "release_git_commit": _git_commit(),
+        "release_git_commit": git_commit(),
         "nonfinite_skipped": meta.get("nonfinite_skipped", 0),
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,

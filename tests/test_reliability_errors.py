@@ -27,6 +27,7 @@ BAD = [
     ({"optim.name": "adam"}, ConfigError, r"optim.name='adam' .*did you mean 'adamw'"),
     ({"model.variant": "hopee"}, ConfigError, r"model.variant='hopee' .*did you mean 'hope'"),
     ({"optim.schedule": "linear"}, ConfigError, r"optim.schedule='linear' is not valid"),
+    ({"mesh.mode": "typo"}, ConfigError, r"mesh.mode='typo' is not valid"),
     ({"model.titans.memory": "deep"}, ConfigError, r"model.titans.memory='deep'"),
     ({"optim.b2": 1.0}, ConfigError, r"optim.b2=1.0 is out of range \(must be \[0, 1\)\)"),
     ({"optim.lr": 0.0}, ConfigError, r"optim.lr=0.0 is out of range \(must be > 0\)"),

@@ -70,7 +70,7 @@ def test_decay_mask_spares_stacked_norms_and_biases():
     from configs.smoke import get_config as smoke_config
     from nested_jax.train import optim
 
-    names = {}
+    names, stacked = {}, 0
     for variant in ("transformer", "titans", "hope_hybrid"):
         c = smoke_config().model
         c.variant, c.vocab_size, c.d_model, c.n_layers = variant, 64, 32, 2
@@ -81,6 +81,18 @@ def test_decay_mask_spares_stacked_norms_and_biases():
             names.setdefault(str(path[-1].key), set()).add(bool(d))
             if leaf.ndim >= 2 and str(path[-1].key) == "scale":
                 assert leaf.shape[0] == 2  # the stacked case this test is about
+                stacked += 1
+    assert stacked > 0
     assert names["scale"] == {False} and names["gate_bias"] == {False}
     assert names["ln_scale"] == {False} and names["ln_bias"] == {False}
     assert names["kernel"] == {True} and names["embedding"] == {True}
+
+
+def test_muon_with_its_own_adam_lr_trains():
+    """optim.adam_lr > 0 gives the AdamW part its own schedule (it used to crash)."""
+    from configs.default import get_config
+
+    o = get_config().optim
+    o.name, o.lr, o.adam_lr, o.warmup_steps, o.schedule = "muon", 2e-2, 3e-3, 1, "constant"
+    losses, _ = losses_on_fixed_batch(tiny_model_config(), o, steps=10)
+    assert losses[-1] < losses[0] - 0.5, losses

@@ -98,9 +98,8 @@ TEACH_SCALES = (0.0, 0.05, 0.10, 0.20)
 OPTIMIZER_ROW_SCALE = 0.10
 # Outer optimizers compared at one teach scale, all at the preset's lr (untuned). Muon's
 # orthogonalised matrix step has RMS ~1/sqrt(width), so it would usually get a larger lr on
-# matrices with `optim.adam_lr` = the AdamW lr for the rest, but optim.adam_lr > 0 crashes
-# build_optimizer (ConfigDict has no .replace: AttributeError 'replace', train/optim.py), so
-# Muon runs with one lr like M3 (whose step is not comparable with AdamW's either, m3.py).
+# matrices with `optim.adam_lr` = the AdamW lr for the rest; here it runs with one lr like
+# M3 (whose step is not comparable with AdamW's either, m3.py), untuned.
 OPTIMIZERS = {
     "adamw": {},
     "muon": {"optim.name": "muon"},
@@ -112,8 +111,7 @@ OPTIMIZERS = {
 OPTIMIZER_NOTE = ("AdamW, Muon and M3 run at the preset's learning rate, untuned, plus M3 at a "
                   "30x smaller lr (its AdaGrad-like step is ~1/|g| per element). Muon would "
                   "normally take a larger matrix lr plus `optim.adam_lr` for the other "
-                  "parameters, but `optim.adam_lr > 0` crashes `build_optimizer` "
-                  "(AttributeError 'replace' in nested_jax/train/optim.py), so it has one lr.")
+                  "parameters; here it has one lr.")
 VARIANTS = ("hope", "titans", "transformer")
 MEMO_SETTINGS = (  # (key, label, flags)
     ("prompt_1", "prompt, 1 step", ["--memorize", "--memorize-steps", "1"]),
@@ -243,9 +241,6 @@ class Study:
                 shutil.rmtree(self.results)
             (self.results / "evals").mkdir(parents=True, exist_ok=True)
             (self.runs / "logs").mkdir(parents=True, exist_ok=True)
-            # niah/passkey/continual write their PNG before the JSON, and only the JSON
-            # writer creates the folder: a missing --output folder crashes them at the end.
-            (self.runs / "evals").mkdir(parents=True, exist_ok=True)
             self.doc["machine"] = machine_info(self.env)
 
     # ---- primitives ----------------------------------------------------------------------

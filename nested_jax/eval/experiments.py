@@ -17,6 +17,7 @@ import os
 import statistics
 
 from nested_jax.eval.errors import EvalError
+from nested_jax.train.metrics import read_metrics
 
 STUDY_ORDER = ("hope_vs_titans", "teach_scale_sweep", "multi_device_smoke", "memorisation_pilot",
                "pilot_release")
@@ -62,22 +63,6 @@ def _read_json(path: str):
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass
-    except OSError:
-        pass
-    return out
 
 
 class Study:
@@ -131,7 +116,7 @@ class Study:
             return None
         files = rec.get("files", {})
         summ = _read_json(os.path.join(self.dir, files["summary"])) if "summary" in files else None
-        mets = _read_jsonl(os.path.join(self.dir, files["metrics"])) if "metrics" in files else []
+        mets = read_metrics(os.path.join(self.dir, files["metrics"])) if "metrics" in files else []
         cfg = _read_json(os.path.join(self.dir, files["config"])) if "config" in files else None
         label = ""
         if "summary" in files or "metrics" in files:
@@ -202,10 +187,6 @@ def _f(x, nd=4) -> str:
             return str(x)
         return f"{x:.{nd}f}"
     return str(x)
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
 
 
 def _signed(x, nd=4) -> str:
@@ -422,20 +403,6 @@ def _sources(sec: Section) -> None:
     for lab, path, cmd in sec.st.sources:
         sec.add(f"- **{lab}** [`{path}`]({path}) ← `{cmd}`")
     sec.add("", "</details>", "")
-
-
-def _run_rows(st: Study, names: list[str], extra=None) -> list[list]:
-    rows = []
-    for n in names:
-        r = st.run(n)
-        if r is None:
-            continue
-        rows.append(r)
-    return rows
-
-
-def _zs_mean(m) -> float | None:
-    return None if not m else m.get("mean", {}).get("acc")
 
 
 def _needle(m) -> tuple:

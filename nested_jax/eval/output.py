@@ -58,7 +58,10 @@ def write_json(path: str, doc: dict) -> str:
 
 
 def png_path(json_path: str) -> str:
+    """The plot next to an --output JSON; creates the folder (plots are drawn before the JSON
+    is written)."""
     root, ext = os.path.splitext(os.path.abspath(json_path))
+    os.makedirs(os.path.dirname(root), exist_ok=True)
     return (root if ext == ".json" else json_path) + ".png"
 
 

@@ -87,13 +87,9 @@ class LM(nnx.Module):
             return self.embed.attend(x_BxTxD)
         return self.head(x_BxTxD).astype(jnp.float32)
 
-    def segment(self, tokens_BxS, pos_S, carry, probes=None, x_offset_BxSxD=None):
-        """One segment of the online scan: (logits, new_carry, aux). `x_offset` is added to
-        the embeddings (tests differentiate through it)."""
-        x = self.embed(tokens_BxS)
-        if x_offset_BxSxD is not None:
-            x = x + x_offset_BxSxD.astype(x.dtype)
-        h, carry, aux = self.run_blocks(x, pos_S, carry, probes)
+    def segment(self, tokens_BxS, pos_S, carry, probes=None):
+        """One segment of the online scan: (logits, new_carry, aux)."""
+        h, carry, aux = self.run_blocks(self.embed(tokens_BxS), pos_S, carry, probes)
         return self.logits(h), carry, aux
 
     def __call__(self, tokens_BxT, pos_T=None):

@@ -54,7 +54,7 @@ class TitansMemory(nnx.Module):
             f = t.hidden_mult * k
             self.w1 = nnx.Param(normal(rngs.params(), (h, k, f), k**-0.5))
             self.w2 = nnx.Param(normal(rngs.params(), (h, f, k), 0.1 * f**-0.5))
-            if t.get("residual_norm", False):  # per-head LayerNorm affine of k + LN(core)
+            if self.residual_norm:  # per-head LayerNorm affine of k + LN(core)
                 # LN output of norm ≈ 1 like the ℓ2-normalised targets (a unit scale makes it
                 # √k, which the inner loop keeps fighting by growing the fast weights).
                 s0 = k**-0.5 if self.v_norm else 1.0
@@ -102,8 +102,7 @@ class TitansMemory(nnx.Module):
                 return mem_ops.titans_mlp(q, k, v, th, et, al, w, s, chunk,
                                           remat_group=self.remat_group, residual_norm=ln)
             ln = (self.ln_scale[...], self.ln_bias[...]) if self.residual_norm else None
-            per_head = jax.vmap(one, in_axes=(0,) * 8 + (0 if ln else None,))
-            run = jax.vmap(per_head, in_axes=(0,) * 8 + (None,))  # batch; LN params shared
+            run = jax.vmap(jax.vmap(one), in_axes=(0,) * 8 + (None,))  # LN params per head only
             y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"], state["s"], ln)
         y = self.out_norm(y.transpose(0, 2, 1, 3)).reshape(b, t, self.h * self.k)
         new_state = {"w": tuple(w), "s": tuple(s), "conv_q": cq, "conv_k": ck, "conv_v": cv}

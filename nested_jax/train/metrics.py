@@ -129,11 +129,18 @@ class NonFiniteGuard:
 
 
 def read_metrics(path: str) -> list[dict]:
+    """The records of a metrics.jsonl; [] when it does not exist. Lines that do not parse (a
+    run killed mid-write leaves a torn last line) are skipped."""
     out = []
+    if not os.path.isfile(path):
+        return out
     with open(path) as f:
         for line in f:
             if line.strip():
-                out.append(json.loads(line))
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import ml_collections
 import optax
 
 
@@ -69,7 +70,11 @@ def build_optimizer(o, total_steps: int) -> optax.GradientTransformation:
     elif o.name == "muon":
         from optax.contrib import muon
 
-        adam_lr = schedule(o.replace(lr=o.adam_lr), total_steps) if o.adam_lr > 0 else lr
+        adam_lr = lr
+        if o.adam_lr > 0:  # its own schedule: the same shape at the AdamW peak lr
+            adam_o = ml_collections.ConfigDict(o.to_dict())
+            adam_o.lr = o.adam_lr
+            adam_lr = schedule(adam_o, total_steps)
         tx = muon(lr, beta=o.momentum, weight_decay=o.weight_decay, adam_b1=o.b1, adam_b2=o.b2,
                   adam_weight_decay=o.weight_decay, adam_learning_rate=adam_lr,
                   muon_weight_dimension_numbers=muon_dims)

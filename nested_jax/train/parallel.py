@@ -42,8 +42,9 @@ from nested_jax.model.online import init_fast
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import sharding as sharding_lib
 from nested_jax.train import step as step_lib
+from nested_jax.train.validate import CHOICES
 
-MODES = ("shard_map", "gspmd")
+MODES = CHOICES["mesh.mode"]  # checked with the other config choices (validate)
 
 
 def _mode(config) -> str:

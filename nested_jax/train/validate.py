@@ -29,6 +29,7 @@ CHOICES = {
     "model.online.reset": ("per_sequence", "never"),
     "optim.name": ("adamw", "muon", "m3"),
     "optim.schedule": ("cosine", "constant"),
+    "mesh.mode": ("shard_map", "gspmd"),
 }
 # Numeric fields: (field, low, high or None, low allowed?, high allowed?).
 RANGES = (
