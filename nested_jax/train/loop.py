@@ -86,6 +86,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         seed=config.seed, process_index=proc, process_count=n_proc)
 
     start = ckpt.latest_step()
+    meta = None  # the resumed checkpoint's metadata
     if start is None:
         state = jax.jit(init_state, out_shardings=state_shardings)()
         start = 0
@@ -122,7 +123,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
               else distributed.NullWriter())
     guard = metrics_lib.NonFiniteGuard(  # counts skipped non-finite steps; aborts after K in a row
         workdir, config.train.get("max_nonfinite_in_a_row", 0),
-        ckpt.read_meta(start) if start else None, save_batches=proc == 0, before_abort=ckpt.wait)
+        meta, save_batches=proc == 0, before_abort=ckpt.wait)
     tokens_per_step = config.train.batch_size * config.train.seq_len
     meta_base = {
         "tokenizer_sha256": tok.sha256,
