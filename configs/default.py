@@ -122,6 +122,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp_min_size = 2**16  # params with fewer elements stay replicated when mesh.fsdp > 1
 
     c.logging = lg = ml_collections.ConfigDict()
-    lg.progress_bar = True  # tqdm progress bar with loss and tokens/s
-    lg.plot = True  # write loss_curve.png in the workdir at the end
+    lg.progress_bar = True  # tqdm bar with loss and tokens/s; False = a plain line per log_every step and per eval
+    lg.plot = True  # write loss_curve.png in the workdir at every held-out evaluation and at the end
+    lg.tensorboard = True  # TensorBoard event files of every metric in WORKDIR/tensorboard/ (tensorboardX)
+    lg.wandb_project = ""  # Weights & Biases project ("" = off; needs wandb installed; WANDB_MODE=offline works)
+    lg.wandb_entity = ""  # W&B entity (team or user); "" = your default
     return c

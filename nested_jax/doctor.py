@@ -16,7 +16,7 @@ def _version(mod: str) -> str:
         return f"MISSING ({type(e).__name__})"
 
 
-def main() -> int:
+def check() -> int:
     ok = True
     print(f"python            {sys.version.split()[0]}  ({sys.executable})")
     if sys.version_info < (3, 12):
@@ -48,6 +48,15 @@ def main() -> int:
         ok &= found
     print("status            " + ("ready" if ok else "NOT READY (see lines marked MISSING / !!)"))
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 ready, 1 not ready (lines marked MISSING / !!), 2 bad usage."""
+    from nested_jax.cli import ArgumentParser, run
+
+    p = ArgumentParser(prog="python -m nested_jax.doctor",
+                       description="What this machine has, and whether nested_jax can run.")
+    return run(lambda: (p.parse_args(argv), check())[1], prog=p.prog)
 
 
 if __name__ == "__main__":

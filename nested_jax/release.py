@@ -32,6 +32,7 @@ import shutil
 import sys
 
 import nested_jax
+from nested_jax.cli import ArgumentParser, UserError, check_output_dir, run
 from nested_jax.checkpoint.io import (
     Checkpointer,
     CheckpointError,
@@ -45,7 +46,7 @@ FORMAT = "nested_jax-release/1"
 MANIFEST, SUMS, CARD = "MANIFEST.json", "SHA256SUMS", "MODEL_CARD.md"
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(UserError, RuntimeError):
     """A release cannot be built or does not verify; the message names the fix."""
 
 
@@ -219,9 +220,10 @@ def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | No
     if len(set(names)) != len(names):
         raise ReleaseError(f"two eval files share a name ({names}); rename one.")
 
-    try:
+    try:  # the newest step whose files match their sha256 (corrupt newer ones: warned, skipped)
         ck = Checkpointer(ck_dir, read_only=True)
-        step = ck.resolve_step(step)
+        asked, step = step, ck.resolve_step(step)
+        skipped = [s for s in ck.all_steps() if s > step] if asked is None else []
         ck.manager.close()
     except CheckpointError as e:
         raise ReleaseError(str(e)) from None
@@ -308,7 +310,8 @@ def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | No
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,
         "evals": [f"evals/{n}.json" for n in names],
-        "source": {"checkpoint_dir": ck_dir, "step_dir_sha256_record": rep.has_sums},
+        "source": {"checkpoint_dir": ck_dir, "step_dir_sha256_record": rep.has_sums,
+                   "skipped_corrupt_steps": skipped},
     }
     with open(os.path.join(output, "release.json"), "w") as f:
         json.dump(info, f, indent=2)
@@ -391,37 +394,38 @@ def verify(output: str, log=print) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build (or `verify`) a release; bad input is one `error: … Fix: …` paragraph, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "verify":
-        p = argparse.ArgumentParser(prog="python -m nested_jax.release verify",
-                                    description="Re-check every sha256 of a release folder.")
-        p.add_argument("output", help="the release folder")
-        args = p.parse_args(argv[1:])
-        run = lambda: verify(args.output)  # noqa: E731
-    else:
-        p = argparse.ArgumentParser(
-            prog="python -m nested_jax.release", description=__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--checkpoint", required=True,
-                       help="training --workdir or its checkpoints/ folder")
-        p.add_argument("--step", type=int, default=None, help="step to release (default: latest)")
-        p.add_argument("--evals", nargs="*", default=[], help="eval JSON files to bundle")
-        p.add_argument("--output", required=True, help="release folder to create")
-        p.add_argument("--force", action="store_true", help="replace a non-empty --output")
-        args = p.parse_args(argv)
+    verifying = bool(argv) and argv[0] == "verify"
+    prog = "python -m nested_jax.release" + (" verify" if verifying else "")
 
-        def run():
-            build(args.checkpoint, args.output, evals=args.evals, step=args.step,
-                  force=args.force)
-            return 0
-    from absl import logging as absl_logging
+    def body() -> int:
+        if verifying:
+            p = ArgumentParser(prog=prog, description="Re-check every sha256 of a release folder.")
+            p.add_argument("output", help="the release folder")
+            args = p.parse_args(argv[1:])
+        else:
+            p = ArgumentParser(prog=prog, description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            p.add_argument("--checkpoint", required=True,
+                           help="training --workdir or its checkpoints/ folder")
+            p.add_argument("--step", type=int, default=None,
+                           help="step to release (default: the newest intact one)")
+            p.add_argument("--evals", nargs="*", default=[], help="eval JSON files to bundle")
+            p.add_argument("--output", "--out", dest="output", required=True,
+                           help="release folder to create")
+            p.add_argument("--force", action="store_true", help="replace a non-empty --output")
+            args = p.parse_args(argv)
+            check_output_dir(args.output, "--output")
+        from absl import logging as absl_logging
 
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        return run()
-    except ReleaseError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        if verifying:
+            return verify(args.output)
+        build(args.checkpoint, args.output, evals=args.evals, step=args.step, force=args.force)
+        return 0
+
+    return run(body, prog=prog)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,31 @@ def losses_on_fixed_batch(model_cfg, optim_cfg, steps: int, total_steps: int = 2
         losses.append(float(m["loss"]))
         assert float(m["nonfinite"]) == 0.0
     return losses, state
+
+
+
+def tensorboard_events(path) -> list:
+    """The Event protos of one TensorBoard event file (TFRecord framing: u64 length, u32 crc,
+    Event, u32 crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, out, i = open(path, "rb").read(), [], 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        ev = event_pb2.Event()
+        ev.ParseFromString(data[i + 12:i + 12 + n])
+        out.append(ev)
+        i += 12 + n + 4
+    return out
+
+
+def tensorboard_scalars(logdir) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in the TensorBoard event files of `logdir`, in order."""
+    import glob
+    import os
+
+    return [(ev.step, v.tag, v.simple_value)
+            for path in sorted(glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")))
+            for ev in tensorboard_events(path) for v in ev.summary.value]

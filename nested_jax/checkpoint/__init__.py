@@ -5,4 +5,5 @@ from nested_jax.checkpoint.io import (  # noqa: F401
     Checkpointer,
     checkpoint_dir,
     config_from_meta,
+    rollback,
 )

@@ -8,6 +8,16 @@
 
 Evaluation restores `params` and `meta` only.
 
+Bytes that fail their recorded sha256 get one policy everywhere: without an explicit step,
+training, evaluation and release skip the newest corrupt steps (with a warning) and use the
+newest intact one (training also moves them aside to `N.corrupt`); an explicit step that is
+corrupt is an error. Evaluation hashes the items it reads (`params`, `meta`), training and
+release every file.
+
+Rolling back (`rollback`, `python -m nested_jax.checkpoint rollback DIR N`, the train CLI's
+`--resume-step N`) moves the steps after N aside to `M.rolled_back` (never deletes them), so
+the next run resumes from N.
+
 Crash safety. Orbax writes step N into `N.orbax-checkpoint-tmp*` and renames it to `N`
 when complete, so a process killed mid-write leaves only a temporary directory. A
 writable Checkpointer removes such leftovers (with a warning), checks the newest steps
@@ -31,14 +41,17 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from nested_jax.cli import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or does not match the run."""
 
 
 SUMS_FILE = "nested_jax_sha256.json"
 TMP_MARK = ".orbax-checkpoint-tmp"
 QUARANTINE_MARK = ".corrupt"
+ROLLBACK_MARK = ".rolled_back"
 # Orbax rewrites these after our sums are taken (commit timestamp, commit marker).
 _UNHASHED = {"_CHECKPOINT_METADATA", "commit_success.txt", SUMS_FILE}
 REQUIRED_ITEMS = ("params", "meta")
@@ -89,7 +102,7 @@ def hash_tree(root: str, skip_top: set[str] | frozenset = frozenset()) -> dict[s
 
 def step_dirs(directory: str) -> dict[str, list]:
     """Entries of a checkpoint folder: committed steps, leftovers of killed saves, quarantined."""
-    out: dict[str, list] = {"steps": [], "tmp": [], "quarantined": []}
+    out: dict[str, list] = {"steps": [], "tmp": [], "quarantined": [], "rolled_back": []}
     if not os.path.isdir(directory):
         return out
     for name in sorted(os.listdir(directory)):
@@ -102,6 +115,8 @@ def step_dirs(directory: str) -> dict[str, list]:
             out["tmp"].append(name)
         elif QUARANTINE_MARK in name:
             out["quarantined"].append(name)
+        elif ROLLBACK_MARK in name:
+            out["rolled_back"].append(name)
     out["steps"].sort()
     return out
 
@@ -122,9 +137,11 @@ class StepReport:
         return not self.problems
 
 
-def inspect_step(path: str, *, check_hashes: bool = True) -> StepReport:
+def inspect_step(path: str, *, check_hashes: bool = True,
+                 hash_items: tuple[str, ...] | None = None) -> StepReport:
     """Structure (Orbax step marker, required items, readable meta JSON) and, when the step
-    carries a sha256 record, every file's size and hash."""
+    carries a sha256 record, every file's size and hash (`hash_items`: hash only the files
+    of these items, sizes for the rest)."""
     problems: list[str] = []
     items: list[str] = []
     meta = None
@@ -162,19 +179,58 @@ def inspect_step(path: str, *, check_hashes: bool = True) -> StepReport:
             elif os.path.getsize(full) != want["bytes"]:
                 problems.append(f"file {rel} has {os.path.getsize(full)} bytes, "
                                 f"{want['bytes']} were written (truncated or overwritten)")
-            elif check_hashes and file_sha256(full) != want["sha256"]:
+            elif (check_hashes and (hash_items is None or rel.split("/")[0] in hash_items)
+                  and file_sha256(full) != want["sha256"]):
                 problems.append(f"file {rel} does not match its recorded sha256 (corrupt)")
             else:
                 hashed += 1
     return StepReport(path, problems, items, meta, hashed, has_sums)
 
 
-def _quarantine_name(directory: str, step: int) -> str:
-    base = os.path.join(directory, f"{step}{QUARANTINE_MARK}")
+def _quarantine_name(directory: str, step: int, mark: str = QUARANTINE_MARK) -> str:
+    base = os.path.join(directory, f"{step}{mark}")
     cand, k = base, 1
     while os.path.exists(cand):
         cand, k = f"{base}.{k}", k + 1
     return cand
+
+
+def rollback(path: str, step: int, *, lead: bool = True) -> list[str]:
+    """Make `step` the newest checkpoint: move every later step of `path` (a training workdir or
+    its checkpoints/ folder) aside to `<later>.rolled_back` (nothing is deleted) and keep a copy
+    of the run's metrics.jsonl as `metrics.before_rollback_to_<step>.jsonl`. Refuses a missing
+    or corrupt `step` (sha256 checked). Returns the new folder names; `lead`=False (other
+    processes of a multi-host run) only checks."""
+    directory = checkpoint_dir(path)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint folder at {path!r}. Fix: pass a training --workdir "
+                              "or its checkpoints/ folder.")
+    found = step_dirs(directory)
+    if not found["steps"]:
+        raise CheckpointError(f"step {step} not found: {directory} holds no checkpoint. Fix: "
+                              "train first (checkpoints are saved every checkpoint.every_steps), "
+                              "or pass the workdir of a run that saved some.")
+    if step not in found["steps"]:
+        raise CheckpointError(f"step {step} not found in {directory} (available: "
+                              f"{found['steps']}). Fix: pick one of the available steps.")
+    rep = inspect_step(os.path.join(directory, str(step)))
+    if not rep.ok:
+        raise CheckpointError(
+            f"checkpoint step {step} in {directory} is corrupt or incomplete ({rep.problems[0]}). "
+            f"Fix: pick another step (available: {found['steps']}); `python -m "
+            f"nested_jax.checkpoint verify {directory}` lists what is broken.")
+    later = [s for s in found["steps"] if s > step]
+    moved = []
+    workdir = os.path.dirname(directory)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if lead and later and os.path.basename(directory) == "checkpoints" and os.path.isfile(metrics):
+        shutil.copy2(metrics, os.path.join(workdir, f"metrics.before_rollback_to_{step}.jsonl"))
+    for s in later:
+        dest = _quarantine_name(directory, s, ROLLBACK_MARK)
+        if lead:
+            os.rename(os.path.join(directory, str(s)), dest)
+        moved.append(os.path.basename(dest))
+    return moved
 
 
 class Checkpointer:
@@ -276,12 +332,13 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def latest_good_step(self, check_hashes: bool = False) -> int | None:
-        """Newest step that passes `inspect_step` (warning about the ones skipped). Read-only
-        opens (evaluation) compare file sizes only, not hashes, to start fast; training
-        resumes check hashes (in `_recover`), and `verify` checks everything."""
+    def latest_good_step(self, check_hashes: bool = True,
+                         hash_items: tuple[str, ...] | None = None) -> int | None:
+        """Newest step that passes `inspect_step`, sha256 included (warning about the ones
+        skipped): the policy training applies when it resumes (`_recover`)."""
         for step in reversed(self.all_steps()):
-            rep = inspect_step(os.path.join(self.directory, str(step)), check_hashes=check_hashes)
+            rep = inspect_step(os.path.join(self.directory, str(step)), check_hashes=check_hashes,
+                               hash_items=hash_items)
             if rep.ok:
                 return step
             warn(f"skipping checkpoint step {step} in {self.directory}: {rep.problems[0]}.")

@@ -4,7 +4,7 @@
 
 Prints one table row per step and exits 1 when any committed step has a problem (leftovers
 of killed saves and quarantined `N.corrupt` folders are listed but ignored: training never
-resumes from them).
+resumes from them; nor are steps moved aside by `rollback`).
 """
 
 from __future__ import annotations
@@ -152,6 +152,10 @@ def verify(path: str, *, step: int | None = None, read: bool = True, out=print) 
         rows.append({"step": name.split(".")[0], "status": "INCOMPLETE", "items": "-",
                      "meta": "-", "tokenizer": "-", "sha256": "-",
                      "read": "ignored: killed mid-write", "problems": []})
+    for name in found["rolled_back"]:
+        rows.append({"step": name, "status": "ROLLED BACK", "items": "-", "meta": "-",
+                     "tokenizer": "-", "sha256": "-", "read": "ignored: moved aside by rollback",
+                     "problems": []})
     for name in found["quarantined"]:
         rows.append({"step": name, "status": "QUARANTINED", "items": "-", "meta": "-",
                      "tokenizer": "-", "sha256": "-", "read": "ignored: moved aside as corrupt",

@@ -42,5 +42,5 @@ PRESETS = {
 def get_preset(name: str) -> Manifest:
     """The built-in manifest `name`; a clear error lists the presets otherwise."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; presets are {sorted(PRESETS)} (or pass a manifest path).")
+        raise ValueError(f"Unknown preset {name!r}; presets are {sorted(PRESETS)}. Fix: use one of them (or pass a manifest path).")
     return Manifest.from_dict(PRESETS[name])

@@ -5,9 +5,11 @@ import fnmatch
 import hashlib
 import importlib.util
 import json
+import lzma
 import os
 import re
 import sysconfig
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,7 +176,31 @@ def _wikitext_articles(text: str) -> Iterator[tuple[str, str]]:
 
 
 def read_docs(src: Source) -> Iterator[Doc]:
-    """Yield the raw documents of a source, in a deterministic order, with their split."""
+    """Yield the raw documents of a source, in a deterministic order, with their split. A file
+    that is not (compressed) UTF-8 text is a ValueError naming it."""
+    current: list = [src.path]  # the file being read, for the error message
+    try:
+        yield from _read_docs(src, current)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{current[0]} is not UTF-8 text (byte {e.start}: {e.reason}); is it a binary file? "
+            "Fix: pass text files (.txt, .jsonl; .xz/.bz2/.gz compressed ok) or convert it to "
+            "UTF-8.") from None
+    except (EOFError, lzma.LZMAError, zlib.error, OSError) as e:
+        if isinstance(e, FileNotFoundError) or (isinstance(e, OSError) and e.errno is not None):
+            raise  # a missing file or a file-system refusal, reported as such
+        raise ValueError(f"{current[0]} cannot be decompressed ({type(e).__name__}: {e}). Fix: "
+                         "check that the file is complete and that its extension matches its "
+                         "compression (.xz, .bz2, .gz), or pass it uncompressed.") from None
+
+
+def _binary(path, text: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{path} holds NUL bytes: it is a binary file, not text. Fix: pass text "
+                         "files (.txt, .jsonl; .xz/.bz2/.gz compressed ok).")
+
+
+def _read_docs(src: Source, current: list) -> Iterator[Doc]:
     fmt = src.resolved_format()
     counts = {s: 0 for s in SPLITS}
 
@@ -185,9 +211,13 @@ def read_docs(src: Source) -> Iterator[Doc]:
         return True
 
     for path in src.files():
+        current[0] = path
         name = path.name
         if fmt == "jsonl":
             for i, rec in enumerate(assets.read_jsonl(path)):
+                if not isinstance(rec, dict):
+                    raise ValueError(f"{path} record {i} is {type(rec).__name__}, not a JSON "
+                                     "object. Fix: write one {\"text\": ...} object per line.")
                 key = str(rec.get("id", f"{name}:{i}"))
                 doc = Doc(key, _field_text(rec, src.field, f"{path} record {i}"), src.split_of(key, rec))
                 if take(doc):
@@ -210,6 +240,7 @@ def read_docs(src: Source) -> Iterator[Doc]:
         else:  # txt
             with assets.open_text(path) as f:
                 text = f.read()
+            _binary(path, text)
             if src.doc_per == "file":
                 chunks = [text]
             elif src.doc_per == "blank":
@@ -288,15 +319,21 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     elif p.suffix == ".py":
         spec = importlib.util.spec_from_file_location(f"_manifest_{p.stem}", p)
         mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        if hasattr(mod, "get_manifest"):
-            d = mod.get_manifest()
-        elif hasattr(mod, "MANIFEST"):
-            d = mod.MANIFEST
-        else:
+        try:
+            spec.loader.exec_module(mod)
+            d = mod.get_manifest() if hasattr(mod, "get_manifest") else getattr(mod, "MANIFEST", None)
+        except Exception as e:  # noqa: BLE001 - the user's file: report, do not crash
+            raise ValueError(f"Manifest {p} failed to load: {type(e).__name__}: {e}. Fix: correct "
+                             "the file (see nested_jax/data/presets.py for the format).") from None
+        if d is None:
             raise ValueError(f"Manifest {p} defines neither get_manifest() nor MANIFEST.")
     else:
         raise ValueError(f"Unknown manifest type {p.suffix!r} ({p}); use a .json or .py file.")
+    if not isinstance(d, dict) or not isinstance(d.get("sources", []), list) or not all(
+            isinstance(s, dict) for s in d.get("sources") or []):
+        raise ValueError(f"Manifest {p} is malformed: it must be an object with a 'sources' list "
+                         "of objects ({\"domain\", \"path\", ...}). Fix: see "
+                         "nested_jax/data/presets.py for the format.")
     d = dict(d)
     d.setdefault("name", p.stem)
     srcs = []

@@ -66,6 +66,18 @@ def coverage_stats(tok: tokenizer_lib.Tokenizer, texts: list[str]) -> dict:
     }
 
 
+def _spm_train(sentences, out_prefix, vocab_size, model_type, character_coverage,
+               input_sentence_size, num_threads) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_prefix=str(out_prefix), vocab_size=vocab_size,
+        model_type=model_type, character_coverage=character_coverage, byte_fallback=True,
+        pad_id=tokenizer_lib.PAD_ID, unk_id=tokenizer_lib.UNK_ID, bos_id=tokenizer_lib.BOS_ID,
+        eos_id=tokenizer_lib.EOS_ID, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, split_digits=True, input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True, max_sentence_length=MAX_SENTENCE_BYTES, hard_vocab_limit=False,
+        num_threads=num_threads or os.cpu_count() or 1, minloglevel=2)
+
+
 def train_tokenizer(sources: list[Source], out_prefix: str | os.PathLike, *, vocab_size: int,
                     model_type: str = "unigram", character_coverage: float = 0.9995,
                     sample_limit: int = 0, input_sentence_size: int = 0, split: str | None = "train",
@@ -75,7 +87,7 @@ def train_tokenizer(sources: list[Source], out_prefix: str | os.PathLike, *, voc
     if model_type not in ("unigram", "bpe"):
         raise ValueError(f"Unknown model type {model_type!r}; use 'unigram' or 'bpe'.")
     if vocab_size < 300:
-        raise ValueError(f"vocab_size {vocab_size} is too small: byte_fallback needs 256 byte pieces + 4 specials.")
+        raise ValueError(f"vocab_size {vocab_size} is too small: byte_fallback needs 256 byte pieces + 4 specials. Fix: --vocab-size 300 or more.")
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -84,14 +96,12 @@ def train_tokenizer(sources: list[Source], out_prefix: str | os.PathLike, *, voc
     too_long = sum(len(s.encode("utf-8")) > MAX_SENTENCE_BYTES for s in sentences)
     spm.set_random_generator_seed(seed)
     t1 = time.time()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_prefix=str(out_prefix), vocab_size=vocab_size,
-        model_type=model_type, character_coverage=character_coverage, byte_fallback=True,
-        pad_id=tokenizer_lib.PAD_ID, unk_id=tokenizer_lib.UNK_ID, bos_id=tokenizer_lib.BOS_ID,
-        eos_id=tokenizer_lib.EOS_ID, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, split_digits=True, input_sentence_size=input_sentence_size,
-        shuffle_input_sentence=True, max_sentence_length=MAX_SENTENCE_BYTES, hard_vocab_limit=False,
-        num_threads=num_threads or os.cpu_count() or 1, minloglevel=2)
+    try:
+        _spm_train(sentences, out_prefix, vocab_size, model_type, character_coverage,
+                   input_sentence_size, num_threads)
+    except RuntimeError as e:  # SentencePiece refuses the input (e.g. too little text)
+        raise ValueError(f"SentencePiece cannot train on this input: {e}. Fix: give more text or "
+                         "a smaller --vocab-size.") from None
     t_train = time.time() - t1
     tok = tokenizer_lib.Tokenizer(f"{out_prefix}.model")
     # Coverage is measured on held-out text: the valid split when training on train, else the training lines.

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from nested_jax.cli import ArgumentParser, check_output_file, run
 from nested_jax.eval.errors import EvalError
 
 EXAMPLES = """examples:
@@ -36,7 +37,7 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
         p.add_argument("--checkpoint", required=True,
                        help="training workdir (or its checkpoints/ folder)")
         p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--output", required=True, help="JSON file to write")
+    p.add_argument("--output", "--out", dest="output", required=True, help="JSON file to write")
     p.add_argument("--tokenizer", default=None,
                    help="override the tokenizer (.model path); its sha256 must match the checkpoint")
     p.add_argument("--batch-size", type=int, default=16, help="rows per scoring batch")
@@ -61,7 +62,7 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m nested_jax.eval", description=__doc__,
+    ap = ArgumentParser(prog="python -m nested_jax.eval", description=__doc__,
                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -111,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--experiments", default=None,
                    help="folder with results/<study>/study.json (launch/experiments): write "
                         "RESULTS.md and figures/ there (nested_jax/eval/experiments.py)")
-    r.add_argument("--output", default=None, help="markdown file to write (--experiments: "
+    r.add_argument("--output", "--out", dest="output", default=None,
+                   help="markdown file to write (--experiments: "
                    "default DIR/RESULTS.md)")
     return ap
 
@@ -286,12 +288,14 @@ def cmd_report(a, argv) -> None:
     if not a.inputs or not a.output:
         raise EvalError("report needs --inputs A.json B.json --output table.md, or "
                         "--experiments DIR (launch/experiments).")
+    check_output_file(a.output)
     text = report.markdown(report.load_runs(a.inputs))
     path = os.path.abspath(a.output)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text + "\n")
     print(f"[nested_jax.eval] wrote {path}", file=sys.stderr)
+    print(text)
 
 
 COMMANDS = {"zeroshot": cmd_zeroshot, "niah": cmd_needle, "passkey": cmd_needle,
@@ -299,26 +303,29 @@ COMMANDS = {"zeroshot": cmd_zeroshot, "niah": cmd_needle, "passkey": cmd_needle,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input is one `error: … Fix: …` paragraph and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run(lambda: _main(argv), prog="python -m nested_jax.eval")
+
+
+def _main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax INFO/WARNING lines
-    try:
-        if a.command == "report":
-            cmd_report(a, argv)
-            return 0
-        from nested_jax.eval import output
-
-        t0 = time.perf_counter()
-        doc = COMMANDS[a.command](a, argv)
-        doc["timing_s"] = round(time.perf_counter() - t0, 3)
-        path = output.write_json(a.output, doc)
-        output.say(f"wrote {path}" + (f" and {doc['plot']}" if doc.get("plot") else ""))
+    if a.command == "report":
+        cmd_report(a, argv)
         return 0
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_output_file(a.output)  # before any work: a path that cannot be written is bad input
+    from nested_jax.eval import output, tables
+
+    t0 = time.perf_counter()
+    doc = COMMANDS[a.command](a, argv)
+    doc["timing_s"] = round(time.perf_counter() - t0, 3)
+    path = output.write_json(a.output, doc)
+    output.say(f"wrote {path}" + (f" and {doc['plot']}" if doc.get("plot") else ""))
+    print(tables.console_table(doc), flush=True)  # what was measured, on the console
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import re
 import numpy as np
 
 from nested_jax.eval.domains import documents
+from nested_jax.eval.errors import EvalError
 from nested_jax.eval.memo import Memorizer, MemoOptions
 from nested_jax.eval.progress import bar
 from nested_jax.eval.scoring import encode_pair, greedy_decode, score_requests
@@ -120,8 +121,9 @@ def make_sample(tok, template: Template, length: int, depth: float, rng,
     tail = [tok.newline_id] + q_ids
     h = length - len(head) - len(needle) - len(tail)
     if h < 1:
-        raise ValueError(f"length {length} is too short for the {template.name} template "
-                         f"({length - h + 1} tokens without haystack).")
+        raise EvalError(f"length {length} is too short for the {template.name} template "
+                        f"({length - h + 1} tokens without haystack). Fix: pass --lengths of at "
+                        f"least {length - h + 1} tokens.")
     hay, bounds = _haystack(tok, h, rng)
     cut = min(bounds, key=lambda b: (abs(b - depth * h), b))
     prompt = head + hay[:cut] + needle + hay[cut:] + tail

@@ -104,12 +104,18 @@ def open_checkpointer(path: str) -> Checkpointer:
     return ck
 
 
+# The items evaluation reads; their files are checked against the recorded sha256 (the other
+# items' sizes only), so a corrupt step gets the policy training applies (nested_jax.checkpoint).
+READ_ITEMS = ("params", "meta")
+
+
 def _step_problems(ck: Checkpointer, step: int) -> list[str]:
-    """Problems `inspect_step` finds in a step folder ([] if none). Sizes only, no hashes, like
-    the checkpointer's own read-only opens: evaluation starts fast, `checkpoint verify` hashes."""
+    """Problems `inspect_step` finds in a step folder ([] if none): structure, sizes, and the
+    sha256 of every file of the items evaluation reads."""
     from nested_jax.checkpoint.io import inspect_step
 
-    return list(inspect_step(os.path.join(ck.directory, str(step)), check_hashes=False).problems)
+    return list(inspect_step(os.path.join(ck.directory, str(step)),
+                             hash_items=READ_ITEMS).problems)
 
 
 def _resolve(ck: Checkpointer, step: int | None) -> tuple[int, list[int]]:

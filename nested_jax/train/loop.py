@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import subprocess
+import sys
 import time
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 import nested_jax
-from nested_jax.checkpoint import Checkpointer
+from nested_jax.checkpoint import Checkpointer, rollback
 from nested_jax.checkpoint.preemption import StopRequest
 from nested_jax.data import loader
 from nested_jax.model.lm import abstract_model, build_model
@@ -47,10 +48,31 @@ def evaluate(eval_fn, params, batches, mesh, step) -> float:
     return tot / max(n, 1.0)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train per `config`, writing checkpoints, metrics.jsonl and loss_curve.png to `workdir`.
+def _last(recs: list[dict], key: str, upto: int):
+    """(step, value) of the last record with `key` at or before step `upto`, else (None, None)."""
+    for r in reversed(recs):
+        if key in r and r.get("step", 0) <= upto:
+            return r["step"], r[key]
+    return None, None
 
-    Rerunning with the same workdir resumes from the latest checkpoint. Returns a summary.
+
+def _plot(config, metrics_path: str, workdir: str) -> None:
+    """(Re)draw loss_curve.png; a plotting failure is a warning, never the end of a run."""
+    try:
+        metrics_lib.plot_loss_curve(metrics_path, os.path.join(workdir, "loss_curve.png"),
+                                    title=f"{config.model.variant} on {config.data.dataset}")
+    except Exception as e:  # noqa: BLE001
+        print(f"[nested_jax] warning: could not draw loss_curve.png ({type(e).__name__}: {e}).",
+              file=sys.stderr, flush=True)
+
+
+def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> dict:
+    """Train per `config`, writing checkpoints, metrics.jsonl (+ TensorBoard events) and
+    loss_curve.png to `workdir`.
+
+    Rerunning with the same workdir resumes from the latest checkpoint; `resume_step` resumes
+    from that step instead (later steps are moved aside, see nested_jax.checkpoint.rollback).
+    Returns a summary (also written to summary.json).
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -78,6 +100,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     abstract_state = jax.eval_shape(init_state)
     state_shardings = parallel.state_shardings(config, mesh, abstract_state)  # FSDP / rows
 
+    if resume_step is not None:
+        moved = rollback(os.path.join(workdir, "checkpoints"), resume_step, lead=proc == 0)
+        if n_proc > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("nested_jax_rollback")
+        if moved and proc == 0:
+            print(f"[nested_jax] --resume-step {resume_step}: moved later checkpoints aside "
+                  f"({', '.join(moved)})", flush=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                         max_to_keep=config.checkpoint.max_to_keep,
                         async_save=config.checkpoint.async_save)
@@ -119,8 +150,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
         config.data, seq_len=config.train.seq_len, batch_size=config.eval.batch_size,
         num_batches=config.eval.num_batches)
 
-    writer = (metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0
-              else distributed.NullWriter())
+    writer = (metrics_lib.MetricsWriter(workdir, resume_step=start, sinks=metrics_lib.make_sinks(
+        config.logging, workdir, start, config.to_json_best_effort())) if proc == 0
+        else distributed.NullWriter())
+    plain = proc == 0 and not config.logging.progress_bar  # one line per log / eval (batch jobs)
+    plot = proc == 0 and config.logging.plot
+
+    def record_eval(s: int, loss: float) -> None:
+        """Write the held-out loss, print it, redraw the PNG; a non-finite one is divergence."""
+        writer.write({"step": s, "eval_loss": loss})
+        summary["eval_step"] = s
+        line = metrics_lib.log_line({"step": s, "eval_loss": loss}, total)
+        if bar is not None:
+            bar.write(line)
+        elif proc == 0:
+            print(line, flush=True)
+        if plot:
+            _plot(config, writer.path, workdir)
+        if not np.isfinite(loss):
+            ckpt.wait()  # an in-flight save of an earlier step completes
+            where = (f"the last checkpoint, step {last_saved}, in {ckpt.directory} is kept"
+                     if last_saved else "no checkpoint was saved")
+            raise metrics_lib.NonFiniteError(
+                f"training stopped at step {s}: the held-out loss is {loss} (non-finite): the "
+                f"model diverged. Step {s} was not saved; {where}. Fix: rerun with a lower "
+                "--config.optim.lr (or, for online variants, a smaller --config.model.online."
+                "teach_scale); the same command resumes from the last checkpoint, "
+                "--resume-step N from an earlier one.")
     guard = metrics_lib.NonFiniteGuard(  # counts skipped non-finite steps; aborts after K in a row
         workdir, config.train.get("max_nonfinite_in_a_row", 0),
         meta, save_batches=proc == 0, before_abort=ckpt.wait)
@@ -142,11 +198,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     summary: dict = {"start_step": start}
     last_eval = None
+    bar = None
+    last_saved = start
+    if start >= total and proc == 0:
+        print(f"[nested_jax] the run is already at step {start} (train.steps={total}): nothing "
+              "to train (raise --config.train.steps to train further).", flush=True)
     if start == 0 and total > 0:
         last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
-        writer.write({"step": 0, "eval_loss": last_eval})
+        record_eval(0, last_eval)
 
-    bar = None
     if config.logging.progress_bar and proc == 0:
         from tqdm.auto import tqdm
 
@@ -154,7 +214,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    dynamic_ncols=True)
     pending = None  # (step, metrics on device): read after dispatching the next step
     t_last, step_last = time.perf_counter(), start
-    last_saved = start
 
     def flush(pending_item):
         nonlocal t_last, step_last
@@ -166,56 +225,80 @@ def train_and_evaluate(config, workdir: str) -> dict:
             now = time.perf_counter()
             tps = (s - step_last) * tokens_per_step / max(now - t_last, 1e-9)
             t_last, step_last = now, s
-            writer.write({"step": s, **m, "tokens_per_sec": tps})
+            rec = {"step": s, **m, "tokens_per_sec": tps}
+            writer.write(rec)
             summary["tokens_per_sec"] = tps
             if bar is not None:
                 bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
+            elif plain:
+                print(metrics_lib.log_line(rec, total), flush=True)
         guard.check()  # K non-finite steps in a row: NonFiniteError, nothing more is saved
 
-    stop = StopRequest().install()  # SIGTERM/SIGINT: checkpoint after this step, exit 0
-    for i in range(start, total):
-        batch = next(train_iter)
-        guard.remember(i + 1, batch)
-        state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
-        if pending is not None:
-            flush(pending)
-        pending = (i + 1, m)
-        if bar is not None:
-            bar.update(1)
-        s = i + 1
-        if s % config.eval.every_steps == 0 or s == total:
-            flush(pending)
-            pending = None
-            last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
-            writer.write({"step": s, "eval_loss": last_eval})
+    def run_steps() -> None:
+        nonlocal state, pending, last_eval, last_saved
+        for i in range(start, total):
+            batch = next(train_iter)
+            guard.remember(i + 1, batch)
+            state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
+            if pending is not None:
+                flush(pending)
+            pending = (i + 1, m)
             if bar is not None:
-                bar.write(f"step {s}: held-out loss {last_eval:.4f}")
-        stopping = stop.requested(s)
-        if s % config.checkpoint.every_steps == 0 or s == total or stopping:
-            if pending is not None:  # step s's record reaches metrics.jsonl before checkpoint s
+                bar.update(1)
+            s = i + 1
+            if s % config.eval.every_steps == 0 or s == total:
                 flush(pending)
                 pending = None
-            save(s)
-            last_saved = s
-        if stopping:
-            summary["stopped_at"] = s
-            break
-    stop.uninstall()
-    if pending is not None:
-        flush(pending)
+                last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
+                record_eval(s, last_eval)  # raises (nothing saved) when it is non-finite
+            stopping = stop.requested(s)
+            if s % config.checkpoint.every_steps == 0 or s == total or stopping:
+                if pending is not None:  # step s's record reaches metrics.jsonl before checkpoint s
+                    flush(pending)
+                    pending = None
+                save(s)
+                last_saved = s
+            if stopping:
+                summary["stopped_at"] = s
+                break
+        if pending is not None:
+            flush(pending)
+            pending = None
+
+    stop = StopRequest().install()  # SIGTERM/SIGINT: checkpoint after this step, exit 0
+    try:
+        run_steps()
+    except metrics_lib.NonFiniteError as e:  # diverged: summary.json says so, then stop
+        if bar is not None:
+            bar.close()
+        writer.close()
+        if proc == 0:
+            summary.update(diverged=" ".join(str(e).split()), last_checkpoint=last_saved or None)
+            with open(os.path.join(workdir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+        raise
+    finally:
+        stop.uninstall()
     if bar is not None:
         bar.close()
     if last_saved != total and total > start and "stopped_at" not in summary:
         save(total)
     ckpt.close()
     writer.close()
-    if config.logging.plot and proc == 0:
-        metrics_lib.plot_loss_curve(writer.path, os.path.join(workdir, "loss_curve.png"),
-                                    title=f"{config.model.variant} on {config.data.dataset}")
-    summary.update(final_step=summary.get("stopped_at", total), eval_loss=last_eval,
-                   vocab_size=config.model.vocab_size,
+    if plot:
+        _plot(config, writer.path, workdir)
+    final = summary.get("stopped_at", max(total, start))
+    summary.update(final_step=final, eval_loss=last_eval, vocab_size=config.model.vocab_size,
                    ln_vocab=float(np.log(config.model.vocab_size)))
     if proc == 0:
+        # A rerun of a finished run (or a stop before any evaluation) measured nothing new:
+        # take the last values metrics.jsonl holds instead of writing nulls over them.
+        recs = metrics_lib.read_metrics(writer.path)
+        if summary.get("eval_step") is None:
+            summary["eval_step"], summary["eval_loss"] = _last(recs, "eval_loss", final)
+        for key in ("loss", "tokens_per_sec"):
+            if summary.get(key) is None:
+                summary[key] = _last(recs, key, final)[1]
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary

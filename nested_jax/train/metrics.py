@@ -1,4 +1,12 @@
-"""metrics.jsonl writer (resume-aware), the non-finite step guard and the loss-curve plot."""
+"""metrics.jsonl writer (resume-aware) with TensorBoard and optional Weights & Biases copies,
+the plain log lines of batch jobs, the non-finite step guard and the loss-curve plot.
+
+TensorBoard: tensorboardX. It writes the event files TensorBoard reads with numpy and
+protobuf only (no TensorFlow, no PyTorch) and is maintained (2.6.5, 2026). clu's
+`metric_writers` would fit the JAX stack but `import clu.metric_writers` imports TensorFlow
+(its SummaryWriter is `tf.summary`), about 2 GB more to install, and clu's last release
+(0.0.12) dates from 2024.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -15,12 +24,112 @@ import numpy as np
 PAUSE_ENV = "NESTED_JAX_TEST_PAUSE_AFTER_STEP"
 
 
-class MetricsWriter:
-    """Appends one JSON record per line. On resume, drops records after the resumed step so
-    the file reads as if the run had never been interrupted; a fresh start (resume_step None
-    or 0: no checkpoint yet) drops every record of a run killed before its first checkpoint."""
+def _numbers(record: dict) -> dict[str, float]:
+    """The numeric fields of a record other than its step."""
+    return {k: float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def __init__(self, workdir: str, resume_step: int | None):
+
+class TensorBoardSink:
+    """Every numeric field of every record as a TensorBoard scalar, tagged with its
+    metrics.jsonl key (`loss`, `eval_loss`, `cms/<layer>/<level>/updates`, ...), in
+    `WORKDIR/tensorboard/`. On resume, TensorBoard drops the events an earlier process wrote
+    after the resumed step (`purge_step`), as MetricsWriter drops those records."""
+
+    def __init__(self, logdir: str, resume_step: int | None):
+        from tensorboardX import SummaryWriter
+
+        self.logdir = logdir
+        purge = resume_step + 1 if resume_step else 0  # events at or after it are dropped
+        # A new file per writer (the default name has one-second resolution: a quick rerun
+        # would overwrite the previous file); names sort in writing order.
+        self._w = SummaryWriter(logdir=logdir, purge_step=purge, flush_secs=10,
+                                filename_suffix=f".{time.time_ns()}")
+
+    def write(self, record: dict) -> None:
+        step = int(record.get("step", 0))
+        for k, v in _numbers(record).items():
+            self._w.add_scalar(k, v, global_step=step)
+        if "eval_loss" in record:
+            self._w.flush()
+
+    def close(self) -> None:
+        self._w.close()
+
+
+class WandbSink:
+    """The same records logged to a Weights & Biases run (optional: used when `wandb` imports and
+    logging.wandb_project is set; WANDB_MODE=offline works without a network). The run id is
+    kept in WORKDIR/wandb_run_id so a resumed training continues the same W&B run."""
+
+    def __init__(self, workdir: str, project: str, entity: str, config: dict):
+        import wandb
+
+        id_path = os.path.join(workdir, "wandb_run_id")
+        run_id = open(id_path).read().strip() if os.path.isfile(id_path) else None
+        run_id = run_id or wandb.util.generate_id()
+        self._run = wandb.init(project=project, entity=entity or None, id=run_id,
+                               resume="allow", name=os.path.basename(workdir), dir=workdir,
+                               config=config)
+        with open(id_path, "w") as f:
+            f.write(run_id + "\n")
+
+    def write(self, record: dict) -> None:
+        self._run.log(_numbers(record), step=int(record.get("step", 0)))
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def make_sinks(logging_cfg, workdir: str, resume_step: int | None, config_json: str) -> list:
+    """TensorBoard (logging.tensorboard) and W&B (logging.wandb_project, when wandb imports)."""
+    sinks = []
+    if logging_cfg.get("tensorboard", True):
+        try:
+            sinks.append(TensorBoardSink(os.path.join(workdir, "tensorboard"), resume_step))
+        except ImportError:
+            print("[nested_jax] warning: tensorboardX is not installed, so no TensorBoard events "
+                  "are written. Fix: `pip install tensorboardX` (a nested_jax dependency).",
+                  file=sys.stderr, flush=True)
+    project = logging_cfg.get("wandb_project", "")
+    if project:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            print(f"[nested_jax] warning: logging.wandb_project={project!r} but wandb is not "
+                  "installed; logging to metrics.jsonl and TensorBoard only. Fix: `pip install "
+                  "wandb`.", file=sys.stderr, flush=True)
+        else:
+            try:
+                sinks.append(WandbSink(workdir, project, logging_cfg.get("wandb_entity", ""),
+                                       json.loads(config_json)))
+            except Exception as e:  # noqa: BLE001 - W&B is optional: training goes on
+                print(f"[nested_jax] warning: W&B logging is off ({type(e).__name__}: "
+                      f"{str(e)[:200]}); set WANDB_MODE=offline to log without a network.",
+                      file=sys.stderr, flush=True)
+    return sinks
+
+
+def log_line(record: dict, total: int) -> str:
+    """The plain log line of a train record (step, loss, lr, tokens/s) or an eval record."""
+    s = record["step"]
+    if "eval_loss" in record:
+        return f"[nested_jax] step {s}/{total}: held-out loss {record['eval_loss']:.4f}"
+    line = (f"[nested_jax] step {s}/{total}  loss {record['loss']:.4f}  lr {record['lr']:.3e}  "
+            f"tokens/s {record.get('tokens_per_sec', 0.0):,.0f}")
+    if record.get("nonfinite_skipped"):
+        line += f"  non-finite skipped {int(record['nonfinite_skipped'])}"
+    return line
+
+
+class MetricsWriter:
+    """Appends one JSON record per line (and hands each record to the `sinks`: TensorBoard,
+    W&B). On resume, drops records after the resumed step so the file reads as if the run had
+    never been interrupted; a fresh start (resume_step None or 0: no checkpoint yet) drops
+    every record of a run killed before its first checkpoint."""
+
+    def __init__(self, workdir: str, resume_step: int | None, sinks=()):
+        self.sinks = list(sinks)
         self.path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(self.path):
             keep = []
@@ -47,6 +156,8 @@ class MetricsWriter:
                  for k, v in record.items()}
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
+        for sink in self.sinks:
+            sink.write(clean)
         if self._pause_at and clean.get("step") == self._pause_at and "loss" in clean:
             print(f"[nested_jax] test hook: paused after step {self._pause_at}", file=sys.stderr,
                   flush=True)
@@ -56,6 +167,8 @@ class MetricsWriter:
 
     def close(self) -> None:
         self._f.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 class NonFiniteError(RuntimeError):

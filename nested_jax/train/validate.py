@@ -12,8 +12,10 @@ from __future__ import annotations
 import difflib
 import json
 
+from nested_jax.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """An impossible or inconsistent configuration."""
 
 
@@ -62,7 +64,8 @@ def _choice(dotted: str, value, choices) -> None:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{dotted}={value!r} is not valid{hint}; choose one of "
-                          f"{', '.join(map(repr, choices))}: --config.{dotted}=...")
+                          f"{', '.join(map(repr, choices))}. Fix: --config.{dotted}="
+                          f"{close[0] if close else choices[0]} (or another of them).")
 
 
 def _divides(what: str, length: int, length_name: str, chunk: int, chunk_name: str,
@@ -78,7 +81,7 @@ def _divides(what: str, length: int, length_name: str, chunk: int, chunk_name: s
     if remat_group > 0 and (length // c) % remat_group:
         raise ConfigError(
             f"{remat_name}={remat_group} must divide the number of chunks {length // c} "
-            f"({length} tokens / {c}); pick a divisor or 0 to turn grouped remat off.")
+            f"({length} tokens / {c}). Fix: pick a divisor, or 0 to turn grouped remat off.")
 
 
 def check_values(config) -> None:
@@ -99,11 +102,12 @@ def check_values(config) -> None:
         if (v < lo if lo_ok else v <= lo) or (hi is not None and (v > hi if hi_ok else v >= hi)):
             span = (("[" if lo_ok else "(") + f"{lo}, {hi}" + ("]" if hi_ok else ")")
                     if hi is not None else (f">= {lo}" if lo_ok else f"> {lo}"))
-            raise ConfigError(f"{dotted}={v!r} is out of range (must be {span}); "
-                              f"fix --config.{dotted}.")
+            raise ConfigError(f"{dotted}={v!r} is out of range (must be {span}). "
+                              f"Fix: set --config.{dotted} within it.")
     t = config.train
     if t.seq_len <= 0:
-        raise ConfigError(f"train.seq_len={t.seq_len} must be positive.")
+        raise ConfigError(f"train.seq_len={t.seq_len} must be positive. Fix: e.g. "
+                          "--config.train.seq_len=128.")
     online = m.variant in ONLINE_VARIANTS
     length, length_name = ((m.online.segment_len, "online segment (model.online.segment_len)")
                            if online else (t.seq_len, "training sequence (train.seq_len)"))
@@ -120,7 +124,8 @@ def check_values(config) -> None:
                  sm.chunk_size_mem or sm.chunk_size, "model.selfmod.chunk_size_mem",
                  sm.remat_group, "model.selfmod.remat_group")
         if sm.eta_scale < 0:
-            raise ConfigError(f"model.selfmod.eta_scale={sm.eta_scale} must be >= 0.")
+            raise ConfigError(f"model.selfmod.eta_scale={sm.eta_scale} must be >= 0. Fix: "
+                              "--config.model.selfmod.eta_scale=0.1 (the default).")
 
 
 def finalize_config(config, tokenizer_vocab: int) -> None:
@@ -138,16 +143,18 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
     if m.d_model % m.n_heads:
         raise ConfigError(
             f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}; "
-            "pick n_heads among the divisors of d_model."
+            "Fix: pick --config.model.n_heads among the divisors of d_model."
         )
     head_dim = m.head_dim or m.d_model // m.n_heads
     if head_dim % 2:
-        raise ConfigError(f"head dim {head_dim} must be even for RoPE; change model.n_heads or model.head_dim.")
+        raise ConfigError(f"head dim {head_dim} must be even for RoPE. Fix: change "
+                          "--config.model.n_heads or --config.model.head_dim.")
     from nested_jax.model.blocks import BLOCKS, ONLINE_VARIANTS
     from nested_jax.model.online import OnlineConfigError, check_online_config
 
     if m.variant not in BLOCKS:
-        raise ConfigError(f"model.variant={m.variant!r} is unknown; choose one of {sorted(BLOCKS)}.")
+        raise ConfigError(f"model.variant={m.variant!r} is unknown. Fix: choose one of "
+                          f"{sorted(BLOCKS)}.")
     if m.variant in ONLINE_VARIANTS:
         try:
             check_online_config(m, config.train.seq_len)
@@ -156,11 +163,13 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
     t = config.train
     for name in ("steps", "batch_size", "seq_len", "log_every"):
         if getattr(t, name) <= 0 and not (name == "steps" and t.steps == 0):
-            raise ConfigError(f"train.{name}={getattr(t, name)} must be positive.")
+            raise ConfigError(f"train.{name}={getattr(t, name)} must be positive. Fix: set "
+                              f"--config.train.{name} to a positive value.")
     for name, v in (("checkpoint.every_steps", config.checkpoint.every_steps),
                     ("eval.every_steps", config.eval.every_steps)):
         if v <= 0:
-            raise ConfigError(f"{name}={v} must be positive.")
+            raise ConfigError(f"{name}={v} must be positive. Fix: set --config.{name} to a "
+                              "positive value.")
 
 
 # Fields that may change between a run and its resumption (length, cadence, logging).
@@ -242,4 +251,4 @@ def preflight(config) -> None:
     if t.batch_size % mesh.size:
         raise ConfigError(
             f"train.batch_size={t.batch_size} must be divisible by the number of devices "
-            f"({mesh.size}); change --config.train.batch_size.")
+            f"({mesh.size}). Fix: change --config.train.batch_size to a multiple of it.")

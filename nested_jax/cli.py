@@ -1,0 +1,134 @@
+"""The bad-input contract every command line shares (train, eval, data, checkpoint, release,
+doctor, generate): a problem the user can fix is one `error: <problem>. Fix: <what to do>`
+paragraph on stderr and exit status 2 — never a traceback. Bugs still raise.
+
+    from nested_jax.cli import ArgumentParser, UserError, run
+
+    def main(argv=None) -> int:
+        p = ArgumentParser(prog="python -m nested_jax.x")   # argparse errors follow it too
+        ...
+        return run(lambda: body(p.parse_args(argv)), prog=p.prog)
+
+Each package's own error type (ConfigError, CheckpointError, EvalError, ReleaseError)
+subclasses UserError, so one `except UserError` in `run` covers them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+BAD_INPUT = 2  # exit status of every user-fixable error
+
+
+class UserError(Exception):
+    """A problem the user can fix (flag, path, config value, data, checkpoint). The message
+    names the problem and, after "Fix:", what to do; `fix=` appends that part."""
+
+    def __init__(self, message: str = "", fix: str | None = None):
+        if fix and "fix:" not in message.lower():
+            message = f"{message.rstrip().rstrip('.')}. Fix: {fix}"
+        super().__init__(message)
+
+
+def paragraph(message, fix_hint: str | None = None) -> str:
+    """`error: <problem>. Fix: <what to do>` on one line (multi-line messages are joined)."""
+    text = " ".join(str(message).split())
+    if text.lower().startswith("error:"):
+        text = text[len("error:"):].strip()
+    if fix_hint and "Fix:" not in text:
+        text = f"{text.rstrip('.')}. Fix: {fix_hint}"
+    return "error: " + text
+
+
+def fail(message, code: int = BAD_INPUT, fix_hint: str | None = None) -> int:
+    """Print the paragraph on stderr; return `code` (for `return fail(...)` in a main)."""
+    sys.stdout.flush()
+    sys.stderr.write(paragraph(message, fix_hint) + "\n")
+    sys.stderr.flush()
+    return code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors (unknown flag, wrong type, missing argument) raise
+    UserError instead of printing usage and exiting; sub-parsers inherit the class."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} ({self.prog})", fix=f"see `{self.prog} --help`.")
+
+
+def _first_existing(path: str) -> str:
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return p
+
+
+def _check_creatable(path: str, flag: str, what: str) -> None:
+    """The missing folders above `path` can be made: the nearest existing ancestor is a
+    writable folder."""
+    anc = _first_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(anc):
+        raise UserError(f"{flag} {path!r} cannot be created: {anc} is a file, not a folder",
+                        fix=f"pick another {what} path.")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path!r} cannot be written: no write permission in {anc}",
+                        fix=f"pick a {what} path in a folder you can write.")
+
+
+def check_output_file(path: str, flag: str = "--output") -> str:
+    """Refuse, before any work, an output file that cannot be written; return its abspath."""
+    if not path:
+        raise UserError(f"{flag} is empty", fix=f"pass {flag} FILE.")
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(full):
+        raise UserError(f"{flag} {path!r} is a folder, but a file is written there",
+                        fix=f"pass a file name, e.g. {flag} {os.path.join(path, 'out.json')}.")
+    if os.path.exists(full) and not os.access(full, os.W_OK):
+        raise UserError(f"{flag} {path!r} exists and is not writable",
+                        fix="pick another file or change its permissions.")
+    _check_creatable(full, flag, "file")
+    return full
+
+
+def check_output_dir(path: str, flag: str = "--output") -> str:
+    """Refuse, before any work, a folder that cannot be created or written; return abspath."""
+    if not path:
+        raise UserError(f"{flag} is empty", fix=f"pass {flag} DIR.")
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise UserError(f"{flag} {path!r} is a file, but a folder is needed there",
+                        fix="pass a folder path (or move the file away).")
+    if os.path.isdir(full) and not os.access(full, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path!r} is not writable",
+                        fix="pick a folder you can write or change its permissions.")
+    if not os.path.exists(full):
+        _check_creatable(full, flag, "folder")
+    return full
+
+
+FS_ERRORS = (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def run(body: Callable[[], int | None], *, prog: str) -> int:
+    """Call `body()`; a UserError (or a file-system refusal such as a permission error)
+    becomes the one-paragraph message and exit status 2. Returns body's exit status
+    (None = 0)."""
+    try:
+        rc = body()
+    except UserError as e:
+        return fail(e, fix_hint=f"see `{prog} --help`.")
+    except BrokenPipeError:  # output piped into `head`, which closed it: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except FS_ERRORS as e:
+        where = e.filename if e.filename is not None else ""
+        return fail(f"cannot write or read {where!r}: {e.strerror or e}",
+                    fix_hint="pick a path you can write (check the folder exists and its "
+                             "permissions).")
+    return 0 if rc is None else int(rc)
