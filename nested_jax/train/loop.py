@@ -203,9 +203,6 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
     if start >= total and proc == 0:
         print(f"[nested_jax] the run is already at step {start} (train.steps={total}): nothing "
               "to train (raise --config.train.steps to train further).", flush=True)
-    if start == 0 and total > 0:
-        last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
-        record_eval(0, last_eval)
 
     if config.logging.progress_bar and proc == 0:
         from tqdm.auto import tqdm
@@ -236,6 +233,9 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
 
     def run_steps() -> None:
         nonlocal state, pending, last_eval, last_saved
+        if start == 0 and total > 0:  # the initial model's held-out loss
+            last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
+            record_eval(0, last_eval)
         for i in range(start, total):
             batch = next(train_iter)
             guard.remember(i + 1, batch)
