@@ -29,17 +29,27 @@ def get_config() -> ml_collections.ConfigDict:
     m.remat = False  # gradient checkpointing per block (saves activation memory)
     m.unroll_layers = 4  # unroll the layer scan when n_layers <= this (less loop overhead, longer compile)
 
-    m.titans = tt = ml_collections.ConfigDict()  # Titans memory (variants titans, hope_hybrid)
-    tt.mode = "mag"  # titans variant only: "mag" (memory gates attention) | "mal" (memory layer first)
-    tt.memory = "mlp"  # "linear" (matrix W) | "mlp" (two-layer σ(kW1)W2, deep memory)
+    # Titans memory (variants titans, hope_hybrid). Defaults are the paper's (Titans §3–4)
+    # unless marked "ours"; the paper normalises q and k only (§4.4).
+    m.titans = tt = ml_collections.ConfigDict()
+    # titans variant only: "mag" (memory gates sliding-window attention, §4.2) | "mal" (memory
+    # layer before attention, §4.3) | "mac" (memory as context, §4.1: each segment retrieves
+    # from the memory, attends over [persistent, retrieved, segment], writes its output back).
+    tt.mode = "mag"
+    tt.mac_segment = 64  # "mac": tokens per segment (attention is segment-local; divides seq_len)
+    tt.memory = "mlp"  # "linear" (matrix W, depth 1) | "mlp" (deep memory, §3.1)
+    tt.depth = 2  # MLP memory layers L_M (2-4, Titans §5.5 studies 1-4; "linear" is 1)
     tt.hidden_mult = 4  # MLP memory hidden width = hidden_mult × head dim
-    tt.chunk_size = 16  # tokens per chunk of the chunked dual form (gradients at chunk start)
+    tt.chunk_size = 16  # tokens per chunk of the chunked dual form (gradients at chunk start, §3.2)
     tt.theta_max = 0.3  # step size θ = theta_max · sigmoid(·); θ → 1 makes the MLP memory diverge
     tt.theta_init = 0.3  # initial θ / theta_max (via the gate bias)
-    tt.v_norm = True  # ℓ2-normalise values (bounded targets keep the inner loop stable)
-    # MLP memory read/written as k + LN(σ(k W1) W2) (lucidrains' ResidualNorm, TTT): the LN
-    # shrinks the inner gradient as the fast weights grow, so a chunk's summed update cannot
-    # run away (without it the smoke Titans diverged to 1e27 within 128 tokens).
+    # ℓ2-normalise values too (ours, not the paper's: bounded targets keep the inner loop
+    # stable at θ_max 0.3 on correlated keys; False = the paper's q, k-only normalisation).
+    tt.v_norm = True
+    # MLP memory read/written as k + LN(MLP(k)) (ours: lucidrains' ResidualNorm, TTT; not in
+    # the paper): the LN shrinks the inner gradient as the fast weights grow, so a chunk's
+    # summed update cannot run away (without it the smoke Titans diverged to 1e27 within 128
+    # tokens). False = the paper's plain MLP memory.
     tt.residual_norm = True
     tt.eta_init = 0.5  # initial momentum decay η
     tt.alpha_init = 0.01  # initial forgetting α (0 keeps everything)
@@ -53,16 +63,30 @@ def get_config() -> ml_collections.ConfigDict:
     sm.eta_scale = 0.1  # η_t = eta_scale · softplus(M_η(x_t))
     sm.v_norm = True  # ℓ2-normalise v_t (without it eta_scale ≥ 0.1 diverges on long sequences)
     sm.alpha_init = 0.99  # initial retention α (1 keeps everything)
-    sm.momentum = 0.0  # Titans-style momentum on the DGD gradient term (0 = off)
+    # Paper switches (NL §8, Table 6 ablations). Defaults are the paper's unless marked "ours".
+    sm.mem_read = "dual"  # M_mem read after the in-chunk writes up to t (§8.2 dual form) | "boundary" (chunk start: ablation)
+    sm.dgd = True  # delta gradient descent, Eq. 88; False = plain GD with retention (Table 6 "DGD → GD")
+    sm.retention = True  # data-dependent retention α_t (the weight decay of Eq. 88); False = α ≡ 1 (Table 6 "w/o weight decay")
+    sm.inner_k = True  # M_k learns in context; False = fixed at its meta-learned M_k,0 (Table 6 "w/o inner k")
+    sm.inner_v = True  # M_v learns in context; False = fixed at M_v,0 (Table 6 "w/o inner v")
+    sm.adaptive_q = False  # q = M_q(x) learned in context (Table 6 "inner q"); False = fixed projection (§8.1: "the only non-adaptive projection")
+    # Momentum on the DGD gradient term: Eq. 88 has none, Table 6 ablates it ("w/o momentum"),
+    # so the trained HOPE likely had some; 0 here (ours: one fewer state per memory; > 0 to test).
+    sm.momentum = 0.0
     sm.hidden_mult = 1  # residual-MLP memory hidden width = hidden_mult × head dim
     sm.conv_width = 4  # causal depthwise conv on the memory input
     sm.remat_group = 0  # chunks per rematerialised group (0 = off)
 
     m.cms = cm = ml_collections.ConfigDict()  # Continuum Memory System (hope* variants)
     cm.names = ("fast", "mid", "slow", "ultra")  # levels, applied in this order
-    cm.periods = (128, 512, 1024, 2048)  # tokens between updates of each level (multiples of segment_len)
-    cm.optimizers = ("precond", "precond", "precond", "precond")  # inner optimizer per level: precond (Adam) | momentum | precond_repro
-    cm.lrs = (3e-4, 3e-4, 3e-4, 3e-4)  # inner learning rate per level
+    # Tokens between updates of each level: multiples of segment_len, each < seq_len with
+    # per-sequence reset (so its update is read); 0 = outer-loop-only level (no fast update).
+    cm.periods = (128, 256, 512, 1024)
+    # Inner optimizer per level: gd (the paper's gradient step, NL Eq. 71: the step follows
+    # the teach signal) | momentum (gd + heavy ball) | precond, precond_repro (Adam-like,
+    # scale-invariant: the teach scale then barely matters).
+    cm.optimizers = ("gd", "gd", "gd", "gd")
+    cm.lrs = (1e-2, 1e-2, 1e-2, 1e-2)  # inner learning rate per level
     cm.beta = 0.9  # inner momentum
     cm.beta2 = 0.999  # inner second-moment decay (precond)
     cm.hidden_mult = 4  # level MLP hidden width = hidden_mult × d_model

@@ -2,12 +2,17 @@
 (kmccleary3301/nested_learning configs; values from its YAML files).
 
 CMS periods. The reproduction updates its levels every 1/4/32/128 tokens inside a token-
-by-token loop. Here a period must be a multiple of the online segment length S (one jitted
-scan step per segment), so a period of p reproduction tokens maps to
-    P = S · p, capped at the sequence length T so that every level still updates at least
-    once per sequence under per-sequence reset.
-E.g. S = 128, T = 2048: 1/4/32/128 → 128/512/2048/2048 (the two slowest levels then
-coincide; with `model.online.reset="never"` they can run at 4096/16384 across sequences).
+by-token loop, and every one of those updates is read by later tokens of the same
+sequence. Here a period must be a multiple of the online segment length S (one jitted
+scan step per segment), and with per-sequence reset a level must update before the last
+segment to be read at all. So a level of p reproduction tokens maps to S·p, capped from the
+slowest level down: the slowest level at most T/2 (read by the second half of every
+sequence), each faster level at most half the next slower one (never below S):
+    S = 128, T = 2048: 1/4/32/128 → 128/256/512/1024 (16/8/4/2 updates per sequence)
+    S = 32,  T = 64:   1/4/16     → 32/32/32           (one read update per sequence each)
+    S = 16,  T = 64:   1/4/16     → 16/16/32
+Levels slower than the context (the paper sketches them) need `model.online.reset="never"`
+(the fast state then streams across sequences) or period 0 (outer-loop-only level).
 """
 
 from configs import default
@@ -15,13 +20,27 @@ from configs import default
 LEVELS = ("fast", "mid", "slow", "ultra")
 
 
-def cms_levels(c, repro_periods, lr: float, segment_len: int, seq_len: int):
-    """Set model.cms from the reproduction's token periods (see module docstring)."""
+def read_periods(repro_periods, segment_len: int, seq_len: int) -> tuple:
+    """Periods in tokens that every level updates and reads within a sequence (docstring)."""
+    s = segment_len
+    out, cap = [], max(s, (seq_len // 2) // s * s)
+    for p in reversed(repro_periods):
+        period = min(s * p, cap)
+        out.append(period)
+        cap = max(s, (period // 2) // s * s)
+    return tuple(reversed(out))
+
+
+def cms_levels(c, repro_periods, lr: float, segment_len: int, seq_len: int,
+               optimizer: str = "gd"):
+    """Set model.cms from the reproduction's token periods (see module docstring). The inner
+    step is the paper's gradient step (NL Eq. 71) by default: the teach scale then sets its
+    size, as the reproduction's scale schedule intends (its Adam-like optimizer did not)."""
     n = len(repro_periods)
     c.model.online.segment_len = segment_len
     c.model.cms.names = LEVELS[:n]
-    c.model.cms.periods = tuple(min(segment_len * p, seq_len) for p in repro_periods)
-    c.model.cms.optimizers = ("precond",) * n
+    c.model.cms.periods = read_periods(repro_periods, segment_len, seq_len)
+    c.model.cms.optimizers = (optimizer,) * n
     c.model.cms.lrs = (lr,) * n
 
 

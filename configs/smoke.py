@@ -16,9 +16,9 @@ def get_config():
     c.model.selfmod.chunk_size_mem = 32
     c.model.online.segment_len = 32  # 4 segments per 128-token sequence
     c.model.cms.names = ("fast", "mid", "slow")
-    c.model.cms.periods = (32, 64, 128)  # updates per sequence: 4, 2, 1
-    c.model.cms.optimizers = ("precond", "precond", "precond")
-    c.model.cms.lrs = (1e-3, 1e-3, 1e-3)
+    c.model.cms.periods = (32, 64, 96)  # updates per 128-token sequence: 4, 2, 1 (each read)
+    c.model.cms.optimizers = ("gd", "gd", "gd")  # the paper's gradient step (NL Eq. 71)
+    c.model.cms.lrs = (1e-2, 1e-2, 1e-2)
     c.data.tokenizer = "novels_2k"  # small shipped SentencePiece vocabulary
     c.train.steps = 300
     c.train.batch_size = 16

@@ -18,7 +18,7 @@ def _tiny(variant: str):
     c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
     c.model.online.segment_len = 16
     c.model.cms.names = ("fast", "mid")
-    c.model.cms.periods = (16, 32)
+    c.model.cms.periods = (16, 16)
     c.model.cms.optimizers = ("precond", "precond")
     c.model.cms.lrs = (1e-2, 1e-2)
     c.model.online.teach_scale = 1.0

@@ -74,8 +74,30 @@ def checkpoint_dir(path: str) -> str:
     return path
 
 
+# Model fields added after checkpoints were first written, with the value that reproduces
+# what the code computed before the field existed (a checkpoint without the field restores
+# the model it was trained as).
+LEGACY_MODEL_FIELDS = {
+    "titans.residual_norm": False,
+    "titans.depth": 2,
+    "titans.mac_segment": 64,
+    "selfmod.mem_read": "boundary",
+    "selfmod.dgd": True,
+    "selfmod.retention": True,
+    "selfmod.inner_k": True,
+    "selfmod.inner_v": True,
+    "selfmod.adaptive_q": False,
+}
+
+
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(meta["config"]))
+    cfg = json.loads(meta["config"])
+    model = cfg.get("model", {})
+    for dotted, value in LEGACY_MODEL_FIELDS.items():
+        group, key = dotted.split(".")
+        if isinstance(model.get(group), dict):
+            model[group].setdefault(key, value)
+    return ml_collections.ConfigDict(cfg)
 
 
 def file_sha256(path: str, bufsize: int = 1 << 20) -> str:

@@ -95,28 +95,66 @@ class TransformerBlock(_Base):
         return x, (new if carry is not None else None), {}
 
 
+TITANS_MODES = ("mag", "mal", "mac")
+
+
 class TitansBlock(_Base):
     """Titans baseline: attention (full or sliding window, persistent tokens) and the
-    Titans neural memory as a gate (MAG) or as a layer before attention (MAL), then SwiGLU."""
+    Titans neural memory as a gate (MAG, Titans §4.2), as a layer before attention (MAL,
+    §4.3) or as context (MAC, §4.1), then SwiGLU.
+
+    MAC, per segment of `titans.mac_segment` tokens (a scan: each segment needs the memory
+    the previous one left): retrieve h_t = M*_{i-1}(q_t) for every token (no write), attend
+    causally over [persistent, h, segment] — h_j and x_j are interleaved so token j sees the
+    retrieved h_j' and tokens x_j' for j' ≤ j only — write the attention output y into the
+    memory and read it after the write, o = y ⊗ σ(M*_i(y)) (gated as in MAG)."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         t = cfg.titans
-        if t.mode not in ("mag", "mal"):
-            raise ValueError(f"model.titans.mode={t.mode!r}; choose 'mag' or 'mal'.")
+        if t.mode not in TITANS_MODES:
+            raise ValueError(f"model.titans.mode={t.mode!r}; choose one of {TITANS_MODES}.")
         self.mode = t.mode
+        self.mac_segment = t.mac_segment
         self._attention(cfg, _out_std(cfg), rngs, dtype, n_persistent=t.persistent_tokens)
         self.mem_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
-        self.titans = TitansMemory(cfg, out_std=_out_std(cfg), rngs=rngs, dtype=dtype)
-        if self.mode == "mag":
+        self.titans = TitansMemory(cfg, out_std=_out_std(cfg), rngs=rngs, dtype=dtype,
+                                   retrieval=self.mode == "mac")
+        if self.mode in ("mag", "mac"):
             self.gate_norm_a = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
             self.gate_norm_m = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
         self.mlp = SwiGLU(cfg.d_model, ffn_width(cfg.d_model, cfg.d_ff), out_std=_out_std(cfg),
                           rngs=rngs, dtype=dtype)
 
+    def _mac(self, x_BxTxD, state):
+        """Memory as context over segments of mac_segment tokens (class docstring)."""
+        b, t, d = x_BxTxD.shape
+        seg = min(self.mac_segment, t)
+        if t % seg:
+            raise ValueError(f"model.titans.mac_segment={seg} must divide the {t} tokens of a "
+                             "call; pick a divisor of the sequence (and online segment) length.")
+        if state is None:
+            state = self.titans.init_state(b)
+        pos_2S = jnp.arange(2 * seg, dtype=jnp.int32)
+
+        def one_segment(st, x_BxSxD):
+            h = self.titans.retrieve(self.mem_norm(x_BxSxD), st)  # segment-start memory
+            z = jnp.stack([h.astype(x_BxSxD.dtype), self.attn_norm(x_BxSxD)], axis=2)
+            y, _ = self.attn(z.reshape(b, 2 * seg, d), pos_2S)  # [h_1, x_1, h_2, x_2, …]
+            y = y[:, 1::2]  # outputs at the segment's own tokens
+            m, st = self.titans(self.mem_norm(y), st)  # write y, read after the write
+            return st, self.gate_norm_a(y) * jax.nn.sigmoid(self.gate_norm_m(m))
+
+        xs = x_BxTxD.reshape(b, t // seg, seg, d).swapaxes(0, 1)
+        state, o = jax.lax.scan(one_segment, state, xs)
+        return o.swapaxes(0, 1).reshape(b, t, d), state
+
     def __call__(self, x, pos_T, carry=None, probes=None):
         new = {}
-        if self.mode == "mal":
+        if self.mode == "mac":
+            o, new["titans"] = self._mac(x, _get(carry, "titans"))
+            x = x + o.astype(x.dtype)
+        elif self.mode == "mal":
             m, new["titans"] = self.titans(self.mem_norm(x), _get(carry, "titans"))
             x = x + m.astype(x.dtype)
             x = self._attend(x, pos_T, carry, new)

@@ -71,6 +71,6 @@ class CMS(nnx.Module):
             inputs[n] = x_BxTxD
             p = effective(meta[n], None if fast is None else fast[n])
             x_BxTxD = level_apply(p, x_BxTxD, self.eps, self.dtype)
-            if probes is not None:
+            if probes is not None and n in probes:  # outer-loop-only levels have no probe
                 x_BxTxD = x_BxTxD + probes[n].astype(x_BxTxD.dtype)
         return x_BxTxD, inputs

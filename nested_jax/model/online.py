@@ -25,13 +25,24 @@ class OnlineConfigError(ValueError):
     pass
 
 
+INNER_OPTIMIZERS = ("gd", "momentum", "precond", "precond_repro")
+
+
 def inner_optimizer(kind: str, lr: float, beta: float, beta2: float, eps: float = 1e-8):
-    """A CMS level's inner optimizer (per batch row):
-      'momentum'       SGD with momentum beta;
-      'precond'        Adam-like: bias-corrected EMA of g over sqrt(EMA of g²) (first step lr·sign g);
+    """A CMS level's inner optimizer (per batch row), applied to the period's summed inner
+    gradient g = Σ_t J_tᵀ δ̃_t (the level's next-token-loss gradient, scaled by the teach scale):
+      'gd'             plain gradient step θ ← θ − lr·g: the paper's level update (NL §7.1,
+                       Eq. 71); the step follows the teach signal's size, so the teach scale
+                       and its schedule act as the inner step size;
+      'momentum'       the same with heavy-ball momentum beta (Eq. 71 with a momentum optimizer);
+      'precond'        Adam-like: bias-corrected EMA of g over sqrt(EMA of g²). SCALE-INVARIANT:
+                       with the state reset every sequence its first step is lr·sign(g), so the
+                       teach scale (and its schedule) barely changes the update;
       'precond_repro'  the reproduction's DeepMomentum "preconditioned": g/(sqrt(v)+eps) with
                        v an undebiased EMA of g², then an undebiased EMA momentum — its first
-                       step is 3.16·lr·sign(g) whatever the gradient's size."""
+                       step is 3.16·lr·sign(g) whatever the gradient's size (scale-invariant too)."""
+    if kind == "gd":
+        return optax.sgd(lr)
     if kind == "momentum":
         return optax.sgd(lr, momentum=beta)
     if kind == "precond":
@@ -43,7 +54,7 @@ def inner_optimizer(kind: str, lr: float, beta: float, beta2: float, eps: float 
             optax.scale(-lr),
         )
     raise OnlineConfigError(
-        f"CMS optimizer {kind!r} is unknown; choose 'momentum', 'precond' or 'precond_repro'.")
+        f"CMS optimizer {kind!r} is unknown; choose one of {INNER_OPTIMIZERS}.")
 
 
 def level_optimizers(cms_cfg) -> dict:
@@ -57,22 +68,42 @@ def level_optimizers(cms_cfg) -> dict:
             for nm, kind, lr in zip(names, cms_cfg.optimizers, cms_cfg.lrs)}
 
 
-def check_online_config(cfg, seq_len: int) -> None:
-    """Segment length must divide the sequence and every CMS period (DESIGN §2.4)."""
+def live_levels(cms_cfg) -> tuple:
+    """Levels with fast updates (period > 0); period 0 = outer-loop-only level (a plain FFN
+    trained by the outer optimizer alone: no teach signal, no inner step)."""
+    return tuple(n for n, p in zip(cms_cfg.names, cms_cfg.periods) if p > 0)
+
+
+def check_online_config(cfg, seq_len: int, *, training: bool = False) -> None:
+    """Segment length must divide the sequence and every CMS period (DESIGN §2.4). With
+    training=True (the train config check) every fast level must also be read: under
+    per-sequence reset a period ≥ the sequence length updates after the last token and the
+    update is thrown away (DESIGN §2.3)."""
     s = cfg.online.segment_len
     if s <= 0 or seq_len % s:
         raise OnlineConfigError(
             f"model.online.segment_len={s} must be positive and divide the sequence length "
             f"{seq_len}; e.g. --config.model.online.segment_len={_divisor(seq_len, s)}.")
     for name, p in zip(cfg.cms.names, cfg.cms.periods):
-        if p < s or p % s:
+        if p < 0 or (p > 0 and (p < s or p % s)):
             raise OnlineConfigError(
                 f"CMS level {name!r} has period {p} tokens, which is not a multiple of "
                 f"model.online.segment_len={s}. Fix: make every period in model.cms.periods "
-                f"a multiple of the segment length (or lower segment_len).")
+                f"a multiple of the segment length (or lower segment_len), or 0 for an "
+                f"outer-loop-only level.")
     if cfg.online.reset not in ("per_sequence", "never"):
         raise OnlineConfigError(
             f"model.online.reset={cfg.online.reset!r}; choose 'per_sequence' or 'never'.")
+    if training and cfg.online.reset == "per_sequence":
+        for name, p in zip(cfg.cms.names, cfg.cms.periods):
+            if p >= seq_len:
+                raise OnlineConfigError(
+                    f"CMS level {name!r} has period {p} tokens >= the sequence length "
+                    f"{seq_len} with model.online.reset='per_sequence': this level's updates "
+                    f"are never read (it updates after the last token and the fast state is "
+                    f"reset). Fix: use a period < {seq_len} (a multiple of the segment length "
+                    f"{s}), --config.model.online.reset=never (the fast state streams across "
+                    f"sequences), or period 0 for an outer-loop-only level.")
     level_optimizers(cfg.cms)
 
 
@@ -118,8 +149,8 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
     check_online_config(cfg, t)
     s = cfg.online.segment_len
     n_seg = t // s
-    names = tuple(cfg.cms.names)
-    periods = dict(zip(names, cfg.cms.periods))
+    names = live_levels(cfg.cms)  # levels with fast updates; period-0 levels only read
+    periods = dict(zip(cfg.cms.names, cfg.cms.periods))
     txs = level_optimizers(cfg.cms)
     o = cfg.online
     scale = teach_scale_at(step, o.teach_scale, o.teach_warmup_steps, o.teach_decay_start,
@@ -145,8 +176,9 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         pos = (i * s + jnp.arange(s)).astype(jnp.int32)
         carry = state["carry"]
 
-        def f(probes, cms_delta):
+        def f(probes, live_delta):
             x = model.embed(tok_in) + off.astype(model.embed.dtype)
+            cms_delta = {**carry["cms"], **live_delta}
             h, new_carry, aux = model.run_blocks(x, pos, {**carry, "cms": cms_delta}, probes)
             return h, (new_carry, aux)
 
@@ -156,14 +188,15 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             return jnp.argmax(model.logits(jax.lax.stop_gradient(h)), -1).astype(jnp.int32)
 
         if not update:
-            h, (new_carry, _) = f(None, carry["cms"])
+            h, (new_carry, _) = f(None, {})
             ce = token_cross_entropy(model.logits(h), tgt) * m
             new_carry = {**new_carry, "cms": carry["cms"]}
             return {**state, "carry": new_carry}, (ce, {}, {}, greedy(h))
         probes0 = None
         if need_probes:
             probes0 = {n: jnp.zeros((n_layers, b, s, cfg.d_model), jnp.float32) for n in names}
-        h, vjp_fn, (new_carry, aux) = jax.vjp(f, probes0, carry["cms"], has_aux=True)
+        live_delta = {n: carry["cms"][n] for n in names}
+        h, vjp_fn, (new_carry, aux) = jax.vjp(f, probes0, live_delta, has_aux=True)
         # Per-token CE and its gradient at the head input in one pass; the teach signal is
         # that gradient pulled back through the blocks (no second pass through the head).
         ce, g_h = ce_and_hidden_grad(h, model.head_weight(), tgt)
@@ -171,7 +204,11 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         deltas, grad_delta = jax.lax.stop_gradient(
             vjp_fn(jax.lax.stop_gradient(g_h * m[..., None]).astype(h.dtype)))
         tokens_after = state["tokens"] + (i + 1) * s
-        cms_delta, opt, acc, surprise = {}, {}, {}, {}
+        # Period-0 (outer-loop-only) levels keep their zero delta and untouched state.
+        cms_delta = {n: carry["cms"][n] for n in cfg.cms.names if n not in names}
+        opt = {n: state["opt"][n] for n in cfg.cms.names if n not in names}
+        acc = {n: state["acc"][n] for n in cfg.cms.names if n not in names}
+        surprise = {n: state["surprise"][n] for n in cfg.cms.names if n not in names}
         seg_metrics = {}
         for n in names:
             if o.teach_clip > 0:

@@ -1,8 +1,10 @@
 """HOPE's self-modifying Titans branch (DESIGN §2.2), per head, around ops.selfmod.
 
-x → causal conv → heads; q from a fixed (outer-trained) projection; the six residual-MLP
-memories' initial states are trained parameters; their running states (and momenta)
-are carried across segments.
+x → causal conv → heads; q from a fixed (outer-trained) projection (or the in-context M_q
+with `adaptive_q`); the residual-MLP memories' initial states M_□,0 are trained parameters
+(all of them meta-learned, NL §8.1); their running states (and momenta) are carried across
+segments. The NL Table 6 ablation switches (`mem_read`, `dgd`, `retention`, `inner_k`,
+`inner_v`, `adaptive_q`, `momentum`) come from config.model.selfmod.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ class SelfModTitans(nnx.Module):
         self.chunk_size, self.chunk_size_mem = s.chunk_size, s.chunk_size_mem or s.chunk_size
         self.eta_scale, self.momentum, self.remat_group = s.eta_scale, s.momentum, s.remat_group
         self.v_norm = s.v_norm
+        self.adaptive_q = s.adaptive_q
+        self.switches = dict(mem_read=s.mem_read, dgd=s.dgd, retention=s.retention,
+                             frozen=tuple(n for n, on in (("k", s.inner_k), ("v", s.inner_v))
+                                          if not on))
         self.w_in = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.conv = CausalConv(h * k, s.conv_width, rngs=rngs)
-        self.wq = Dense(h * k, h * k, std=(h * k) ** -0.5, rngs=rngs, dtype=dtype)
+        if not self.adaptive_q:
+            self.wq = Dense(h * k, h * k, std=(h * k) ** -0.5, rngs=rngs, dtype=dtype)
         keys = jax.random.split(rngs.params(), h)
-        per_head = [sm_ops.init_selfmod_params(kk, k, s.hidden_mult * k, alpha_init=s.alpha_init)
+        per_head = [sm_ops.init_selfmod_params(kk, k, s.hidden_mult * k, alpha_init=s.alpha_init,
+                                               adaptive_q=self.adaptive_q)
                     for kk in keys]
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_head)
         self.mems = nnx.Dict({n: nnx.Dict({p: nnx.Param(v) for p, v in m.items()})
@@ -52,7 +60,6 @@ class SelfModTitans(nnx.Module):
         if state is None:
             state = self.init_state(b)
         u, conv = self.conv(self.w_in(x_BxTxD), state["conv"])
-        q = self.wq(u)
         heads = lambda a: a.reshape(b, t, self.h, self.k).transpose(0, 2, 1, 3)  # noqa: E731
         cs, csm = min(self.chunk_size, t), min(self.chunk_size_mem, t)
 
@@ -60,8 +67,13 @@ class SelfModTitans(nnx.Module):
             return sm_ops.selfmod_titans(
                 mems, x, q, chunk_size=cs, chunk_size_mem=csm, eta_scale=self.eta_scale,
                 momentum=self.momentum, mom0=moms, remat_group=self.remat_group,
-                v_norm=self.v_norm)
+                v_norm=self.v_norm, **self.switches)
 
-        y, (mems, moms) = jax.vmap(jax.vmap(one))(state["mems"], state["moms"], heads(u), heads(q))
+        if self.adaptive_q:  # q_t = M_q(x_t), learned in context
+            y, (mems, moms) = jax.vmap(jax.vmap(lambda m, s, x: one(m, s, x, None)))(
+                state["mems"], state["moms"], heads(u))
+        else:
+            y, (mems, moms) = jax.vmap(jax.vmap(one))(state["mems"], state["moms"], heads(u),
+                                                      heads(self.wq(u)))
         y = self.out_norm(y.transpose(0, 2, 1, 3)).reshape(b, t, self.h * self.k)
         return self.wo(y), {"mems": mems, "moms": moms, "conv": conv}

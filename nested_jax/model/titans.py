@@ -27,7 +27,8 @@ def l2norm(x, eps=1e-6):
 
 
 class TitansMemory(nnx.Module):
-    def __init__(self, cfg, *, out_std: float, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg, *, out_std: float, rngs: nnx.Rngs, dtype=jnp.float32,
+                 retrieval: bool = False):
         t = cfg.titans
         d, h = cfg.d_model, cfg.n_heads
         k = cfg.head_dim or d // h
@@ -35,7 +36,8 @@ class TitansMemory(nnx.Module):
         self.kind, self.chunk_size = t.memory, t.chunk_size
         self.theta_max, self.remat_group = t.theta_max, t.remat_group
         self.v_norm = t.v_norm
-        self.residual_norm = t.memory == "mlp" and t.get("residual_norm", False)
+        self.residual_norm = t.memory == "mlp" and t.residual_norm
+        self.depth = 1 if t.memory == "linear" else t.depth
         self.wq = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wk = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wv = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
@@ -51,9 +53,15 @@ class TitansMemory(nnx.Module):
         if self.kind == "linear":
             self.w0 = nnx.Param(jnp.zeros((h, k, k), jnp.float32))
         elif self.kind == "mlp":
+            if not 2 <= self.depth <= 4:
+                raise ValueError(f"model.titans.depth={self.depth}; choose 2, 3 or 4 layers "
+                                 "(Titans §5.5; memory='linear' is depth 1).")
             f = t.hidden_mult * k
-            self.w1 = nnx.Param(normal(rngs.params(), (h, k, f), k**-0.5))
-            self.w2 = nnx.Param(normal(rngs.params(), (h, f, k), 0.1 * f**-0.5))
+            dims = [k] + [f] * (self.depth - 1) + [k]
+            for i in range(self.depth):  # w1 … w_L; the last layer starts small (M ≈ 0)
+                std = (0.1 if i == self.depth - 1 else 1.0) * dims[i] ** -0.5
+                setattr(self, f"w{i + 1}",
+                        nnx.Param(normal(rngs.params(), (h, dims[i], dims[i + 1]), std)))
             if self.residual_norm:  # per-head LayerNorm affine of k + LN(core)
                 # LN output of norm ≈ 1 like the ℓ2-normalised targets (a unit scale makes it
                 # √k, which the inner loop keeps fighting by growing the fast weights).
@@ -64,16 +72,39 @@ class TitansMemory(nnx.Module):
             raise ValueError(f"model.titans.memory={self.kind!r}; choose 'linear' or 'mlp'.")
         self.out_norm = RMSNorm(k, dtype=dtype)
         self.wo = Dense(h * k, d, std=out_std, rngs=rngs, dtype=dtype)
+        if retrieval:  # MAC: read-only queries of the segment-start memory (Titans Eq. 21)
+            self.wq_r = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)
+            self.wo_r = Dense(h * k, d, std=d**-0.5, rngs=rngs, dtype=dtype)
+
+    def layers(self) -> tuple:
+        """The MLP memory's initial weights (w1, …, w_L)."""
+        return tuple(getattr(self, f"w{i + 1}") for i in range(self.depth))
 
     def init_state(self, batch: int) -> dict:
         bcast = lambda a: jnp.broadcast_to(a[None], (batch,) + a.shape)  # noqa: E731
-        if self.kind == "linear":
-            w = (bcast(self.w0[...]),)
-        else:
-            w = (bcast(self.w1[...]), bcast(self.w2[...]))
+        w = (bcast(self.w0[...]),) if self.kind == "linear" else tuple(
+            bcast(a[...]) for a in self.layers())
         conv = jnp.zeros((batch, self.conv_q.width - 1, self.h * self.k), self.dtype)
         return {"w": w, "s": jax.tree.map(jnp.zeros_like, w),
                 "conv_q": conv, "conv_k": conv, "conv_v": conv}
+
+    def retrieve(self, x_BxTxD, state: dict):
+        """h_t = M*_{t-1}(q_t): the memory as it stands (no write), queried by the tokens
+        (Titans §4.1, Eq. 21); one retrieved vector of width d per token."""
+        b, t, _ = x_BxTxD.shape
+        q = self.wq_r(x_BxTxD).reshape(b, t, self.h, self.k).transpose(0, 2, 1, 3)
+        q = l2norm(jax.nn.silu(q))
+        if self.kind == "linear":
+            y = jnp.einsum("bhtk,bhkv->bhtv", q.astype(jnp.float32), state["w"][0])
+        else:
+            ln = (self.ln_scale[...], self.ln_bias[...]) if self.residual_norm else None
+
+            def one(w, q, ln):
+                return mem_ops.mlp_read(w, q, residual_norm=ln)
+
+            y = jax.vmap(jax.vmap(one), in_axes=(0, 0, None))(state["w"], q, ln)
+        y = self.out_norm(y.astype(x_BxTxD.dtype).transpose(0, 2, 1, 3))
+        return self.wo_r(y.reshape(b, t, self.h * self.k))
 
     def __call__(self, x_BxTxD, state: dict | None = None):
         b, t, _ = x_BxTxD.shape

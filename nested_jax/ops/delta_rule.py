@@ -101,8 +101,8 @@ def unit_lower_solve(l_CxC, rhs_CxH):
     return u_CxH
 
 
-def input_side_chunk(X0_KxH, S0_KxH, k_CxK, kX0_CxH, d_CxH, dec: dict, momentum: float):
-    """End state (X_C, S_C) of the rank-1 DGD recurrence over one chunk (module docstring)."""
+def input_side_solve(k_CxK, kX0_CxH, S0_KxH, d_CxH, dec: dict, momentum: float):
+    """The u_t = k_t X_{t-1} (β = 0: k_t X_{t-1} + d_t) of one chunk: the WY/UT solve."""
     C = k_CxK.shape[0]
     kk_CxC = k_CxK @ k_CxK.T
     rhs_CxH = dec["gamma"][:C, None] * kX0_CxH
@@ -111,11 +111,37 @@ def input_side_chunk(X0_KxH, S0_KxH, k_CxK, kX0_CxH, d_CxH, dec: dict, momentum:
     else:
         rhs_CxH = rhs_CxH + d_CxH
     l_CxC = kk_CxC * dec["lam"][:C]  # strictly lower: lam[t-1, s] = 0 for s ≥ t
-    u_CxH = unit_lower_solve(l_CxC, rhs_CxH)
+    return unit_lower_solve(l_CxC, rhs_CxH)
+
+
+def input_side_chunk(X0_KxH, S0_KxH, k_CxK, kX0_CxH, d_CxH, dec: dict, momentum: float,
+                     u_CxH=None):
+    """End state (X_C, S_C) of the rank-1 DGD recurrence over one chunk (module docstring).
+
+    u_CxH: the chunk's `input_side_solve` when the caller already has it.
+    """
+    C = k_CxK.shape[0]
+    if u_CxH is None:
+        u_CxH = input_side_solve(k_CxK, kX0_CxH, S0_KxH, d_CxH, dec, momentum)
     X_KxH = dec["gamma"][C] * X0_KxH - k_CxK.T @ (dec["lam"][C][:, None] * u_CxH)
     if momentum:
         X_KxH = X_KxH + dec["c"][C] * S0_KxH - k_CxK.T @ (dec["G"][C][:, None] * d_CxH)
     return X_KxH, _momentum_end(S0_KxH, k_CxK, d_CxH, dec, momentum)
+
+
+def input_side_read(q_CxK, qX0_CxH, qS0_CxH, k_CxK, u_CxH, d_CxH, dec: dict, momentum: float):
+    """q_t X_t for every t of the chunk: reads after the in-chunk writes up to t (dual form).
+
+    X_t = γ_t X_0 + c_t S_0 − Σ_{s≤t} (γ_t/γ_s) η_s k_sᵀ u_s − Σ_{i≤t} G_ti k_iᵀ d_i, so
+        Q X = diag(γ) Q X_0 + diag(c) Q S_0 − ((Q Kᵀ) ⊙ Λ) U − ((Q Kᵀ) ⊙ G) D
+    with Λ_ts = η_s γ_t/γ_s (s ≤ t), rows t = 1..C (β = 0: no S_0 and G terms, D inside U).
+    qS0 is only read with momentum (pass None otherwise).
+    """
+    qk_CxC = q_CxK @ k_CxK.T
+    out_CxH = dec["gamma"][1:, None] * qX0_CxH - (qk_CxC * dec["lam"][1:]) @ u_CxH
+    if momentum:
+        out_CxH = out_CxH + dec["c"][1:, None] * qS0_CxH - (qk_CxC * dec["G"][1:]) @ d_CxH
+    return out_CxH
 
 
 def output_side_chunk(X0_HxV, S0_HxV, a_CxH, e_CxV, dec: dict, momentum: float):
@@ -127,6 +153,16 @@ def output_side_chunk(X0_HxV, S0_HxV, a_CxH, e_CxV, dec: dict, momentum: float):
     else:
         X_HxV = dec["gamma"][C] * X0_HxV - a_CxH.T @ (dec["lam"][C][:, None] * e_CxV)
     return X_HxV, _momentum_end(S0_HxV, a_CxH, e_CxV, dec, momentum)
+
+
+def output_side_read(r_CxH, rX0_CxV, rS0_CxV, a_CxH, e_CxV, dec: dict, momentum: float):
+    """r_t X_t for every t of the chunk (retention-only side, reads after the writes up to t):
+        R X = diag(γ) R X_0 + diag(c) R S_0 − ((R Aᵀ) ⊙ W) E,  W = Λ (β = 0) or G."""
+    w_CxC = dec["G"][1:] if momentum else dec["lam"][1:]
+    out_CxV = dec["gamma"][1:, None] * rX0_CxV - ((r_CxH @ a_CxH.T) * w_CxC) @ e_CxV
+    if momentum:
+        out_CxV = out_CxV + dec["c"][1:, None] * rS0_CxV
+    return out_CxV
 
 
 def _momentum_end(S0, left_CxK, right_CxH, dec, momentum):

@@ -286,55 +286,78 @@ def titans_mlp(
     theta_T: Array,
     eta_T: Array,
     alpha_T: Array,
-    params0: tuple[Array, Array],
-    mom0: tuple[Array, Array],
+    params0: tuple[Array, ...],
+    mom0: tuple[Array, ...],
     chunk_size: int,
     activation: str | Callable[[Array], Array] = "gelu",
     remat_group: int = 0,
     residual_norm: tuple[Array, Array] | None = None,
     coeff_method: str = "auto",
-) -> tuple[Array, tuple[tuple[Array, Array], tuple[Array, Array]]]:
-    """Two-layer MLP memory σ(x W1) W2, layer-by-layer dual form (DESIGN §2.1).
+) -> tuple[Array, tuple[tuple[Array, ...], tuple[Array, ...]]]:
+    """Deep MLP memory σ(…σ(x W1)…) W_L of L = len(params0) ≥ 2 layers (Titans §3.1, depth
+    L_M of §5.5), layer-by-layer dual form (DESIGN §2.1; L = 2 is σ(x W1) W2).
 
-    params0 = (W1 [K,F], W2 [F,V]), mom0 likewise. residual_norm = (scale [V],
-    bias [V]) makes the memory x + LN(σ(x W1) W2)·scale + bias (TTT / lucidrains
+    params0 = (W1 [K,F], …, W_L [F,V]), mom0 likewise. residual_norm = (scale [V],
+    bias [V]) makes the memory x + LN(MLP(x))·scale + bias (TTT / lucidrains
     ResidualNorm; needs K == V) for both the inner loss and the read; the dual form
-    stays exact because every gradient is taken at the chunk-start state.
-    Returns y [T,V], ((W1, W2), (S1, S2)).
+    stays exact because every gradient is taken at the chunk-start state: per layer l
+    with input H_{l-1} (H_0 = K) and back-propagated error Δ_l (Δ_L = E),
+        Z̄_l = diag(β) H̄_{l-1} W_l + diag(f) H̄_{l-1} S_l − ((H̄_{l-1} H_{l-1}ᵀ) ⊙ G) Δ_l
+    with H̄_0 = Q, H̄_l = σ(Z̄_l), and Y = Z̄_L.
+    Returns y [T,V], ((W1, …, W_L), (S1, …, S_L)).
     """
     act = _activation(activation)
     _check_wrap(q_TxK, v_TxV, residual_norm)
+    if len(params0) < 2 or len(mom0) != len(params0):
+        raise ValueError(f"titans_mlp needs >= 2 layers and one momentum per layer, got "
+                         f"{len(params0)} and {len(mom0)}.")
     Q, K, V, (th, et, al) = _prepare(q_TxK, k_TxK, v_TxV, (theta_T, eta_T, alpha_T), chunk_size)
     co = chunk_coefficients(th, et, al, coeff_method)
     QKG_NxCxC = jnp.einsum("nck,ndk->ncd", Q, K) * co.G_NxCxC
     xs = (Q, K, V, QKG_NxCxC, co.G_NxCxC, co.beta_NxC, co.f_NxC, co.n_NxC, co.m_N)
 
     def step(carry, x):
-        (W1, W2), (S1, S2) = carry
+        Ws, Ss = carry
         Qc, Kc, Vc, QKG, G, beta, f, n, m = x
         g_last = G[-1]
-        # Chunk-start forward and backward of the inner loss.
-        Z_CxF = Kc @ W1
-        A_CxF, dA_CxF = jax.jvp(act, (Z_CxF,), (jnp.ones_like(Z_CxF),))
-        O_CxV, wrap_vjp = jax.vjp(lambda o: _wrap(Kc, o, residual_norm), A_CxF @ W2)
+        # Chunk-start forward of the inner loss: layer inputs H_{l-1} and pre-activations.
+        Hs, dA = [Kc], []
+        for W in Ws[:-1]:
+            A_CxF, dA_CxF = jax.jvp(act, (Hs[-1] @ W,), (jnp.ones((Kc.shape[0], W.shape[1])),))
+            Hs.append(A_CxF)
+            dA.append(dA_CxF)
+        O_CxV, wrap_vjp = jax.vjp(lambda o: _wrap(Kc, o, residual_norm), Hs[-1] @ Ws[-1])
         (E_CxV,) = wrap_vjp(O_CxV - Vc)
-        Delta_CxF = (E_CxV @ W2.T) * dA_CxF
+        # Backward: Δ_L = E, Δ_l = (Δ_{l+1} W_{l+1}ᵀ) ⊙ σ'(Z_l).
+        Deltas = [E_CxV]
+        for W, d in zip(Ws[:0:-1], dA[::-1]):
+            Deltas.insert(0, (Deltas[0] @ W.T) * d)
         # Reads after each token's write, layer by layer.
-        Zbar_CxF = beta[:, None] * (Qc @ W1) + f[:, None] * (Qc @ S1) - QKG @ Delta_CxF
-        Abar_CxF = act(Zbar_CxF)
-        AAG_CxC = (Abar_CxF @ A_CxF.T) * G
-        Ybar_CxV = beta[:, None] * (Abar_CxF @ W2) + f[:, None] * (Abar_CxF @ S2) - AAG_CxC @ E_CxV
-        Y_CxV = _wrap(Qc, Ybar_CxV, residual_norm)
+        Hbar = Qc
+        for li, (W, S, Hl, Dl) in enumerate(zip(Ws, Ss, Hs, Deltas)):
+            HHG = QKG if li == 0 else (Hbar @ Hl.T) * G
+            Zbar = beta[:, None] * (Hbar @ W) + f[:, None] * (Hbar @ S) - HHG @ Dl
+            Hbar = act(Zbar) if li < len(Ws) - 1 else Zbar
+        Y_CxV = _wrap(Qc, Hbar, residual_norm)
         # End-of-chunk states.
-        W1n = beta[-1] * W1 + f[-1] * S1 - Kc.T @ (g_last[:, None] * Delta_CxF)
-        S1n = m * S1 - Kc.T @ (n[:, None] * Delta_CxF)
-        W2n = beta[-1] * W2 + f[-1] * S2 - A_CxF.T @ (g_last[:, None] * E_CxV)
-        S2n = m * S2 - A_CxF.T @ (n[:, None] * E_CxV)
-        return ((W1n, W2n), (S1n, S2n)), Y_CxV
+        Wn = tuple(beta[-1] * W + f[-1] * S - Hl.T @ (g_last[:, None] * Dl)
+                   for W, S, Hl, Dl in zip(Ws, Ss, Hs, Deltas))
+        Sn = tuple(m * S - Hl.T @ (n[:, None] * Dl) for S, Hl, Dl in zip(Ss, Hs, Deltas))
+        return (Wn, Sn), Y_CxV
 
     f32 = lambda t: tuple(jnp.asarray(a, F32) for a in t)  # noqa: E731
     (params, mom), Y_NxCxV = chunked_scan(step, (f32(params0), f32(mom0)), xs, remat_group)
     return Y_NxCxV.reshape(q_TxK.shape[0], -1).astype(q_TxK.dtype), (params, mom)
+
+
+def mlp_read(params: tuple[Array, ...], q_TxK: Array, activation="gelu",
+             residual_norm: tuple[Array, Array] | None = None) -> Array:
+    """M(q) of a (deep) MLP memory with fixed weights: no write (Titans Eq. 15, y = M*(q))."""
+    act = _activation(activation)
+    h = jnp.asarray(q_TxK, F32)
+    for W in params[:-1]:
+        h = act(h @ W)
+    return _wrap(jnp.asarray(q_TxK, F32), h @ params[-1], residual_norm).astype(q_TxK.dtype)
 
 
 def titans_mlp_reference(
@@ -350,13 +373,15 @@ def titans_mlp_reference(
     activation: str | Callable[[Array], Array] = "gelu",
     residual_norm: tuple[Array, Array] | None = None,
 ):
-    """Token loop for the MLP memory; inner gradients by autodiff (independent check)."""
+    """Token loop for the (deep) MLP memory; inner gradients by autodiff (independent check)."""
     act = _activation(activation)
     _check_wrap(q_TxK, v_TxV, residual_norm)
 
     def predict(p, x):
-        W1, W2 = p
-        return _wrap(x, act(x @ W1) @ W2, residual_norm)
+        h = x
+        for W in p[:-1]:
+            h = act(h @ W)
+        return _wrap(x, h @ p[-1], residual_norm)
 
     def inner_grad(p, k, v):
         return jax.grad(lambda p: 0.5 * jnp.sum((predict(p, k) - v) ** 2))(p)

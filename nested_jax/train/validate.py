@@ -26,8 +26,10 @@ class DataError(ConfigError):
 # Allowed values of string fields (model.variant is checked against the model's BLOCKS).
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
-    "model.titans.mode": ("mag", "mal"),
+    "model.titans.mode": ("mag", "mal", "mac"),
     "model.titans.memory": ("linear", "mlp"),
+    "model.titans.depth": (2, 3, 4),
+    "model.selfmod.mem_read": ("dual", "boundary"),
     "model.online.reset": ("per_sequence", "never"),
     "optim.name": ("adamw", "muon", "m3"),
     "optim.schedule": ("cosine", "constant"),
@@ -113,6 +115,11 @@ def check_values(config) -> None:
                            if online else (t.seq_len, "training sequence (train.seq_len)"))
     if online and (length <= 0 or t.seq_len % length):
         return  # finalize_config reports the segment / sequence mismatch
+    if m.variant == "titans" and m.titans.mode == "mac":  # the memory scans each MAC segment
+        _divides("Titans MAC attention", length, length_name, m.titans.mac_segment,
+                 "model.titans.mac_segment")
+        length, length_name = (min(m.titans.mac_segment, length),
+                               "MAC segment (model.titans.mac_segment)")
     if m.variant in ("titans", "hope_hybrid"):
         _divides("Titans memory", length, length_name, m.titans.chunk_size,
                  "model.titans.chunk_size", m.titans.remat_group, "model.titans.remat_group")
@@ -157,7 +164,7 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
                           f"{sorted(BLOCKS)}.")
     if m.variant in ONLINE_VARIANTS:
         try:
-            check_online_config(m, config.train.seq_len)
+            check_online_config(m, config.train.seq_len, training=True)
         except OnlineConfigError as e:
             raise ConfigError(str(e)) from None
     t = config.train
