@@ -1,6 +1,6 @@
 """python -m nested_jax.eval <command> --checkpoint DIR [--step N] --output FILE.json ...
 
-Commands: zeroshot, niah, passkey, continual, report. Each writes one JSON file (run
+Commands: zeroshot, niah, passkey, continual, perplexity, report. Each writes one JSON file (run
 header + metrics); niah/passkey/continual also write a PNG next to it.
 """
 
@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   python -m nested_jax.eval passkey --checkpoint runs/x --lengths 2048,4096 --memorize --output out/pk.json
   python -m nested_jax.eval continual --checkpoints runs/x@1000 runs/x@2000 --output out/curve.json
   python -m nested_jax.eval continual --checkpoint runs/x --steps-per-phase 100 --output out/seq.json
+  python -m nested_jax.eval perplexity --checkpoint runs/x --text wikitext2 my.txt --output out/ppl.json
   python -m nested_jax.eval report --inputs out/zs_a.json out/zs_b.json --output out/table.md
   python -m nested_jax.eval report --experiments launch/experiments   # RESULTS.md + figures/
 """
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weight-decay", type=float, default=0.0, help="(b) AdamW weight decay")
     c.add_argument("--windows", type=int, default=16, help="eval windows per domain")
     c.add_argument("--seq-len", type=int, default=0, help="window length (0 = train.seq_len)")
+
+    from nested_jax.eval import perplexity  # flags live with the command (light import)
+
+    perplexity.add_arguments(sub.add_parser(
+        "perplexity", help="rolling-window perplexity of any text: word/byte perplexity, bits "
+        "per byte, token CE (lm-evaluation-harness definitions; --text wikitext2 built in)",
+        description=perplexity.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
     r = sub.add_parser("report", help="markdown table comparing eval JSON files "
                        "(--inputs), or RESULTS.md + figures of the experiment studies (--experiments)")
@@ -298,8 +306,14 @@ def cmd_report(a, argv) -> None:
     print(text)
 
 
+def cmd_perplexity(a, argv) -> dict:
+    from nested_jax.eval import perplexity
+
+    return perplexity.command(a, argv)
+
+
 COMMANDS = {"zeroshot": cmd_zeroshot, "niah": cmd_needle, "passkey": cmd_needle,
-            "continual": cmd_continual}
+            "continual": cmd_continual, "perplexity": cmd_perplexity}
 
 
 def main(argv: list[str] | None = None) -> int:
