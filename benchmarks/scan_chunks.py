@@ -1,6 +1,6 @@
 """Scan-chunk benchmark: chunked Titans memories (and HOPE) against their token loops.
 
-    python -m benchmarks.scan_chunks --preset quick|full --output DIR
+    python -m benchmarks.scan_chunks --preset quick|full [--dtype bfloat16] --output DIR
 
 For each memory (linear: Titans matrix memory; mlp: σ(kW1)W2 with 4× hidden; hope:
 self-modifying Titans from `nested_jax.ops.selfmod`) it times the token-loop
@@ -155,6 +155,10 @@ def bench_memory(name, cfg, budget_s, mem_limit) -> tuple[list[dict[str, Any]], 
     """Compile every (impl, chunk, mode) case of one memory, time them interleaved
     together with a dense matmul. Returns (rows, the matmul's FLOP/s in this round)."""
     args, cases, flops_per_tok, bytes_per_tok = MEMORIES[name](cfg)
+    dtype = jnp.dtype(cfg.get("dtype", "float32"))
+    if dtype != jnp.float32:  # inputs and initial states in the compute dtype (e.g. bf16)
+        args = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                            else a, args)
     B, H, T = cfg["B"], cfg["H"], cfg["T"]
     rows, runnable, todo = [], {}, {}
     for (impl, C), fn in cases.items():
@@ -163,6 +167,7 @@ def bench_memory(name, cfg, budget_s, mem_limit) -> tuple[list[dict[str, Any]], 
     for key, res in common.compile_many(todo).items():
         impl, C, mode = key
         row = dict(memory=name, impl=impl, chunk_size=C, mode=mode, B=B, H=H, T=T, dk=DK, dv=DV,
+                   dtype=dtype.name,
                    remat_group=cfg["remat_group"], coeff_method=cfg["coeff_method"])
         rows.append(row)
         if isinstance(res, Exception):  # report, keep benchmarking the rest
@@ -254,6 +259,8 @@ def main(argv=None):
              "14 vs 21 MiB; MLP: 32 vs 59 ms, 15 vs 42 MiB); groups of 2-4 were slower.")
     parser.add_argument("--coeff-method", default="auto", choices=("auto", "cumulative", "log"),
                         help="how titans_* build the C×C coefficient matrix")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype of the inputs and initial states (state bytes stay fp32-based)")
     ns = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -266,7 +273,8 @@ def main(argv=None):
           f"jax {info['jax_version']}")
     rows = []
     for name in ns.memories.split(","):
-        cfg = dict(preset[name], remat_group=ns.remat_group, coeff_method=ns.coeff_method)
+        cfg = dict(preset[name], remat_group=ns.remat_group, coeff_method=ns.coeff_method,
+                   dtype=ns.dtype)
         if ns.chunks:
             cfg["chunks"] = tuple(int(c) for c in ns.chunks.split(","))
         try:
@@ -292,7 +300,8 @@ def main(argv=None):
     os.makedirs(ns.output, exist_ok=True)
     common.write_json(rows, os.path.join(ns.output, "results.json"))
     meta = dict(device=info, matmul_peak_flops_per_sec=peak_flops, matmul_alone=peak,
-                matmul_interleaved=peaks[1:], preset=ns.preset, config=PRESETS[ns.preset])
+                matmul_interleaved=peaks[1:], preset=ns.preset, config=PRESETS[ns.preset],
+                dtype=ns.dtype)
     common.write_json(meta, os.path.join(ns.output, "meta.json"))
     plot(rows, os.path.join(ns.output, "scan_chunks.png"))
     elapsed = time.perf_counter() - t0

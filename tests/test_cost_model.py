@@ -1,0 +1,136 @@
+"""The compiled-step cost model counts every loop iteration (benchmarks/hlo_cost.py,
+benchmarks/cost_model.py): scans multiply their body by the trip count, nested scans by
+the product, and a transformer's count matches the analytic 6·N + attention."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import cost_model, hlo_cost
+
+SDS = jax.ShapeDtypeStruct
+
+
+def _body(c, w):
+    return jnp.tanh(c @ w) * 0.5 + c
+
+
+def _costs(f, *args, **kw):
+    compiled = jax.jit(f).lower(*args).compile()
+    return hlo_cost.hlo_costs(compiled.as_text(), **kw), hlo_cost.xla_cost_analysis(compiled)
+
+
+X, W = SDS((16, 64), jnp.float32), SDS((64, 64), jnp.float32)
+
+
+def test_per_instruction_costs_match_xla_without_loops():
+    ours, xla = _costs(_body, X, W)
+    assert ours["while_loops"] == 0
+    assert ours["flops"] == pytest.approx(xla["flops"], rel=0.01)
+    assert ours["flops"] >= 2 * 16 * 64 * 64
+
+
+def test_scan_counts_trip_count_times_body():
+    body, _ = _costs(_body, X, W)
+
+    def scanned(x, w):
+        return jax.lax.scan(lambda c, _: (_body(c, w), None), x, None, length=7)[0]
+
+    ours, xla = _costs(scanned, X, W)
+    assert [lp["trip_count"] for lp in ours["loops"]] == [7]
+    assert ours["flops"] == pytest.approx(7 * body["flops"], rel=0.01)
+    assert xla["flops"] < 2 * body["flops"]  # XLA's own analysis counts the body once
+
+    unrolled = lambda x, w: jax.lax.scan(  # noqa: E731  same program without a loop
+        lambda c, _: (_body(c, w), None), x, None, length=7, unroll=True)[0]
+    _, xla_unrolled = _costs(unrolled, X, W)
+    assert ours["flops"] == pytest.approx(xla_unrolled["flops"], rel=0.01)
+
+
+def test_nested_scans_multiply_trip_counts():
+    body, _ = _costs(_body, X, W)
+
+    def nested(x, w):
+        def outer(c, _):
+            return jax.lax.scan(lambda c2, _: (_body(c2, w), None), c, None, length=5)[0], None
+
+        return jax.lax.scan(outer, x, None, length=3)[0]
+
+    ours, _ = _costs(nested, X, W)
+    assert sorted(lp["trip_count"] for lp in ours["loops"]) == [3, 5]
+    inner = next(lp for lp in ours["loops"] if lp["trip_count"] == 5)
+    assert inner["executions"] == 3 and inner["depth"] == 1
+    assert ours["flops"] == pytest.approx(15 * body["flops"], rel=0.01)
+
+
+def test_scan_outputs_count_one_slice_per_iteration():
+    """A scan's stacked output is written in place: bytes grow linearly with the length."""
+
+    def stacked(n):
+        def f(x, w):
+            return jax.lax.scan(lambda c, _: (_body(c, w), c), x, None, length=n)[1]
+
+        return _costs(f, X, W)[0]["bytes"]
+
+    assert 6 < stacked(64) / stacked(8) < 10  # whole-buffer counting would give ~64
+
+
+def test_conditional_taken_fraction():
+    def f(x, w, p):
+        return jax.lax.cond(p, lambda: _body(x, w), lambda: x)
+
+    args = (X, W, SDS((), jnp.bool_))
+    hi, _ = _costs(f, *args)
+    quarter, _ = _costs(f, *args, cond_taken_fraction=0.25)
+    assert hi["conditionals"] == 1
+    assert quarter["flops"] == pytest.approx(0.25 * hi["flops"], rel=0.02)
+
+
+def _tiny_transformer(unroll_layers):
+    from configs import smoke
+
+    c = smoke.get_config()
+    c.model.variant, c.model.vocab_size = "transformer", 256
+    c.model.d_model, c.model.n_layers, c.model.n_heads = 64, 3, 4
+    c.model.unroll_layers = unroll_layers
+    c.train.seq_len, c.train.batch_size = 64, 4
+    return c
+
+
+def test_transformer_flops_match_analytic_through_the_layer_scan():
+    c = _tiny_transformer(unroll_layers=0)  # layers run in a lax.scan (while loops)
+    compiled, params = cost_model.compile_train_step(c)
+    costs = hlo_cost.hlo_costs(compiled.as_text())
+    assert any(lp["trip_count"] == 3 for lp in costs["loops"])
+    per_token = costs["flops"] / (c.train.seq_len * c.train.batch_size)
+    analytic = cost_model.analytic_flops_per_token(c, params)  # 6·N + 12·L·T·D
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    assert analytic == 6 * n + 12 * 3 * 64 * 64
+    assert 0.7 < per_token / analytic < 1.3
+    # The same step with the layers unrolled has no loop, so XLA's own count is right there.
+    flat, _ = cost_model.compile_train_step(_tiny_transformer(unroll_layers=3))
+    xla_flat = hlo_cost.xla_cost_analysis(flat)["flops"]
+    assert costs["flops"] == pytest.approx(xla_flat, rel=0.03)
+    assert hlo_cost.xla_cost_analysis(compiled)["flops"] < 0.8 * xla_flat  # bodies once
+
+
+def test_cli_writes_projection(tmp_path, capsys):
+    rows = cost_model.main(["--preset", "smoke", "--variants", "transformer", "--device", "h100",
+                            "--output", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "not a GPU measurement" in out
+    with open(tmp_path / "results.json") as f:
+        res = json.load(f)
+    row = res["rows"][0]
+    for key in ("variant", "params", "flops_per_token", "bytes_per_token", "arithmetic_intensity",
+                "projected_tokens_per_sec", "projected_mfu", "bound", "kernels_per_step"):
+        assert key in row, key
+    assert row["bound"] in ("compute", "memory") and row["projected_tokens_per_sec"] > 0
+    assert 0.7 < row["flops_vs_analytic"] < 1.3
+    assert "not a GPU measurement" in res["note"]
+    assert os.path.getsize(tmp_path / "roofline.png") > 0
+    assert rows[0]["variant"] == "transformer"
