@@ -355,5 +355,4 @@ def command(a, argv) -> dict:
     doc["metrics"] = evaluate(model, loaded.tokenizer, sources, max_len=max_len, stride=stride,
                               prefix=a.prefix, batch_size=a.batch_size, memorize=memorize,
                               progress=not a.no_progress)
-    print(table(doc["metrics"]), flush=True)
-    return doc
+    return doc  # the CLI prints `table(doc["metrics"])` (nested_jax/eval/tables.py)

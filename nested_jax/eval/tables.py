@@ -105,7 +105,14 @@ def generic(doc: dict) -> str:
     return grid(["metric", "value"], rows[:30]) if rows else "(no numeric metrics)"
 
 
-TABLES = {"zeroshot": zeroshot, "niah": needle, "passkey": needle, "continual": continual}
+def perplexity(doc: dict) -> str:
+    from nested_jax.eval.perplexity import table
+
+    return table(doc["metrics"])
+
+
+TABLES = {"zeroshot": zeroshot, "niah": needle, "passkey": needle, "continual": continual,
+          "perplexity": perplexity}
 
 
 def console_table(doc: dict) -> str:
