@@ -260,6 +260,23 @@ def test_mlp_chunked_equals_token_loop(chunk, activation, wrapped):
     assert rel_err(state, state_ref) < TOL
 
 
+@pytest.mark.parametrize("depth,wrapped", [(3, False), (4, True)])
+def test_deep_memory_chunked_equals_token_loop(depth, wrapped):
+    """Titans memory depth L_M = 3, 4 (Titans §5.5): the layer-by-layer dual form with every
+    layer's gradient at the chunk start == the autodiff token loop (values and end states)."""
+    args, _ = mlp_inputs(T=32 if wrapped else 64, theta=(0.01, 0.05))  # LN: see above
+    r = np.random.default_rng(depth)
+    dims = [8] + [16] * (depth - 1) + [8]
+    params = tuple(jnp.asarray(r.normal(size=(a, b)) / np.sqrt(a), jnp.float32)
+                   for a, b in zip(dims[:-1], dims[1:]))
+    mom = tuple(0.01 * jnp.ones_like(p) for p in params)
+    rn = (jnp.full((8,), 0.5, jnp.float32), jnp.zeros((8,), jnp.float32)) if wrapped else None
+    y, state = mlp(*args, params, mom, 16, residual_norm=rn)
+    y_ref, state_ref = mlp_ref(*args, params, mom, 16, residual_norm=rn)
+    assert len(state[0]) == depth
+    assert rel_err(y, y_ref) < TOL and rel_err(state, state_ref) < TOL
+
+
 @pytest.mark.parametrize("chunk", [1, 16])
 def test_mlp_outer_gradients_match_reference(chunk):
     args, (params, mom) = mlp_inputs(T=64)
