@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     # the teach signal) | momentum (gd + heavy ball) | precond, precond_repro (Adam-like,
     # scale-invariant: the teach scale then barely matters).
     cm.optimizers = ("gd", "gd", "gd", "gd")
-    cm.lrs = (1e-2, 1e-2, 1e-2, 1e-2)  # inner learning rate per level
+    cm.lrs = (1e-2, 1e-2, 1e-2, 1e-2)  # inner learning rate per level (gd: the step is lr·teach_scale·Σ Jᵀδ)
     cm.beta = 0.9  # inner momentum
     cm.beta2 = 0.999  # inner second-moment decay (precond)
     cm.hidden_mult = 4  # level MLP hidden width = hidden_mult × d_model

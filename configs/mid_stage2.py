@@ -1,6 +1,7 @@
 """The reproduction's configs/mid_stage2.yaml: hope_hybrid, 768 wide, 18 layers, 12 heads,
 seq 2048, batch 8, 100 steps, AdamW 3e-5, bf16, teach 0.05 / clip 5.0, schedule 20/80/40,
-CMS 1/4/32/128 → 128/512/2048/2048 (S = 128), inner lr 4e-4 (TITAN level lr 8e-4 n/a)."""
+CMS 1/4/32/128 → 128/256/512/1024 (S = 128, every level read), inner gradient step gd lr 1e-2
+(the reproduction's Adam-like lr 4e-4; TITAN level lr 8e-4 n/a)."""
 
 from configs import repro
 
@@ -12,7 +13,7 @@ def get_config():
     c.train.batch_size = 8
     c.train.steps = 100
     c.train.log_every = 10
-    repro.cms_levels(c, (1, 4, 32, 128), lr=4e-4, segment_len=128, seq_len=2048)
+    repro.cms_levels(c, (1, 4, 32, 128), lr=1e-2, segment_len=128, seq_len=2048)
     repro.teach(c, 0.05, 5.0, 20, 80, 40)
     c.model.remat = True
     c.optim.lr = 3e-5

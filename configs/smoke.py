@@ -18,7 +18,7 @@ def get_config():
     c.model.cms.names = ("fast", "mid", "slow")
     c.model.cms.periods = (32, 64, 96)  # updates per 128-token sequence: 4, 2, 1 (each read)
     c.model.cms.optimizers = ("gd", "gd", "gd")  # the paper's gradient step (NL Eq. 71)
-    c.model.cms.lrs = (1e-2, 1e-2, 1e-2)
+    c.model.cms.lrs = (1e-2, 1e-2, 1e-2)  # 1e-2, 3e-2, 1e-1 ended within 0.003 nats (300 steps)
     c.data.tokenizer = "novels_2k"  # small shipped SentencePiece vocabulary
     c.train.steps = 300
     c.train.batch_size = 16
