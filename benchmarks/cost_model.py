@@ -78,6 +78,7 @@ def compile_train_step(c):
     from flax import nnx
 
     from nested_jax.model.lm import abstract_model, build_model
+    from nested_jax.model.loss import streams
     from nested_jax.train import mesh as mesh_lib, optim, parallel, step as step_lib
 
     tx = optim.build_optimizer(c.optim, c.train.steps)
@@ -88,7 +89,7 @@ def compile_train_step(c):
         return step_lib.init_train_state(params, tx)
 
     state = jax.eval_shape(init)
-    if step_lib.streams(c.model):  # streaming fast state lives in the train state
+    if streams(c.model):  # streaming fast state lives in the train state
         state["fast"] = parallel.abstract_fast(c.model, b, t)
     mesh = mesh_lib.make_mesh(c.mesh, jax.devices()[:1])
     shardings = parallel.state_shardings(c, mesh, state)

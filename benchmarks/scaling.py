@@ -93,7 +93,8 @@ def run_worker(args) -> dict:
 
     from benchmarks import common
     from nested_jax.model.lm import abstract_model, build_model
-    from nested_jax.model.online import init_fast
+    from nested_jax.model.loss import streams
+    from nested_jax.model.online import init_fast, strip_kv
     from nested_jax.train import mesh as mesh_lib, optim, parallel, step as step_lib
 
     n = jax.device_count()
@@ -104,8 +105,8 @@ def run_worker(args) -> dict:
 
     def init():
         model = build_model(c.model, c.seed)
-        fast = (step_lib.strip_kv(init_fast(model, c.model, b, t))
-                if step_lib.streams(c.model) else None)
+        fast = (strip_kv(init_fast(model, c.model, b, t))
+                if streams(c.model) else None)
         return step_lib.init_train_state(nnx.to_pure_dict(nnx.split(model)[1]), tx, fast)
 
     mesh = mesh_lib.make_mesh(c.mesh)

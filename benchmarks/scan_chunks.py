@@ -9,7 +9,7 @@ function) and the chunked dual form at several chunk sizes, forward and
 forward+backward (gradient wrt every input and initial state), all in one process so
 speed-ups are measured on the same machine in the same run. Timings are the minimum
 (and median) over interleaved rounds (wall clock); speed-ups are given from both.
-FLOPs come from the per-token formulas (DESIGN §7, paper_math §4.2 and §4.5;
+FLOPs come from the per-token formulas (docs/memories.md, "Cost per token";
 forward+backward counted as 3× forward), compared with the best dense matmul timed in
 the same run. Peak memory: device `memory_stats()` where the backend has it, else the
 compiled executable's memory analysis. Writes a table to stdout, DIR/results.json
@@ -97,7 +97,7 @@ def linear_cases(cfg):
                               coeff_method=cfg["coeff_method"])
         )
     flops = lambda C: memory.linear_flops_per_token(DK, DV, C)  # noqa: E731
-    state_bytes = lambda C: 16.0 * DK * DV / C  # noqa: E731  DESIGN §7, fp32 W and S
+    state_bytes = lambda C: 16.0 * DK * DV / C  # noqa: E731  fp32 W and S (docs/memories.md)
     return args, cases, flops, state_bytes
 
 
@@ -114,7 +114,7 @@ def mlp_cases(cfg):
         )
     P = hidden * (DK + DV)
     flops = lambda C: memory.mlp_flops_per_token(DK, hidden, DV, C)  # noqa: E731
-    state_bytes = lambda C: 16.0 * P / C  # noqa: E731  paper_math §4.2: 4P·4/C
+    state_bytes = lambda C: 16.0 * P / C  # noqa: E731  4P·4/C (docs/memories.md)
     return args, cases, flops, state_bytes
 
 
@@ -139,8 +139,9 @@ def hope_cases(cfg):
     cases = {("token_loop", 1): make(selfmod.selfmod_titans_reference, 1)}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = make(selfmod.selfmod_titans, C)
-    # paper_math §4.5: ≈ 14·P FLOPs per token for each of the five memories (k, v, mem
-    # map D→D, η and α map D→1), P = D·h + h·out. Approximate, chunk-size independent.
+    # ≈ 14·P FLOPs per token for each of the five memories (k, v, mem map D→D, η and α map
+    # D→1), P = D·h + h·out (docs/memories.md, "Cost per token"). Approximate, chunk-size
+    # independent.
     P = 3 * (D * hidden + hidden * D) + 2 * (D * hidden + hidden)
     flops = lambda C: 14.0 * P  # noqa: E731
     state_bytes = lambda C: 16.0 * P / C  # noqa: E731

@@ -4,7 +4,7 @@
         --output release/x
     python -m nested_jax.release verify release/x
 
-Layout (like the PyTorch reproduction's pilot release, seed_spec §4.4 and §8):
+Layout (like the PyTorch reproduction's pilot release, kmccleary3301/nested_learning):
 
     MODEL_CARD.md         generated: architecture, parameters, data, training, eval table,
                           limitations, provenance, how to use and verify
@@ -33,14 +33,10 @@ import sys
 
 import nested_jax
 from nested_jax.cli import ArgumentParser, UserError, check_output_dir, run
-from nested_jax.checkpoint.io import (
-    Checkpointer,
-    CheckpointError,
-    checkpoint_dir,
-    file_sha256,
-    hash_tree,
-    inspect_step,
-)
+from nested_jax.checkpoint.io import (Checkpointer, CheckpointError, checkpoint_dir, hash_tree,
+                                      inspect_step)
+from nested_jax.checkpoint.verify import check_tokenizer
+from nested_jax.data.assets import file_sha256
 
 FORMAT = "nested_jax-release/1"
 MANIFEST, SUMS, CARD = "MANIFEST.json", "SHA256SUMS", "MODEL_CARD.md"
@@ -222,18 +218,14 @@ def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | No
 
     try:  # the newest step whose files match their sha256 (corrupt newer ones: warned, skipped)
         ck = Checkpointer(ck_dir, read_only=True)
-        asked, step = step, ck.resolve_step(step)
-        skipped = [s for s in ck.all_steps() if s > step] if asked is None else []
-        ck.manager.close()
+        try:
+            step, skipped = ck.pick_step(step)
+        finally:
+            ck.manager.close()
     except CheckpointError as e:
         raise ReleaseError(str(e)) from None
     src = os.path.join(ck_dir, str(step))
-    rep = inspect_step(src)
-    if not rep.ok or rep.meta is None:
-        raise ReleaseError(f"checkpoint step {step} in {ck_dir} is not intact "
-                           f"({'; '.join(rep.problems) or 'no metadata'}). Fix: run "
-                           f"`python -m nested_jax.checkpoint verify {ck_dir}` and release an "
-                           "intact step with --step.")
+    rep = inspect_step(src, check_hashes=False)  # hashed by pick_step
     meta = rep.meta
     for key in ("config", "tokenizer_sha256"):
         if key not in meta:
@@ -241,19 +233,12 @@ def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | No
                                "nested_jax.train. Fix: release a checkpoint of a training run.")
     cfg = json.loads(meta["config"])
 
-    from nested_jax.data.tokenizer import tokenizer_path
-
-    tok_name = cfg["data"]["tokenizer"]
-    try:
-        tok_model = str(tokenizer_path(tok_name))
-    except (ValueError, OSError) as e:
-        raise ReleaseError(f"the tokenizer {tok_name!r} of this run is not available: {e}") from None
-    tok_sha = file_sha256(tok_model)
-    if tok_sha != meta["tokenizer_sha256"]:
-        raise ReleaseError(
-            f"tokenizer {tok_model} has sha256 {tok_sha[:12]}…, but the checkpoint was trained "
-            f"with {meta['tokenizer_sha256'][:12]}…. Fix: restore the original tokenizer file "
-            "(`git checkout -- nested_jax/assets/tokenizers`).")
+    tc = check_tokenizer(meta)
+    if tc.problem:
+        raise ReleaseError(f"{tc.problem}. Fix: restore the original tokenizer file (`git "
+                           "checkout -- nested_jax/assets/tokenizers`) or release from a "
+                           "machine that has it.")
+    tok_name, tok_model, tok_sha = tc.name, tc.path, tc.sha256
 
     os.makedirs(output, exist_ok=True)
     log(f"[nested_jax.release] copying checkpoint step {step} from {ck_dir}")

@@ -10,7 +10,7 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(dict(
         variant="transformer", vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=0,
         d_ff=0, rope_base=10000.0, attention_window=0, tie_embeddings=True, init_std=0.02,
-        norm_eps=1e-6, dtype="float32", remat=False,
+        norm_eps=1e-6, dtype="float32", remat=False, unroll_layers=1,
     ))
     c.update(overrides)
     return c
@@ -25,7 +25,7 @@ def losses_on_fixed_batch(model_cfg, optim_cfg, steps: int, total_steps: int = 2
     tx = optim.build_optimizer(optim_cfg, total_steps)
     state = step_lib.init_train_state(params, tx)
     step = jax.jit(functools.partial(step_lib.train_step, fn=fn, tx=tx,
-                                     lr_schedule=optim.schedule(optim_cfg, total_steps), seed=0))
+                                     lr_schedule=optim.schedule(optim_cfg, total_steps)))
     tokens = jax.random.randint(jax.random.key(3), (4, 17), 0, model_cfg.vocab_size)
     losses = []
     for _ in range(steps):
@@ -61,3 +61,31 @@ def tensorboard_scalars(logdir) -> list[tuple[int, str, float]]:
     return [(ev.step, v.tag, v.simple_value)
             for path in sorted(glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")))
             for ev in tensorboard_events(path) for v in ev.summary.value]
+
+
+class OffsetFn:
+    """`fn` (a Functional) whose bound model adds off_BxTxD[:, pos] to the embeddings of the
+    tokens at absolute positions pos, for any caller (online_forward included): causality
+    tests differentiate the loss at position t wrt that offset at every position."""
+
+    def __init__(self, fn, off_BxTxD):
+        self.cfg, self._fn, self._off = fn.cfg, fn, off_BxTxD
+
+    def bind(self, params):
+        return _OffsetModel(self._fn.bind(params), self._off)
+
+
+class _OffsetModel:
+    def __init__(self, model, off_BxTxD):
+        self._model, self._off = model, off_BxTxD
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None):
+        import jax.numpy as jnp
+
+        if pos_T is None:
+            pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
+        x_BxTxD = x_BxTxD + jnp.take(self._off, pos_T, axis=1).astype(x_BxTxD.dtype)
+        return self._model.run_blocks(x_BxTxD, pos_T, carry, probes)

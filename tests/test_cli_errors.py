@@ -1,4 +1,4 @@
-"""One bad-input contract for every CLI (issue 14): train, eval, data, checkpoint, release and
+"""One bad-input contract for every CLI: train, eval, data, checkpoint, release and
 doctor answer bad input with exactly one `error: <problem>. Fix: <what to do>` line, exit
 status 2 and no traceback.
 

@@ -1,5 +1,5 @@
 """Evaluation prints what it measured, and treats a checkpoint whose bytes fail their recorded
-sha256 as training does (issue 14).
+sha256 as training does.
 
 Both use the shared reference run (tests/test_reliability_resume.py: checkpoints 12, 18, 24).
 """

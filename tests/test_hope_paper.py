@@ -15,9 +15,9 @@ import pytest
 from configs import default
 from nested_jax.model.blocks import ONLINE_VARIANTS
 from nested_jax.model.lm import init_params
+from nested_jax.model.loss import lm_loss
 from nested_jax.model.online import OnlineConfigError, check_online_config, online_forward
 from nested_jax.ops.losses import token_cross_entropy
-from nested_jax.train import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 V = 64
@@ -44,7 +44,7 @@ def test_every_parameter_gets_an_outer_gradient(variant):
     gates, convs, CMS meta weights): none has an all-zero outer gradient."""
     c = tiny(variant)
     fn, params = init_params(c.model, 0)
-    g = jax.jit(jax.grad(lambda p: step_lib.lm_loss(fn, p, _tokens(2, 32), step=0)))(params)
+    g = jax.jit(jax.grad(lambda p: lm_loss(fn, p, _tokens(2, 32), step=0)))(params)
     flat = jax.tree_util.tree_flatten_with_path(g)[0]
     dead = [jax.tree_util.keystr(path) for path, leaf in flat
             if not bool(jnp.any(leaf != 0))]
@@ -131,7 +131,7 @@ def _cms_presets():
 
 
 def test_every_shipped_preset_reads_every_fast_level():
-    """No preset has a fast level whose updates are never read (DESIGN §2.3): with
+    """No preset has a fast level whose updates are never read (docs/memories.md, CMS): with
     per-sequence reset every period > 0 is < the sequence length."""
     presets = _cms_presets()
     assert {"default", "smoke", "pilot", "pilot_smoke", "mid_stage2"} <= set(presets)

@@ -203,7 +203,7 @@ def test_bf16_inputs_keep_fp32_state():
 
 
 def test_numpy_float64_chunk_formulas():
-    """paper_math App. A in float64: the closed form is the recurrence, and ours matches."""
+    """docs/memories.md's closed form in float64: it is the recurrence, and ours matches."""
     r = np.random.default_rng(0)
     C, dk, dv = 16, 8, 6
     Q, K, V = r.normal(size=(C, dk)), r.normal(size=(C, dk)), r.normal(size=(C, dv))

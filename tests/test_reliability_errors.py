@@ -1,4 +1,4 @@
-"""Bad input is a clear error naming the fix, never a traceback from inside JAX (issue 8):
+"""Bad input is a clear error naming the fix, never a traceback from inside JAX:
 config values and impossible combinations, missing data or tokenizer, a checkpoint of
 another config or tokenizer, a corrupt checkpoint. The CLI prints one `error:` paragraph
 and exits 2."""
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from nested_jax.checkpoint import CheckpointError
+from nested_jax.checkpoint import CheckpointError, Checkpointer
 from nested_jax.train.loop import train_and_evaluate
 from nested_jax.train.validate import ConfigError, DataError, preflight
 from tests.test_reliability_resume import (  # noqa: F401 - the shared reference run fixture
@@ -130,3 +130,43 @@ def test_cli_formats_a_multiline_error_as_one_paragraph(capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err == "error: cannot restore step 3: bad file\n"
     assert sys.version_info >= (3, 12)
+
+
+def test_an_exception_mid_run_closes_everything_and_leaves_a_resumable_workdir(tmp_path,
+                                                                              monkeypatch):
+    """Whatever the loop raises, train_and_evaluate restores the signal handlers and closes
+    the checkpoint manager, the metrics writer and the progress bar; the rerun resumes."""
+    import signal
+
+    from tqdm.std import tqdm
+
+    from nested_jax.checkpoint.io import step_dirs
+    from nested_jax.train import metrics as metrics_lib
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    closed = []
+    for cls, name in ((Checkpointer, "checkpointer"), (metrics_lib.MetricsWriter, "writer"),
+                      (tqdm, "bar")):
+        monkeypatch.setattr(cls, "close", lambda self, f=cls.close, n=name: (closed.append(n),
+                                                                               f(self))[1])
+    update, boom = metrics_lib.NonFiniteGuard.update, [True]
+
+    def update_or_raise(self, step, m):
+        if step == 6 and boom[0]:
+            raise RuntimeError("boom at step 6")
+        return update(self, step, m)
+
+    monkeypatch.setattr(metrics_lib.NonFiniteGuard, "update", update_or_raise)
+    over = {"train.steps": 8, "checkpoint.every_steps": 4, "eval.every_steps": 8,
+            "logging.progress_bar": True}
+    wd = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="boom at step 6"):
+        train_and_evaluate(tiny_config(**over), wd)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert set(closed) == {"bar", "checkpointer", "writer"}, closed
+    found = step_dirs(os.path.join(wd, "checkpoints"))
+    assert found["steps"] == [4] and not found["tmp"], found
+    boom[0] = False
+    summary = train_and_evaluate(tiny_config(**over), wd)
+    assert summary["start_step"] == 4 and summary["final_step"] == 8
+    assert {s: signal.getsignal(s) for s in handlers} == handlers

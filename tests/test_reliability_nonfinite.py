@@ -1,4 +1,4 @@
-"""Non-finite guard (issue 8): a NaN loss/gradient skips the update inside the jitted step,
+"""Non-finite guard: a NaN loss/gradient skips the update inside the jitted step,
 is counted (`nonfinite_skipped`), its batch is saved, and K in a row stop training with the
 last good checkpoint intact.
 
@@ -10,6 +10,7 @@ gradient by NaN at chosen 1-based steps.
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,8 +45,7 @@ def test_skip_keeps_params_optimizer_and_fast_state_and_advances_the_step():
         out, m = fn(old, new, {"loss": jnp.asarray(loss), "grad_norm": jnp.asarray(gnorm)})
         want = old if bad else new
         for k in ("params", "opt_state", "fast"):
-            for a, b in zip(jax.tree.leaves(out[k]), jax.tree.leaves(want[k])):
-                np.testing.assert_array_equal(a, b)
+            chex.assert_trees_all_equal(out[k], want[k])
         assert int(out["step"]) == 8 and float(m["nonfinite"]) == bad
     bad_params = dict(new, params={"w": jnp.full((2, 3), jnp.nan)})  # finite grads, NaN update
     out, m = fn(old, bad_params, {"loss": jnp.asarray(1.0), "grad_norm": jnp.asarray(1.0)})

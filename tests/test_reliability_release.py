@@ -1,4 +1,4 @@
-"""Release bundle (issue 8): checkpoint, config, tokenizer, evals, logs, metadata, model card,
+"""Release bundle: checkpoint, config, tokenizer, evals, logs, metadata, model card,
 MANIFEST.json + SHA256SUMS; `verify` re-checks every hash."""
 
 import json
@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -71,8 +72,7 @@ def test_bundle_has_everything_and_verifies(bundle, reference_run):
     # The bundled checkpoint restores on its own, identical to the training run's.
     got, _ = final_params(out)
     want, _ = final_params(reference_run)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(got, want)
     ck = Checkpointer(os.path.join(out, "checkpoints"), read_only=True)
     assert ck.all_steps() == [STEPS]
     ck.manager.close()

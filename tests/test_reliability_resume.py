@@ -1,4 +1,4 @@
-"""Exact resume after kill -9 at several points, and SIGTERM (issue 8).
+"""Exact resume after kill -9 at several points, and SIGTERM.
 
 One uninterrupted reference run, and one run of the same command interrupted three times:
   A  kill -9 right after checkpoint 12 was committed, mid-interval (paused after step 13,
@@ -9,7 +9,7 @@ One uninterrupted reference run, and one run of the same command interrupted thr
 On CPU the final parameters must equal the reference bit for bit and metrics.jsonl must
 hold the same records (timing fields aside).
 
-Test hooks (environment variables, read only when set):
+Test hooks (tests/train_with_hooks.py, environment variables read only when set):
   NESTED_JAX_TEST_PAUSE_AFTER_STEP=N  the metrics writer blocks (signal.pause) after
                                       writing step N's train record
   NESTED_JAX_TEST_STALL_COMMIT=N      the checkpointer stalls the async commit of step N
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -59,14 +60,15 @@ def tiny_config(**extra):
     return c
 
 
-def cli_args(workdir, **extra):
+def cli_args(workdir, module="nested_jax.train", **extra):
     flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
-    return [sys.executable, "-m", "nested_jax.train", "--config", "configs/smoke.py",
+    return [sys.executable, "-m", module, "--config", "configs/smoke.py",
             "--workdir", str(workdir), *flags]
 
 
 class Run:
-    """The train CLI in a subprocess, output to files (no pipe to fill)."""
+    """The train CLI (with the test hooks of tests/train_with_hooks.py) in a subprocess,
+    output to files (no pipe to fill)."""
 
     def __init__(self, workdir, env=None, **extra):
         self.workdir = str(workdir)
@@ -74,7 +76,8 @@ class Run:
         self.err_path = os.path.join(self.workdir, f"stderr_{time.time_ns()}.txt")
         self.out_path = self.err_path.replace("stderr", "stdout")
         self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")
-        self.proc = subprocess.Popen(cli_args(self.workdir, **extra), cwd=REPO,
+        self.proc = subprocess.Popen(cli_args(self.workdir, "tests.train_with_hooks", **extra),
+                                     cwd=REPO,
                                      stdout=self._out, stderr=self._err,
                                      env={**os.environ, **CACHE_ENV, **(env or {})})
 
@@ -214,8 +217,7 @@ def test_kill9_at_any_point_then_resume_equals_uninterrupted(tmp_path, reference
 
     got, meta = final_params(wd)
     want, _ = final_params(reference_run)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    chex.assert_trees_all_equal(got, want)
     assert records(wd) == records(reference_run)
     # Every checkpoint starts after its step's record is in metrics.jsonl, so a kill right
     # after a checkpoint never loses a record (the pending-metric flush).
@@ -261,7 +263,6 @@ def test_streaming_hope_resume_equals_uninterrupted(tmp_path):
     assert r.wait() == 0 and "resumed from step 4" in r.stdout, r.stderr[-3000:]
     got, _ = final_params(str(tmp_path / "int"), 8)
     want, _ = final_params(str(tmp_path / "ref"), 8)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(got, want)
     assert records(str(tmp_path / "int")) == records(str(tmp_path / "ref"))
     assert os.path.isdir(os.path.join(tmp_path, "int", "checkpoints", "8", "fast"))

@@ -1,4 +1,4 @@
-"""Runs a researcher can watch and that end well (issue 14): plain log lines for batch jobs,
+"""Runs a researcher can watch and that end well: plain log lines for batch jobs,
 TensorBoard events and W&B records of every metric in metrics.jsonl, the loss curve redrawn at
 every evaluation, a rerun of a finished run that keeps summary.json, a diverged run that saves
 nothing, rollback / --resume-step, --print-config.
@@ -17,8 +17,7 @@ import subprocess
 import sys
 import types
 
-import jax
-import numpy as np
+import chex
 import pytest
 
 from nested_jax.checkpoint import CheckpointError
@@ -204,8 +203,7 @@ def test_resume_step_resumes_from_an_earlier_checkpoint_exactly(run, tmp_path):
     assert step_dirs(os.path.join(wd, "checkpoints"))["rolled_back"] == ["8.rolled_back"]
     got, _ = final_params(wd, 8)
     want, _ = final_params(run["wd"], 8)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(got, want)
     drop = ("tokens_per_sec",)
     assert ([{k: v for k, v in r.items() if k not in drop} for r in records(wd)]
             == [{k: v for k, v in r.items() if k not in drop} for r in records(run["wd"])])

@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from nested_jax.model.lm import init_params
-from nested_jax.train import step as step_lib
+from nested_jax.model.loss import lm_loss
 from tests.helpers import losses_on_fixed_batch, tiny_model_config
 
 
@@ -39,7 +39,7 @@ def test_initial_loss_close_to_ln_vocab():
     cfg = tiny_model_config(vocab_size=512, d_model=64)
     fn, params = init_params(cfg, seed=0)
     tokens = jax.random.randint(jax.random.key(0), (4, 33), 0, cfg.vocab_size)
-    loss = float(step_lib.lm_loss(fn, params, tokens))
+    loss = float(lm_loss(fn, params, tokens))
     assert abs(loss - np.log(cfg.vocab_size)) < 0.05 * np.log(cfg.vocab_size)
 
 
@@ -60,8 +60,8 @@ def test_bf16_compute_keeps_fp32_params_and_matches_loss():
     fn16, p16 = init_params(cfg16, seed=0)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(p16))
     tokens = jax.random.randint(jax.random.key(0), (2, 17), 0, cfg32.vocab_size)
-    l32 = float(step_lib.lm_loss(fn32, p32, tokens))
-    l16 = float(step_lib.lm_loss(fn16, p16, tokens))
+    l32 = float(lm_loss(fn32, p32, tokens))
+    l16 = float(lm_loss(fn16, p16, tokens))
     assert abs(l32 - l16) < 0.02
 
 

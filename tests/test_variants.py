@@ -1,8 +1,9 @@
-"""Model variants (issue 4): causality, CMS cadence, teach signal, schedule, memorisation,
+"""Model variants: causality, CMS cadence, teach signal, schedule, memorisation,
 Muon on a model with conv kernels."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +13,12 @@ from flax import nnx
 from configs import default
 from nested_jax.model.blocks import ONLINE_VARIANTS
 from nested_jax.model.lm import init_params
-from nested_jax.model.online import OnlineConfigError, check_online_config, memorize, online_forward
+from nested_jax.model.online import (OnlineConfigError, check_online_config, live_levels, memorize,
+                                     online_forward, teach_signals)
 from nested_jax.ops.losses import token_cross_entropy
 from nested_jax.ops.teach import teach_scale_at
 from nested_jax.train import optim, step as step_lib
+from tests.helpers import OffsetFn
 
 VARIANTS = ("transformer", "titans", "hope", "hope_attention", "hope_hybrid")
 T = 32
@@ -39,12 +42,14 @@ def _tokens(seed=0, b=2):
 
 
 def _ce(fn, params, toks, x_off):
-    """Per-token CE [B, T] through the path training uses for this variant."""
+    """Per-token CE [B, T] through the path training uses for this variant, with `x_off`
+    added to the embeddings (tests.helpers.OffsetFn)."""
+    fn = OffsetFn(fn, x_off)
     if fn.cfg.variant in ONLINE_VARIANTS:
-        return online_forward(fn, params, toks, step=0, x_offset_BxTxD=x_off)[1]["ce"]
+        return online_forward(fn, params, toks, step=0)[1]["ce"]
     model = fn.bind(params)
-    x = model.embed(toks[:, :-1]) + x_off
-    return token_cross_entropy(model.logits(model.run_blocks(x)[0]), toks[:, 1:])
+    return token_cross_entropy(model.logits(model.run_blocks(model.embed(toks[:, :-1]))[0]),
+                               toks[:, 1:])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -92,17 +97,18 @@ def test_teach_signal_equals_autodiff_gradient_wrt_block_outputs(variant):
     c = tiny(variant)
     fn, params = init_params(c.model, 0)
     toks = _tokens()
-    _, aux = online_forward(fn, params, toks, step=0, collect_teach=True)
     last = c.model.cms.names[-1]
-    teach = np.asarray(aux["teach"][last][0])  # segment 0: [L, B, S, D]
+    model = fn.bind(params)
+    s = c.model.online.segment_len
+    carry0 = model.init_carry(2, T)  # the online scan's fresh state
+    pos = jnp.arange(s)
+    sg = teach_signals(model, carry0, toks[:, :s], toks[:, 1:s + 1], jnp.ones((2, s)),
+                       pos.astype(jnp.int32), live_levels(c.model.cms), with_teach=True)
+    teach = np.asarray(sg.teach[last])  # segment 0: [L, B, S, D]
 
     # Independent reference: a Python loop over layers on segment 0 with a fresh state,
     # differentiating the segment's summed CE wrt each block's output.
-    model = fn.bind(params)
-    s = c.model.online.segment_len
     graphdef, stacked = nnx.split(model.blocks)
-    carry0 = model.init_carry(2, T)
-    pos = jnp.arange(s)
 
     def seg_loss(outs_perturb):
         x = model.embed(toks[:, :s])
@@ -144,7 +150,8 @@ def test_memorising_a_prompt_lowers_its_loss():
     fn, params = init_params(c.model, 0)
     prompt = _tokens(seed=3, b=1)
     base = float(online_forward(fn, params, prompt, step=0, update=False)[0])
-    fast = memorize(fn, params, prompt, steps=2, teach_scale=1.0)
+    fast, counts = memorize(fn, params, prompt, steps=2, teach_scale=1.0)
+    assert counts["fast"] == 2 * c.model.n_layers * (T // 8)  # 2 passes, period 8
     after = float(online_forward(fn, params, prompt, step=0, update=False, fast=fast)[0])
     assert after < base - 1e-3, (base, after)
 
@@ -166,7 +173,7 @@ def test_muon_with_conv_kernels_builds_and_steps():
     tx = optim.build_optimizer(c.optim, 10)
     state = step_lib.init_train_state(params, tx)
     step = jax.jit(functools.partial(step_lib.train_step, fn=fn, tx=tx,
-                                     lr_schedule=optim.schedule(c.optim, 10), seed=0))
+                                     lr_schedule=optim.schedule(c.optim, 10)))
     before = jax.tree.map(np.asarray, state["params"])
     for _ in range(2):
         state, m = step(state, {"tokens": _tokens()})
@@ -204,5 +211,4 @@ def test_inner_gradients_without_clipping_match_the_per_level_path(variant):
         fast[clip] = online_forward(fn, params, _tokens(), step=0, teach_scale=0.5)[1]["fast"]
     a, b = fast[0.0]["carry"]["cms"], fast[1e9]["carry"]["cms"]
     assert max(np.abs(np.asarray(x)).max() for x in jax.tree.leaves(a)) > 0
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=1e-7)
+    chex.assert_trees_all_close(a, b, rtol=2e-4, atol=1e-7)

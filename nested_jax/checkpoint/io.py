@@ -29,19 +29,18 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 import shutil
 import sys
 import threading
-import time
 from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
 
 from nested_jax.cli import UserError
+from nested_jax.data.assets import file_sha256
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -56,9 +55,6 @@ ROLLBACK_MARK = ".rolled_back"
 _UNHASHED = {"_CHECKPOINT_METADATA", "commit_success.txt", SUMS_FILE}
 REQUIRED_ITEMS = ("params", "meta")
 META_FILE = os.path.join("meta", "metadata")
-# Test hook (tests/test_reliability_resume.py): stall the async commit of step N (before
-# Orbax's final rename) so a test can kill the run while that checkpoint is mid-write.
-STALL_ENV = "NESTED_JAX_TEST_STALL_COMMIT"
 
 
 def warn(msg: str) -> None:
@@ -78,6 +74,8 @@ def checkpoint_dir(path: str) -> str:
 # what the code computed before the field existed (a checkpoint without the field restores
 # the model it was trained as).
 LEGACY_MODEL_FIELDS = {
+    "unroll_layers": 1,  # compile-time only (loop unrolling): the value the code used then
+    "online.unroll_segments": 1,
     "titans.residual_norm": False,
     "titans.depth": 2,
     "titans.mac_segment": 64,
@@ -94,18 +92,13 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
     cfg = json.loads(meta["config"])
     model = cfg.get("model", {})
     for dotted, value in LEGACY_MODEL_FIELDS.items():
-        group, key = dotted.split(".")
-        if isinstance(model.get(group), dict):
-            model[group].setdefault(key, value)
+        *groups, key = dotted.split(".")
+        node = model
+        for g in groups:
+            node = node.get(g) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(key, value)
     return ml_collections.ConfigDict(cfg)
-
-
-def file_sha256(path: str, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hash_tree(root: str, skip_top: set[str] | frozenset = frozenset()) -> dict[str, dict]:
@@ -329,10 +322,6 @@ class Checkpointer:
         if step is None:
             return
         try:
-            if os.environ.get(STALL_ENV) == str(step):
-                print(f"[nested_jax] test hook: stalling the commit of step {step}",
-                      file=sys.stderr, flush=True)
-                time.sleep(600)
             cands = sorted(glob.glob(os.path.join(self.directory, f"{step}{TMP_MARK}*")),
                            key=os.path.getmtime)
             if not cands:
@@ -354,17 +343,38 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def latest_good_step(self, check_hashes: bool = True,
-                         hash_items: tuple[str, ...] | None = None) -> int | None:
-        """Newest step that passes `inspect_step`, sha256 included (warning about the ones
-        skipped): the policy training applies when it resumes (`_recover`)."""
-        for step in reversed(self.all_steps()):
-            rep = inspect_step(os.path.join(self.directory, str(step)), check_hashes=check_hashes,
-                               hash_items=hash_items)
+    def pick_step(self, step: int | None = None, *,
+                  hash_items: tuple[str, ...] | None = None) -> tuple[int, list[int]]:
+        """(step to read, newer steps skipped as corrupt): the policy evaluation, release and
+        read-only opens share (module docstring). An explicit `step` must exist and pass
+        `inspect_step`; None = the newest step that passes it, with a warning for each newer
+        one skipped. `hash_items`: hash only these items' files (sizes for the rest)."""
+        steps = self.all_steps()
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(
+                    f"step {step} not found in {self.directory}; available: {steps}. Fix: pass "
+                    "one of them (or no step for the newest intact one).")
+            rep = inspect_step(os.path.join(self.directory, str(step)), hash_items=hash_items)
+            if not rep.ok:
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} is not intact: corrupt or "
+                    f"incomplete ({rep.problems[0]}). Fix: pick another step (available: "
+                    f"{steps}); `python -m nested_jax.checkpoint verify {self.directory}` lists "
+                    "what is broken.")
+            return step, []
+        skipped = []
+        for s in reversed(steps):
+            rep = inspect_step(os.path.join(self.directory, str(s)), hash_items=hash_items)
             if rep.ok:
-                return step
-            warn(f"skipping checkpoint step {step} in {self.directory}: {rep.problems[0]}.")
-        return None
+                return s, skipped
+            skipped.append(s)
+            warn(f"skipping corrupt checkpoint step {s} in {self.directory} ({rep.problems[0]}); "
+                 "using the newest intact step.")
+        raise CheckpointError(
+            f"every checkpoint in {self.directory} is corrupt or incomplete (steps {steps}). "
+            f"Fix: run `python -m nested_jax.checkpoint verify {self.directory}` for details "
+            "and re-save by resuming training.")
 
     def save(self, step: int, *, params, opt=None, fast=None, meta: dict, data_iter=None) -> None:
         items: dict[str, Any] = {
@@ -387,16 +397,13 @@ class Checkpointer:
             self.manager.wait_until_finished()
 
     def resolve_step(self, step: int | None) -> int:
+        """The step read_meta / restore read: an explicit step must exist; None = the newest
+        step (read-only opens: the newest intact one, `pick_step`)."""
         steps = self.all_steps()
         if not steps:
             raise CheckpointError(f"no checkpoint found in {self.directory}.")
         if step is None:
-            good = self.latest_good_step() if self.read_only else steps[-1]
-            if good is None:
-                raise CheckpointError(
-                    f"every checkpoint in {self.directory} is incomplete or corrupt. Run "
-                    f"`python -m nested_jax.checkpoint verify {self.directory}` for details.")
-            return good
+            return self.pick_step(None)[0] if self.read_only else steps[-1]
         if step not in steps:
             raise CheckpointError(f"step {step} not found in {self.directory}; available: {steps}.")
         return step

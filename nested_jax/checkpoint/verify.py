@@ -9,17 +9,13 @@ resumes from them; nor are steps moved aside by `rollback`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
-from nested_jax.checkpoint.io import (
-    CheckpointError,
-    SUMS_FILE,
-    checkpoint_dir,
-    file_sha256,
-    inspect_step,
-    step_dirs,
-)
+from nested_jax.checkpoint.io import (CheckpointError, SUMS_FILE, checkpoint_dir, inspect_step,
+                                      step_dirs)
+from nested_jax.data.assets import file_sha256
 
 # Keys every training checkpoint's meta carries (written by nested_jax.train.loop).
 REQUIRED_META = ("config", "tokenizer_sha256", "package_version", "git_commit", "step",
@@ -27,26 +23,44 @@ REQUIRED_META = ("config", "tokenizer_sha256", "package_version", "git_commit", 
 ARRAY_ITEMS = ("params", "opt", "fast")
 
 
-def tokenizer_problem(meta: dict) -> tuple[str, str | None]:
-    """(table cell, problem or None): the tokenizer named in the config vs the recorded hash."""
+@dataclasses.dataclass
+class TokenizerCheck:
+    """The tokenizer a checkpoint's config names, against the sha256 its meta records."""
+
+    name: str | None      # as named in the config (None: the config names none)
+    path: str | None      # its .model file (None: not available)
+    sha256: str | None    # of that file
+    problem: str | None   # None when it is available and matches
+
+    @property
+    def cell(self) -> str:
+        """The verify table's cell."""
+        if self.name is None:
+            return "?"
+        if self.path is None:
+            return f"{self.name}: missing"
+        return f"{self.name}: {'MISMATCH' if self.problem else 'ok'}"
+
+
+def check_tokenizer(meta: dict) -> TokenizerCheck:
+    """Find the tokenizer named in meta["config"] and compare its sha256 with the record
+    (verify and release; evaluation loads the tokenizer and compares the same hash)."""
     try:
-        cfg = json.loads(meta["config"])
-        name = cfg["data"]["tokenizer"]
+        name = json.loads(meta["config"])["data"]["tokenizer"]
     except (KeyError, TypeError, ValueError):
-        return "?", "config has no data.tokenizer"
+        return TokenizerCheck(None, None, None, "config has no data.tokenizer")
     from nested_jax.data.tokenizer import tokenizer_path
 
     try:
-        path = tokenizer_path(name)
+        path = str(tokenizer_path(name))
     except (ValueError, OSError) as e:
-        return f"{name}: missing", f"tokenizer {name!r} named in the config is not available ({e})"
-    got = file_sha256(path)
-    want = meta.get("tokenizer_sha256")
-    if got != want:
-        return f"{name}: MISMATCH", (
-            f"tokenizer {name!r} ({path}) has sha256 {got[:12]}…, the checkpoint was trained with "
-            f"{str(want)[:12]}…")
-    return f"{name}: ok", None
+        return TokenizerCheck(name, None, None,
+                              f"tokenizer {name!r} named in the config is not available ({e})")
+    got, want = file_sha256(path), meta.get("tokenizer_sha256")
+    problem = None if got == want else (
+        f"tokenizer {name!r} ({path}) has sha256 {got[:12]}…, the checkpoint was trained with "
+        f"{str(want)[:12]}…")
+    return TokenizerCheck(name, path, got, problem)
 
 
 def read_arrays(item_dir: str) -> tuple[int, int]:
@@ -93,9 +107,10 @@ def verify_step(directory: str, step: int, *, read: bool = True) -> dict:
                 json.loads(meta["config"])
             except (TypeError, ValueError):
                 problems.append("meta.config is not valid JSON")
-            row["tokenizer"], prob = tokenizer_problem(meta)
-            if prob:
-                problems.append(prob)
+            tc = check_tokenizer(meta)
+            row["tokenizer"] = tc.cell
+            if tc.problem:
+                problems.append(tc.problem)
         else:
             row["tokenizer"] = "?"
     if rep.has_sums:

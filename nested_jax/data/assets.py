@@ -2,6 +2,7 @@
 
 import bz2
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -39,6 +40,15 @@ _FIX = (
     "Fix: restore it with `git checkout -- nested_jax/assets` (the files are tracked in git; "
     "see nested_jax/assets/MANIFEST.md for sources and sha256), or reinstall the package."
 )
+
+
+def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes: the one hash of tokenizers, checkpoints and releases."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(bufsize):
+            h.update(block)
+    return h.hexdigest()
 
 
 def data_path(name_or_relpath: str) -> Path:

@@ -5,26 +5,16 @@ of a paragraph gets the same pieces as elsewhere) and the lines are joined by th
 byte piece <0x0A>. `decode` inverts this exactly: decode(encode(x)) == x.
 """
 
-import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import sentencepiece as spm
 
 from nested_jax.data import assets
+from nested_jax.data.assets import file_sha256
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 NEWLINE_PIECE = "<0x0A>"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Tokenizer:
@@ -98,11 +88,6 @@ class Tokenizer:
                 cur.append(i)
         lines.append(cur)
         return "\n".join(self.sp.decode(line) for line in lines)
-
-    def decode_batch(self, batch) -> list[str]:
-        """Texts of many id sequences."""
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            return list(pool.map(self.decode, batch))
 
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]}…)"

@@ -49,7 +49,7 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
                    help="transformer/titans: inputs longer than this run chunk by chunk with the "
                         "key/value cache (same scores, linear memory); 0 = one full forward")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    g = p.add_argument_group("test-time memorisation (DESIGN §2.6; HOPE variants only)")
+    g = p.add_argument_group("test-time memorisation (docs/streaming.md; HOPE variants only)")
     g.add_argument("--memorize", action="store_true",
                    help="memorise each prompt into the fast state, then score with it")
     g.add_argument("--memorize-steps", type=int, default=1, help="passes over each prompt")

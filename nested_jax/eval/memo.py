@@ -1,4 +1,4 @@
-"""Test-time memorisation (DESIGN §2.6) as the harnesses use it.
+"""Test-time memorisation (docs/streaming.md, "Who keeps it") as the harnesses use it.
 
 Per item: memorise a prompt (token ids) into a fast state with `steps` passes of the
 online scan, from a fresh state (reset) or from the previous item's state

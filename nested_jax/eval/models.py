@@ -8,8 +8,8 @@ Two kinds, one interface (`run`, `memorize`, `fit`, `can_memorize`):
             with updates on (the model's own algorithm, fresh state per row), memorised
             scores read with a given fast state (`update=False`).
 
-Fast states put the batch on axis 1 of every leaf (axis 0 is the layer); `expand_fast`
-repeats a one-row state over the rows of a batch.
+Fast states name their axes (`nested_jax.model.online.fast_axes`); `expand_fast` repeats a
+one-row state over the rows of a batch along the "batch" axis.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model import online
 from nested_jax.model.online import online_forward
 from nested_jax.ops.losses import token_cross_entropy
 
@@ -100,34 +101,19 @@ class PlainLM:
 
 
 def expand_fast(fast, rows: int):
-    """Repeat a one-row fast state over `rows` batch rows (batch is axis 1 of each leaf)."""
-    def rep(x):
-        if x.ndim < 2 or x.shape[1] == rows:
+    """Repeat a one-row fast state over `rows` batch rows (along each leaf's "batch" axis)."""
+    def rep(x, axes):
+        if "batch" not in axes or x.shape[axes.index("batch")] == rows:
             return x
-        if x.shape[1] != 1:
-            raise ValueError(f"cannot expand a fast state with {x.shape[1]} rows to {rows}.")
-        return jnp.repeat(x, rows, axis=1)
-    return jax.tree.map(rep, fast)
-
-
-def strip_kv(fast):
-    """Drop the per-sequence attention buffer from a fast state."""
-    carry = {k: v for k, v in fast["carry"].items() if k != "kv"}
-    return {**fast, "carry": carry}
-
-
-def update_counts(metrics: dict) -> dict:
-    """{level: updates summed over layers} from online_forward metrics."""
-    out: dict = {}
-    for k, v in metrics.items():
-        parts = k.split("/")
-        if len(parts) == 4 and parts[0] == "cms" and parts[3] == "updates":
-            out[parts[2]] = out.get(parts[2], 0.0) + float(v)
-    return out
+        d = axes.index("batch")
+        if x.shape[d] != 1:
+            raise ValueError(f"cannot expand a fast state with {x.shape[d]} rows to {rows}.")
+        return jnp.repeat(x, rows, axis=d)
+    return jax.tree.map(rep, fast, online.fast_axes(fast))
 
 
 class OnlineLM:
-    """A HOPE variant scored with its online algorithm (DESIGN §2.4, §2.6)."""
+    """A HOPE variant scored with its online algorithm (docs/streaming.md, "Who keeps it")."""
 
     can_memorize = True
 
@@ -140,14 +126,9 @@ class OnlineLM:
                                     fast=fast, mask_BxT=mask, collect_argmax=argmax)
             return -aux["ce"], (aux["argmax"] if argmax else None)
 
-        def mem(params, tokens, mask, fast, teach_scale):
-            _, aux = online_forward(fn, params, tokens, step=self.step, update=True, fast=fast,
-                                    mask_BxT=mask, teach_scale=teach_scale)
-            return strip_kv(aux["fast"]), aux["metrics"]
-
         self._run = {(u, a): jax.jit(functools.partial(run, update=u, argmax=a))
                      for u in (True, False) for a in (True, False)}
-        self._mem = jax.jit(mem)
+        self._mem = jax.jit(functools.partial(online.memorize_pass, fn, step=self.step))
 
     def fit(self, n: int) -> int:
         """Padded length for n input tokens: a multiple of the segment length."""
@@ -171,20 +152,14 @@ class OnlineLM:
 
     def memorize(self, prompt_BxT1, mask_BxT, *, steps: int, fast=None, reset: bool = True,
                  teach_scale: float | None = None):
-        """`steps` passes of the online scan over the prompt (teach signal from its own
-        next-token loss), as model.online.memorize, keeping the update counts.
-        `teach_scale` overrides the checkpoint step's scheduled scale.
+        """`steps` passes of the online scan over the prompt (`nested_jax.model.online.memorize`,
+        jitted). `teach_scale` overrides the checkpoint step's scheduled scale.
         Returns (fast state without the attention buffer, {level: updates})."""
-        tokens = jnp.asarray(prompt_BxT1, jnp.int32)
-        mask = jnp.asarray(mask_BxT, jnp.float32)
         scale = None if teach_scale is None else jnp.asarray(teach_scale, jnp.float32)
-        state = None if reset else fast
-        counts: dict = {}
-        for _ in range(steps):
-            state, metrics = self._mem(self.params, tokens, mask, state, scale)
-            for k, v in update_counts(metrics).items():
-                counts[k] = counts.get(k, 0.0) + v
-        return state, counts
+        return online.memorize(self.fn, self.params, jnp.asarray(prompt_BxT1, jnp.int32),
+                               steps=steps, fast=fast, reset=reset,
+                               mask_BxT=jnp.asarray(mask_BxT, jnp.float32), teach_scale=scale,
+                               one_pass=self._mem)
 
 
 def from_loaded(loaded, chunk: int = 2048):

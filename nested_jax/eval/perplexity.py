@@ -200,8 +200,7 @@ def _fresh_fast(model):
     """A fresh one-row fast state without the key/value buffer (frozen HOPE scoring)."""
     import jax
 
-    from nested_jax.eval.models import strip_kv
-    from nested_jax.model.online import init_fast
+    from nested_jax.model.online import init_fast, strip_kv
 
     fn = model.fn
     make = lambda p: strip_kv(init_fast(fn.bind(p), fn.cfg, 1, model.segment_len))  # noqa: E731

@@ -109,49 +109,15 @@ def open_checkpointer(path: str) -> Checkpointer:
 READ_ITEMS = ("params", "meta")
 
 
-def _step_problems(ck: Checkpointer, step: int) -> list[str]:
-    """Problems `inspect_step` finds in a step folder ([] if none): structure, sizes, and the
-    sha256 of every file of the items evaluation reads."""
-    from nested_jax.checkpoint.io import inspect_step
-
-    return list(inspect_step(os.path.join(ck.directory, str(step)),
-                             hash_items=READ_ITEMS).problems)
-
-
-def _resolve(ck: Checkpointer, step: int | None) -> tuple[int, list[int]]:
-    """(step to restore, newer steps skipped because they are corrupt)."""
-    steps = ck.all_steps()
-    if step is not None:
-        if step not in steps:
-            raise EvalError(f"step {step} not found in {ck.directory}; available steps: {steps}. "
-                            "Fix: pass one of them to --step (or omit --step for the latest).")
-        problems = _step_problems(ck, step)
-        if problems:
-            raise EvalError(
-                f"checkpoint step {step} in {ck.directory} is corrupt or incomplete "
-                f"({problems[0]}). Fix: pick another --step (available: {steps}); "
-                f"`python -m nested_jax.checkpoint verify {ck.directory}` lists what is broken.")
-        return step, []
-    skipped = []
-    for s in reversed(steps):
-        problems = _step_problems(ck, s)
-        if not problems:
-            return s, skipped
-        skipped.append(s)
-        print(f"[nested_jax.eval] warning: skipping corrupt checkpoint step {s} ({problems[0]}); "
-              "using the newest intact step.", file=sys.stderr)
-    raise EvalError(
-        f"every checkpoint in {ck.directory} is corrupt or incomplete (steps {steps}). Fix: "
-        f"run `python -m nested_jax.checkpoint verify {ck.directory}` for details and "
-        "re-save by resuming training.")
-
-
 def load(path: str, step: int | None = None, *, tokenizer: str | None = None) -> Loaded:
     """Restore params + meta of `step` (newest intact one if None); check the tokenizer's
     sha256 against the one recorded in the checkpoint."""
     ck = open_checkpointer(path)
     try:
-        step, skipped = _resolve(ck, step)
+        try:
+            step, skipped = ck.pick_step(step, hash_items=READ_ITEMS)
+        except CheckpointError as e:
+            raise EvalError(str(e)) from None
         try:
             meta = ck.read_meta(step)
             cfg = config_from_meta(meta)

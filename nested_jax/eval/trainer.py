@@ -1,8 +1,8 @@
 """A small self-contained trainer for evaluation protocols (continual learning, tests).
 
-Optax AdamW (+ global-norm clip) on a parameter dict, with the training loss: the online
-segment scan (`online_forward`, fresh fast state per batch) for HOPE variants, the plain
-next-token cross-entropy otherwise. It does not import nested_jax.train.
+Optax AdamW (+ global-norm clip) on a parameter dict, with the training loss
+(`nested_jax.model.loss.lm_loss`: the online segment scan from a fresh fast state for HOPE
+variants, the plain next-token cross-entropy otherwise). It does not import nested_jax.train.
 """
 
 from __future__ import annotations
@@ -11,18 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.model.blocks import ONLINE_VARIANTS
-from nested_jax.model.online import online_forward
-from nested_jax.ops.losses import token_cross_entropy
-
-
-def lm_loss(fn, params, tokens_BxT1, step):
-    """Mean next-token loss, as training computes it for this variant."""
-    if fn.cfg.variant in ONLINE_VARIANTS:
-        _, aux = online_forward(fn, params, tokens_BxT1, step=step)
-        return aux["ce"].mean()
-    logits = fn.bind(params)(tokens_BxT1[:, :-1])
-    return token_cross_entropy(logits, tokens_BxT1[:, 1:]).mean()
+from nested_jax.model.loss import lm_loss
 
 
 def adamw(lr: float, weight_decay: float = 0.0, clip: float = 1.0):

@@ -1,4 +1,4 @@
-"""Blocks of every variant (DESIGN §2.5) behind one interface:
+"""Blocks of every variant (README "Models"; docs/architecture.md) behind one interface:
 
     block(x, pos_T, carry=None, probes=None) -> (x, carry, aux)
     block.init_carry(batch, max_len) -> carry   (per-sequence state carried across segments)

@@ -1,9 +1,11 @@
-"""Continuum Memory System (DESIGN §2.3): a chain of residual MLP levels with fast weights.
+"""Continuum Memory System (docs/memories.md, "CMS"): a chain of residual MLP levels with
+fast weights.
 
-Level ℓ: y = x + GELU(RMSNorm(x) W1) W2. Its slow (meta) parameters live here; the
-per-sequence fast state adds a stop-gradient delta per batch row, so reads use
-meta + delta and the outer gradient reaches the meta parameters through the reads.
-The updates themselves (teach signal → inner optimizer) live in `nested_jax.model.online`.
+Level ℓ: y = x + GELU(RMSNorm(x) W1) W2 (`nested_jax.ops.cms.level_apply`). Its slow (meta)
+parameters live here; the per-sequence fast state adds a stop-gradient delta per batch row,
+so reads use meta + delta and the outer gradient reaches the meta parameters through the
+reads. The updates (teach signal → inner optimizer) are `nested_jax.ops.cms.update_level`,
+driven by the segment scan in `nested_jax.model.online`.
 """
 
 from __future__ import annotations
@@ -13,21 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nested_jax.model.layers import normal
-
-
-def level_apply(p: dict, x_BxTxD, eps: float = 1e-6, dtype=jnp.float32):
-    """One level with parameters either shared ([D], [D,F], [F,D]) or per row ([B,...])."""
-    x32 = x_BxTxD.astype(jnp.float32)
-    inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    if p["w1"].ndim == 3:  # per-row fast weights
-        h = (x32 * inv * p["scale"][:, None, :]).astype(dtype)
-        z = jnp.einsum("btd,bdf->btf", h, p["w1"].astype(dtype))
-        y = jnp.einsum("btf,bfd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
-    else:
-        h = (x32 * inv * p["scale"][None, None, :]).astype(dtype)
-        z = jnp.einsum("btd,df->btf", h, p["w1"].astype(dtype))
-        y = jnp.einsum("btf,fd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
-    return x_BxTxD + y.astype(x_BxTxD.dtype)
+from nested_jax.ops.cms import level_apply
 
 
 def effective(meta: dict, delta: dict | None) -> dict:

@@ -67,7 +67,7 @@ class LM(nnx.Module):
         if self.remat:
             body = jax.checkpoint(body)
         n = self.cfg.n_layers
-        unroll = n if n <= self.cfg.get("unroll_layers", 1) else 1  # small stacks: no loop overhead
+        unroll = n if n <= self.cfg.unroll_layers else 1  # small stacks: no loop overhead
         x, (new_carry, aux) = jax.lax.scan(body, x_BxTxD, (layer_state, carry, probes),
                                            unroll=unroll)
         return self.final_norm(x), new_carry, aux

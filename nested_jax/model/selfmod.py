@@ -1,4 +1,5 @@
-"""HOPE's self-modifying Titans branch (DESIGN §2.2), per head, around ops.selfmod.
+"""HOPE's self-modifying Titans branch (NL §8; docs/memories.md, "Self-modifying
+Titans"), per head, around ops.selfmod.
 
 x → causal conv → heads; q from a fixed (outer-trained) projection (or the in-context M_q
 with `adaptive_q`); the residual-MLP memories' initial states M_□,0 are trained parameters

@@ -1,5 +1,5 @@
-"""Titans neural-memory branch (DESIGN §2.1): projections → causal conv → SiLU → ℓ2 (q, k)
-→ per-token, per-head gates θ, η, α → chunked memory (linear or 2-layer MLP) → output.
+"""Titans neural-memory branch (Titans §3–4; docs/memories.md): projections → causal conv →
+SiLU → ℓ2 (q, k) → per-token, per-head gates θ, η, α → chunked memory (linear or 2-layer MLP) → output.
 
 The memory's initial state (W0, or W1/W2 for the MLP) is a trained parameter; its running
 state is carried across segments in `state` so online training sees one long memory.

@@ -15,15 +15,6 @@ def token_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.
     return logz_BxT - tgt_BxT
 
 
-def mean_cross_entropy(logits_BxTxV, targets_BxT, weights_BxT=None) -> jax.Array:
-    """Mean next-token cross-entropy (optionally weighted)."""
-    ce = token_cross_entropy(logits_BxTxV, targets_BxT)
-    if weights_BxT is None:
-        return ce.mean()
-    w = weights_BxT.astype(jnp.float32)
-    return (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
-
-
 @jax.custom_vjp
 def ce_and_hidden_grad(h_BxSxD, w_VxD, targets_BxS):
     """Per-token CE of logits = h wᵀ, and g = ∂ce_t/∂h_t (the teach signal at the head input).

@@ -1,9 +1,10 @@
 """Titans neural memory: chunked matmul-only dual form and token-loop references.
 
 Pure functions on one head of one sequence (callers vmap; see `batched`). Semantics
-(DESIGN §2.1): inner loss ½‖M(k) − v‖², gradient at the chunk-start state, momentum
-S_t = η_t S_{t-1} − θ_t ∇, forgetting W_t = (1 − α_t) W_{t-1} + S_t, read after write
-y_t = M_t(q_t). chunk_size = 1 is the exact per-token recurrence.
+(Titans Eqs. 11–14, §3.2; docs/memories.md, "Titans memory"): inner loss ½‖M(k) − v‖²,
+gradient at the chunk-start state, momentum S_t = η_t S_{t-1} − θ_t ∇, forgetting
+W_t = (1 − α_t) W_{t-1} + S_t, read after write y_t = M_t(q_t). chunk_size = 1 is the exact
+per-token recurrence.
 
 Inputs may be bf16: gates, states and every accumulation are float32; y comes back in
 q's dtype, end states in float32.
@@ -22,7 +23,7 @@ Array = jax.Array
 F32 = jnp.float32
 LN_EPS = 1e-6
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": jax.nn.gelu,  # tanh approximation, as in TTT-MLP and paper_math App. A
+    "gelu": jax.nn.gelu,  # tanh approximation, as in TTT-MLP
     "silu": jax.nn.silu,
 }
 
@@ -71,7 +72,8 @@ def _segsum(x_NxC: Array) -> Array:
 
 
 class ChunkCoeffs(NamedTuple):
-    """Per-chunk scalars of the dual form (paper_math §1.10), all chunks at once.
+    """Per-chunk scalars of the dual form (docs/memories.md, "Chunked dual form"), all chunks
+    at once.
 
     G[n, t, j]: weight of token j's gradient in W_t (lower-triangular).
     beta, f: coefficients of W0 and S0 in W_t. n: weight of token j's gradient in
@@ -86,7 +88,8 @@ class ChunkCoeffs(NamedTuple):
 
 
 def _coeffs_log(theta_NxC: Array, eta_NxC: Array, alpha_NxC: Array) -> ChunkCoeffs:
-    """DESIGN §2.1 form: b = cumsum log(1−α), μ = cumsum log η, G = D·P·diag(θ).
+    """The closed form of docs/memories.md: b = cumsum log(1−α), μ = cumsum log η,
+    G = D·P·diag(θ).
 
     Values are exact at η = 0 and α = 1; there d/dη (d/dα) of that gate is 0.
     """
@@ -184,7 +187,8 @@ def titans_linear(
 ) -> tuple[Array, tuple[Array, Array]]:
     """Linear Titans memory, chunked dual form. Returns y [T,V], (W, S) end states.
 
-    Per chunk (paper_math §1.10), with E = K W0 − V the errors at the chunk start:
+    Per chunk (docs/memories.md, "Chunked dual form"), with E = K W0 − V the errors at the
+    chunk start:
         Y = diag(β) Q W0 + diag(f) Q S0 − ((Q Kᵀ) ⊙ G) E
         W_C = β_C W0 + f_C S0 − Kᵀ diag(G_C,:) E,   S_C = m_C S0 − Kᵀ diag(n) E
     The state-free parts (coefficients, (Q Kᵀ) ⊙ G) are built for all chunks at once;
@@ -295,7 +299,8 @@ def titans_mlp(
     coeff_method: str = "auto",
 ) -> tuple[Array, tuple[tuple[Array, ...], tuple[Array, ...]]]:
     """Deep MLP memory σ(…σ(x W1)…) W_L of L = len(params0) ≥ 2 layers (Titans §3.1, depth
-    L_M of §5.5), layer-by-layer dual form (DESIGN §2.1; L = 2 is σ(x W1) W2).
+    L_M of §5.5), layer-by-layer dual form (docs/memories.md, "MLP (deep) memory"; L = 2 is
+    σ(x W1) W2).
 
     params0 = (W1 [K,F], …, W_L [F,V]), mom0 likewise. residual_norm = (scale [V],
     bias [V]) makes the memory x + LN(MLP(x))·scale + bias (TTT / lucidrains
@@ -420,11 +425,13 @@ def batched(fn: Callable, state_has_batch: bool = False) -> Callable:
 
 
 def linear_flops_per_token(dk: int, dv: int, chunk_size: int) -> float:
-    """DESIGN §7: chunked linear memory ≈ 10·dk·dv + 2C(dk + dv) FLOPs / token / head."""
+    """Chunked linear memory ≈ 10·dk·dv + 2C(dk + dv) FLOPs / token / head (docs/memories.md,
+    "Cost per token")."""
     return 10.0 * dk * dv + 2.0 * chunk_size * (dk + dv)
 
 
 def mlp_flops_per_token(dk: int, dh: int, dv: int, chunk_size: int) -> float:
-    """paper_math §4.2: chunked MLP ≈ 10·dk·h + 12·h·dv + 2C(dk + 2h + dv)."""
+    """Chunked MLP ≈ 10·dk·h + 12·h·dv + 2C(dk + 2h + dv) FLOPs / token / head
+    (docs/memories.md, "Cost per token")."""
     return 10.0 * dk * dh + 12.0 * dh * dv + 2.0 * chunk_size * (dk + 2 * dh + dv)
 

@@ -51,10 +51,7 @@ def chunked_scan(
     return carry, ys
 
 
-def largest_divisor_at_most(n: int, k: int) -> int:
-    """Largest d <= k with n % d == 0 (>= 1). Handy to pick a remat group size."""
-    k = max(1, min(k, n))
-    for d in range(k, 0, -1):
-        if n % d == 0:
-            return d
-    return 1
+def nearest_divisor(n: int, near: int) -> int:
+    """The divisor of n closest to `near` (the smaller one on a tie): the value a config
+    error suggests when a chunk or segment does not divide a length."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - max(near, 1)))

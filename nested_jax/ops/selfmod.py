@@ -1,4 +1,5 @@
-"""HOPE's self-modifying Titans (DESIGN §2.2): pure functions, one head of one sequence.
+"""HOPE's self-modifying Titans (NL §8, Eqs. 79–93; docs/memories.md): pure functions, one
+head of one sequence.
 
 A memory is a residual two-layer MLP, row convention:  M(z) = z·P + σ(z A) B
 A [D,H] input side, B [H,O] output side, P the skip: identity when D == O (absent),

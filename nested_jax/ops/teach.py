@@ -1,4 +1,5 @@
-"""Teach signal helpers (DESIGN §2.3): the scheduled scale and per-token clipping."""
+"""Teach signal helpers (NL §7.1; docs/memories.md, "CMS and the teach signal"): the
+scheduled scale and per-token clipping."""
 
 from __future__ import annotations
 

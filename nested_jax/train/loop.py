@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -18,7 +19,8 @@ from nested_jax.checkpoint import Checkpointer, rollback
 from nested_jax.checkpoint.preemption import StopRequest
 from nested_jax.data import loader
 from nested_jax.model.lm import abstract_model, build_model
-from nested_jax.model.online import init_fast
+from nested_jax.model.loss import streams
+from nested_jax.model.online import init_fast, strip_kv
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import metrics as metrics_lib
 from nested_jax.train import optim, step as step_lib
@@ -66,12 +68,65 @@ def _plot(config, metrics_path: str, workdir: str) -> None:
               file=sys.stderr, flush=True)
 
 
+def init_or_restore(config, ckpt: Checkpointer, train_iter, *, tx, mesh, tokenizer_sha256: str):
+    """The train state on the mesh: a fresh sharded init (`jax.eval_shape` → shardings →
+    jitted init, nothing materialised unsharded), or the latest checkpoint restored into the
+    same shardings together with the data iterator's state. Returns (state, shardings,
+    start step, the resumed checkpoint's meta or None)."""
+
+    def init_state():
+        model = build_model(config.model, config.seed)
+        params = nnx.to_pure_dict(nnx.split(model)[1])
+        fast = None
+        if streams(config.model):  # streaming fast state lives in the train state
+            fast = strip_kv(init_fast(model, config.model, config.train.batch_size,
+                                      config.train.seq_len))
+        return step_lib.init_train_state(params, tx, fast)
+
+    abstract_state = jax.eval_shape(init_state)
+    shardings = parallel.state_shardings(config, mesh, abstract_state)  # FSDP / rows
+    start = ckpt.latest_step()
+    if start is None:
+        return jax.jit(init_state, out_shardings=shardings)(), shardings, 0, None
+    meta = ckpt.read_meta(start)
+    check_resume_config(meta, config, tokenizer_sha256)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract_state, shardings)
+    same_procs = meta.get("process_count", 1) == jax.process_count()  # else data files differ
+    got = ckpt.restore(start, params=abstract["params"],
+                       opt={"opt_state": abstract["opt_state"], "step": abstract["step"]},
+                       fast=abstract.get("fast"), data_iter=train_iter if same_procs else None)
+    if not same_procs:
+        distributed.restore_data_state(ckpt.directory, start, train_iter)
+    state = {"params": got["params"], "opt_state": got["opt"]["opt_state"],
+             "step": got["opt"]["step"]}
+    if "fast" in abstract:
+        state["fast"] = got["fast"]
+    print(f"[nested_jax] resumed from step {start} in {ckpt.directory}", flush=True)
+    return state, shardings, start, meta
+
+
+def _roll_back(workdir: str, resume_step: int) -> None:
+    """--resume-step: move the checkpoints after `resume_step` aside (process 0), all wait."""
+    proc = jax.process_index()
+    moved = rollback(os.path.join(workdir, "checkpoints"), resume_step, lead=proc == 0)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("nested_jax_rollback")
+    if moved and proc == 0:
+        print(f"[nested_jax] --resume-step {resume_step}: moved later checkpoints aside "
+              f"({', '.join(moved)})", flush=True)
+
+
 def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> dict:
     """Train per `config`, writing checkpoints, metrics.jsonl (+ TensorBoard events) and
     loss_curve.png to `workdir`.
 
     Rerunning with the same workdir resumes from the latest checkpoint; `resume_step` resumes
     from that step instead (later steps are moved aside, see nested_jax.checkpoint.rollback).
+    Whatever happens (an exception, a signal), the signal handlers, the checkpoint manager
+    (in-flight saves complete), the metrics writers and the progress bar are closed.
     Returns a summary (also written to summary.json).
     """
     workdir = os.path.abspath(workdir)
@@ -87,204 +142,164 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
     tx = optim.build_optimizer(config.optim, total)
     lr_schedule = optim.schedule(config.optim, total)
     fn = abstract_model(config.model)
-
-    def init_state():
-        model = build_model(config.model, config.seed)
-        params = nnx.to_pure_dict(nnx.split(model)[1])
-        fast = None
-        if step_lib.streams(config.model):  # streaming fast state lives in the train state
-            fast = step_lib.strip_kv(init_fast(model, config.model, config.train.batch_size,
-                                               config.train.seq_len))
-        return step_lib.init_train_state(params, tx, fast)
-
-    abstract_state = jax.eval_shape(init_state)
-    state_shardings = parallel.state_shardings(config, mesh, abstract_state)  # FSDP / rows
-
     if resume_step is not None:
-        moved = rollback(os.path.join(workdir, "checkpoints"), resume_step, lead=proc == 0)
-        if n_proc > 1:
-            from jax.experimental import multihost_utils
+        _roll_back(workdir, resume_step)
 
-            multihost_utils.sync_global_devices("nested_jax_rollback")
-        if moved and proc == 0:
-            print(f"[nested_jax] --resume-step {resume_step}: moved later checkpoints aside "
-                  f"({', '.join(moved)})", flush=True)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                        max_to_keep=config.checkpoint.max_to_keep,
-                        async_save=config.checkpoint.async_save)
-    train_iter = loader.make_train_iterator(
-        config.data, seq_len=config.train.seq_len, batch_size=config.train.batch_size,
-        seed=config.seed, process_index=proc, process_count=n_proc)
+    summary: dict = {}
+    with contextlib.ExitStack() as cleanup:  # closed in reverse order, on any exit
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                            max_to_keep=config.checkpoint.max_to_keep,
+                            async_save=config.checkpoint.async_save)
+        cleanup.callback(ckpt.close)
+        train_iter = loader.make_train_iterator(
+            config.data, seq_len=config.train.seq_len, batch_size=config.train.batch_size,
+            seed=config.seed, process_index=proc, process_count=n_proc)
+        state, shardings, start, meta = init_or_restore(config, ckpt, train_iter, tx=tx,
+                                                        mesh=mesh, tokenizer_sha256=tok.sha256)
+        summary["start_step"] = start
+        if proc == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
 
-    start = ckpt.latest_step()
-    meta = None  # the resumed checkpoint's metadata
-    if start is None:
-        state = jax.jit(init_state, out_shardings=state_shardings)()
-        start = 0
-    else:
-        meta = ckpt.read_meta(start)
-        check_resume_config(meta, config, tok.sha256)
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            abstract_state, state_shardings)
-        same_procs = meta.get("process_count", 1) == n_proc  # else: per-process data files differ
-        got = ckpt.restore(start, params=abstract["params"],
-                           opt={"opt_state": abstract["opt_state"], "step": abstract["step"]},
-                           fast=abstract.get("fast"), data_iter=train_iter if same_procs else None)
-        if not same_procs:
-            distributed.restore_data_state(ckpt.directory, start, train_iter)
-        state = {"params": got["params"], "opt_state": got["opt"]["opt_state"],
-                 "step": got["opt"]["step"]}
-        if "fast" in abstract:
-            state["fast"] = got["fast"]
-        print(f"[nested_jax] resumed from step {start} in {ckpt.directory}", flush=True)
+        p_train = parallel.jit_train_step(config, mesh, shardings, fn=fn, tx=tx,
+                                          lr_schedule=lr_schedule)  # shard_map DP (mesh.mode)
+        p_eval = jax.jit(functools.partial(step_lib.eval_step, fn=fn))
+        eval_batches = loader.make_eval_batches(
+            config.data, seq_len=config.train.seq_len, batch_size=config.eval.batch_size,
+            num_batches=config.eval.num_batches)
 
-    if proc == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        writer = distributed.NullWriter()
+        if proc == 0:
+            sinks = metrics_lib.make_sinks(config.logging, workdir, start,
+                                           config.to_json_best_effort())
+            writer = metrics_lib.MetricsWriter(workdir, resume_step=start, sinks=sinks)
+        cleanup.callback(writer.close)
+        plain = proc == 0 and not config.logging.progress_bar  # one line per log / eval
+        plot = proc == 0 and config.logging.plot
+        guard = metrics_lib.NonFiniteGuard(  # counts skipped non-finite steps; aborts after K
+            workdir, config.train.max_nonfinite_in_a_row,
+            meta, save_batches=proc == 0, before_abort=ckpt.wait)
+        tokens_per_step = config.train.batch_size * config.train.seq_len
+        meta_base = {
+            "tokenizer_sha256": tok.sha256,
+            "package_version": nested_jax.__version__,
+            "git_commit": git_commit(),
+            "variant": config.model.variant,
+            "process_count": n_proc,
+        }
+        last_eval = None
+        last_saved = start
+        if start >= total and proc == 0:
+            print(f"[nested_jax] the run is already at step {start} (train.steps={total}): "
+                  "nothing to train (raise --config.train.steps to train further).", flush=True)
+        bar = None
+        if config.logging.progress_bar and proc == 0:
+            from tqdm.auto import tqdm
 
-    p_train = parallel.jit_train_step(config, mesh, state_shardings, fn=fn, tx=tx,
-                                      lr_schedule=lr_schedule)  # shard_map DP (mesh.mode)
-    p_eval = jax.jit(functools.partial(step_lib.eval_step, fn=fn))
-    eval_batches = loader.make_eval_batches(
-        config.data, seq_len=config.train.seq_len, batch_size=config.eval.batch_size,
-        num_batches=config.eval.num_batches)
+            bar = tqdm(total=total, initial=start, desc=f"train {config.model.variant}",
+                       dynamic_ncols=True)
+            cleanup.callback(bar.close)
 
-    writer = (metrics_lib.MetricsWriter(workdir, resume_step=start, sinks=metrics_lib.make_sinks(
-        config.logging, workdir, start, config.to_json_best_effort())) if proc == 0
-        else distributed.NullWriter())
-    plain = proc == 0 and not config.logging.progress_bar  # one line per log / eval (batch jobs)
-    plot = proc == 0 and config.logging.plot
+        def save(step_done: int):
+            ckpt.save(step_done, params=state["params"],
+                      opt={"opt_state": state["opt_state"], "step": state["step"]},
+                      fast=state.get("fast"), data_iter=train_iter,
+                      meta=dict(meta_base, config=config.to_json_best_effort(), step=step_done,
+                                tokens_seen=step_done * tokens_per_step, **guard.state()))
 
-    def record_eval(s: int, loss: float) -> None:
-        """Write the held-out loss, print it, redraw the PNG; a non-finite one is divergence."""
-        writer.write({"step": s, "eval_loss": loss})
-        summary["eval_step"] = s
-        line = metrics_lib.log_line({"step": s, "eval_loss": loss}, total)
-        if bar is not None:
-            bar.write(line)
-        elif proc == 0:
-            print(line, flush=True)
-        if plot:
-            _plot(config, writer.path, workdir)
-        if not np.isfinite(loss):
-            ckpt.wait()  # an in-flight save of an earlier step completes
-            where = (f"the last checkpoint, step {last_saved}, in {ckpt.directory} is kept"
-                     if last_saved else "no checkpoint was saved")
-            raise metrics_lib.NonFiniteError(
-                f"training stopped at step {s}: the held-out loss is {loss} (non-finite): the "
-                f"model diverged. Step {s} was not saved; {where}. Fix: rerun with a lower "
-                "--config.optim.lr (or, for online variants, a smaller --config.model.online."
-                "teach_scale); the same command resumes from the last checkpoint, "
-                "--resume-step N from an earlier one.")
-    guard = metrics_lib.NonFiniteGuard(  # counts skipped non-finite steps; aborts after K in a row
-        workdir, config.train.get("max_nonfinite_in_a_row", 0),
-        meta, save_batches=proc == 0, before_abort=ckpt.wait)
-    tokens_per_step = config.train.batch_size * config.train.seq_len
-    meta_base = {
-        "tokenizer_sha256": tok.sha256,
-        "package_version": nested_jax.__version__,
-        "git_commit": git_commit(),
-        "variant": config.model.variant,
-        "process_count": n_proc,
-    }
-
-    def save(step_done: int):
-        meta = dict(meta_base, config=config.to_json_best_effort(), step=step_done,
-                    tokens_seen=step_done * tokens_per_step, **guard.state())
-        ckpt.save(step_done, params=state["params"],
-                  opt={"opt_state": state["opt_state"], "step": state["step"]},
-                  fast=state.get("fast"), meta=meta, data_iter=train_iter)
-
-    summary: dict = {"start_step": start}
-    last_eval = None
-    bar = None
-    last_saved = start
-    if start >= total and proc == 0:
-        print(f"[nested_jax] the run is already at step {start} (train.steps={total}): nothing "
-              "to train (raise --config.train.steps to train further).", flush=True)
-
-    if config.logging.progress_bar and proc == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, desc=f"train {config.model.variant}",
-                   dynamic_ncols=True)
-    pending = None  # (step, metrics on device): read after dispatching the next step
-    t_last, step_last = time.perf_counter(), start
-
-    def flush(pending_item):
-        nonlocal t_last, step_last
-        s, m = pending_item
-        m = {k: float(v) for k, v in _host(m).items()}
-        guard.update(s, m)  # "nonfinite" → cumulative "nonfinite_skipped"
-        summary["loss"] = m["loss"]
-        if s % config.train.log_every == 0 or s == total or guard.abort:
-            now = time.perf_counter()
-            tps = (s - step_last) * tokens_per_step / max(now - t_last, 1e-9)
-            t_last, step_last = now, s
-            rec = {"step": s, **m, "tokens_per_sec": tps}
-            writer.write(rec)
-            summary["tokens_per_sec"] = tps
+        def record_eval(s: int, loss: float) -> None:
+            """Write the held-out loss, print it, redraw the PNG; non-finite = divergence."""
+            writer.write({"step": s, "eval_loss": loss})
+            summary["eval_step"] = s
+            line = metrics_lib.log_line({"step": s, "eval_loss": loss}, total)
             if bar is not None:
-                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
-            elif plain:
-                print(metrics_lib.log_line(rec, total), flush=True)
-        guard.check()  # K non-finite steps in a row: NonFiniteError, nothing more is saved
+                bar.write(line)
+            elif proc == 0:
+                print(line, flush=True)
+            if plot:
+                _plot(config, writer.path, workdir)
+            if not np.isfinite(loss):
+                ckpt.wait()  # an in-flight save of an earlier step completes
+                where = (f"the last checkpoint, step {last_saved}, in {ckpt.directory} is kept"
+                         if last_saved else "no checkpoint was saved")
+                raise metrics_lib.NonFiniteError(
+                    f"training stopped at step {s}: the held-out loss is {loss} (non-finite): "
+                    f"the model diverged. Step {s} was not saved; {where}. Fix: rerun with a "
+                    "lower --config.optim.lr (or, for online variants, a smaller --config."
+                    "model.online.teach_scale); the same command resumes from the last "
+                    "checkpoint, --resume-step N from an earlier one.")
 
-    def run_steps() -> None:
-        nonlocal state, pending, last_eval, last_saved
-        if start == 0 and total > 0:  # the initial model's held-out loss
-            last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
-            record_eval(0, last_eval)
-        for i in range(start, total):
-            batch = next(train_iter)
-            guard.remember(i + 1, batch)
-            state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
-            if pending is not None:
-                flush(pending)
-            pending = (i + 1, m)
-            if bar is not None:
-                bar.update(1)
-            s = i + 1
-            if s % config.eval.every_steps == 0 or s == total:
-                flush(pending)
-                pending = None
+        pending = None  # (step, metrics on device): read after dispatching the next step
+        t_last, step_last = time.perf_counter(), start
+
+        def flush(pending_item):
+            nonlocal t_last, step_last
+            s, m = pending_item
+            m = {k: float(v) for k, v in _host(m).items()}
+            guard.update(s, m)  # "nonfinite" → cumulative "nonfinite_skipped"
+            summary["loss"] = m["loss"]
+            if s % config.train.log_every == 0 or s == total or guard.abort:
+                now = time.perf_counter()
+                tps = (s - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+                t_last, step_last = now, s
+                rec = {"step": s, **m, "tokens_per_sec": tps}
+                writer.write(rec)
+                summary["tokens_per_sec"] = tps
+                if bar is not None:
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                elif plain:
+                    print(metrics_lib.log_line(rec, total), flush=True)
+            guard.check()  # K non-finite steps in a row: NonFiniteError, nothing more is saved
+
+        def run_steps() -> None:
+            nonlocal state, pending, last_eval, last_saved
+            if start == 0 and total > 0:  # the initial model's held-out loss
                 last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
-                record_eval(s, last_eval)  # raises (nothing saved) when it is non-finite
-            stopping = stop.requested(s)
-            if s % config.checkpoint.every_steps == 0 or s == total or stopping:
-                if pending is not None:  # step s's record reaches metrics.jsonl before checkpoint s
+                record_eval(0, last_eval)
+            for i in range(start, total):
+                batch = next(train_iter)
+                guard.remember(i + 1, batch)
+                state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
+                if pending is not None:
+                    flush(pending)
+                pending = (i + 1, m)
+                if bar is not None:
+                    bar.update(1)
+                s = i + 1
+                if s % config.eval.every_steps == 0 or s == total:
                     flush(pending)
                     pending = None
-                save(s)
-                last_saved = s
-            if stopping:
-                summary["stopped_at"] = s
-                break
-        if pending is not None:
-            flush(pending)
-            pending = None
+                    last_eval = evaluate(p_eval, state["params"], eval_batches, mesh,
+                                         state["step"])
+                    record_eval(s, last_eval)  # raises (nothing saved) when it is non-finite
+                stopping = stop.requested(s)
+                if s % config.checkpoint.every_steps == 0 or s == total or stopping:
+                    if pending is not None:  # step s's record reaches metrics.jsonl first
+                        flush(pending)
+                        pending = None
+                    save(s)
+                    last_saved = s
+                if stopping:
+                    summary["stopped_at"] = s
+                    break
+            if pending is not None:
+                flush(pending)
+                pending = None
 
-    stop = StopRequest().install()  # SIGTERM/SIGINT: checkpoint after this step, exit 0
-    try:
-        run_steps()
-    except metrics_lib.NonFiniteError as e:  # diverged: summary.json says so, then stop
-        if bar is not None:
-            bar.close()
-        writer.close()
-        if proc == 0:
-            summary.update(diverged=" ".join(str(e).split()), last_checkpoint=last_saved or None)
-            with open(os.path.join(workdir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
-        raise
-    finally:
-        stop.uninstall()
-    if bar is not None:
-        bar.close()
-    if last_saved != total and total > start and "stopped_at" not in summary:
-        save(total)
-    ckpt.close()
-    writer.close()
+        stop = StopRequest().install()  # SIGTERM/SIGINT: checkpoint after this step, exit 0
+        cleanup.callback(stop.uninstall)
+        try:
+            run_steps()
+        except metrics_lib.NonFiniteError as e:  # diverged: summary.json says so, then stop
+            if proc == 0:
+                summary.update(diverged=" ".join(str(e).split()),
+                               last_checkpoint=last_saved or None)
+                with open(os.path.join(workdir, "summary.json"), "w") as f:
+                    json.dump(summary, f, indent=2)
+            raise
+        if last_saved != total and total > start and "stopped_at" not in summary:
+            save(total)
+    # Everything is closed here: the last save is committed, the writers are flushed.
     if plot:
         _plot(config, writer.path, workdir)
     final = summary.get("stopped_at", max(total, start))

@@ -1,6 +1,6 @@
 """M3 (Multi-scale Momentum Muon), the Nested Learning paper's outer optimizer (NL Alg. 1), as
-an Optax GradientTransformation that follows the PyTorch reproduction (seed_spec §4.2,
-`optim/m3.py`).
+an Optax GradientTransformation that follows the PyTorch reproduction (kmccleary3301/
+nested_learning, `optim/m3.py`).
 
 Per M3 parameter θ with gradient g, at step t = 1, 2, ...; no bias corrections, and the
 accumulators are sums, not moving averages:
@@ -13,10 +13,10 @@ accumulators are sums, not moving averages:
     Δθ  = −lr · (O1 + α·O2) / (√V + ε)      ε outside the square root
     if t mod C == 0:  M2 ← M2 + β3·S;  S ← 0;  O2 = NS(M2)     (C = slow_chunk; O2 starts at 0)
 
-The slow update comes after Δθ, so a new O2 is used from step t+1 on (seed_spec and NL Alg. 1,
+The slow update comes after Δθ, so a new O2 is used from step t+1 on (NL Alg. 1,
 where the slow memory is refreshed at the start of each chunk of C steps).
 `slow_first=True` refreshes it before Δθ instead, so step t already uses it. That is the order
-in the copy of the reproduction's optim/m3.py we found; seed_spec describes the other one.
+in the copy of the reproduction's optim/m3.py we found; its documentation describes the other.
 
 NS(X), per matrix: X ← X / (‖X‖_F + ε), then ns_steps times X ← a·X + b·(XXᵀ)X + c·(XXᵀ)²X.
 The default (a, b, c) = (3/2, −1/2, 0) is the reproduction's cubic X ← ½·X·(3I − XᵀX).

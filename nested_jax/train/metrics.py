@@ -19,11 +19,6 @@ import time
 import numpy as np
 
 
-# Test hook (tests/test_reliability_resume.py): after writing the train record of step N,
-# block until a signal arrives, so a test can kill -9 or SIGTERM the run at a known point.
-PAUSE_ENV = "NESTED_JAX_TEST_PAUSE_AFTER_STEP"
-
-
 def _numbers(record: dict) -> dict[str, float]:
     """The numeric fields of a record other than its step."""
     return {k: float(v) for k, v in record.items()
@@ -84,14 +79,14 @@ class WandbSink:
 def make_sinks(logging_cfg, workdir: str, resume_step: int | None, config_json: str) -> list:
     """TensorBoard (logging.tensorboard) and W&B (logging.wandb_project, when wandb imports)."""
     sinks = []
-    if logging_cfg.get("tensorboard", True):
+    if logging_cfg.tensorboard:
         try:
             sinks.append(TensorBoardSink(os.path.join(workdir, "tensorboard"), resume_step))
         except ImportError:
             print("[nested_jax] warning: tensorboardX is not installed, so no TensorBoard events "
                   "are written. Fix: `pip install tensorboardX` (a nested_jax dependency).",
                   file=sys.stderr, flush=True)
-    project = logging_cfg.get("wandb_project", "")
+    project = logging_cfg.wandb_project
     if project:
         try:
             import wandb  # noqa: F401
@@ -101,7 +96,7 @@ def make_sinks(logging_cfg, workdir: str, resume_step: int | None, config_json: 
                   "wandb`.", file=sys.stderr, flush=True)
         else:
             try:
-                sinks.append(WandbSink(workdir, project, logging_cfg.get("wandb_entity", ""),
+                sinks.append(WandbSink(workdir, project, logging_cfg.wandb_entity,
                                        json.loads(config_json)))
             except Exception as e:  # noqa: BLE001 - W&B is optional: training goes on
                 print(f"[nested_jax] warning: W&B logging is off ({type(e).__name__}: "
@@ -149,7 +144,6 @@ class MetricsWriter:
                 for rec in keep:
                     f.write(json.dumps(rec) + "\n")
         self._f = open(self.path, "a")
-        self._pause_at = int(os.environ.get(PAUSE_ENV, "0") or 0)
 
     def write(self, record: dict) -> None:
         clean = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, bool)) else v)
@@ -158,12 +152,6 @@ class MetricsWriter:
         self._f.flush()
         for sink in self.sinks:
             sink.write(clean)
-        if self._pause_at and clean.get("step") == self._pause_at and "loss" in clean:
-            print(f"[nested_jax] test hook: paused after step {self._pause_at}", file=sys.stderr,
-                  flush=True)
-            import signal
-
-            signal.pause()
 
     def close(self) -> None:
         self._f.close()

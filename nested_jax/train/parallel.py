@@ -1,4 +1,5 @@
-"""Data parallelism (shard_map) and FSDP for the train step (DESIGN §4).
+"""Data parallelism (shard_map) and FSDP for the train step (docs/architecture.md, "One
+training step").
 
 mesh.mode = "shard_map" (default). The gradient is computed by `jax.shard_map` over the
 mesh: every device runs the unchanged single-device computation on its rows of the batch
@@ -16,8 +17,8 @@ memories' inner `jax.grad`, all on per-sequence state that starts from replicate
 parameters. Under check_vma=True those inner transposes meet implicit `pvary` casts: the
 teach-signal vjp rejects its cotangent ("expected float32[]{V:(data,fsdp)}"), and an inner
 gradient of a replicated state would come back psum'd over devices (other rows' teach
-signals) — the PyTorch reproduction's DDP failure (online updates off, replicas drifting;
-seed_spec §4.8) in another form. With check_vma=False each device runs exactly the
+signals) — the PyTorch reproduction's DDP failure (online updates off, replicas drifting)
+in another form. With check_vma=False each device runs exactly the
 single-device program on its rows, and the explicit pmean below is the only cross-device
 reduction: the pmap idiom, correct for this mode. (Do not swap in "differentiate the
 pmean'd loss": that idiom is for check_vma=True and gives device-local gradients here.)
@@ -38,35 +39,21 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from nested_jax.model.lm import build_model
-from nested_jax.model.online import init_fast
+from nested_jax.model.online import init_fast, strip_kv
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import sharding as sharding_lib
 from nested_jax.train import step as step_lib
-from nested_jax.train.validate import CHOICES
-
-MODES = CHOICES["mesh.mode"]  # checked with the other config choices (validate)
-
-
-def _mode(config) -> str:
-    mode = config.mesh.get("mode", "shard_map")
-    if mode not in MODES:
-        raise ValueError(f"mesh.mode={mode!r}; choose one of {MODES}.")
-    return mode
 
 
 def abstract_fast(model_cfg, batch: int, seq_len: int):
     """Abstract streaming fast state (what the train state holds) for `batch` rows."""
     return jax.eval_shape(
-        lambda: step_lib.strip_kv(init_fast(build_model(model_cfg, 0), model_cfg, batch, seq_len)))
+        lambda: strip_kv(init_fast(build_model(model_cfg, 0), model_cfg, batch, seq_len)))
 
 
 def state_shardings(config, mesh, abstract_state: dict):
     """NamedShardings of the train state (table in nested_jax.train.sharding)."""
-    fast_B1 = None
-    if "fast" in abstract_state:
-        fast_B1 = abstract_fast(config.model, config.train.batch_size + 1, config.train.seq_len)
-    specs = sharding_lib.state_specs(abstract_state, mesh, fast_B1=fast_B1,
-                                     min_size=config.mesh.get("fsdp_min_size", 0))
+    specs = sharding_lib.state_specs(abstract_state, mesh, min_size=config.mesh.fsdp_min_size)
     return sharding_lib.named(specs, mesh)
 
 
@@ -102,13 +89,13 @@ def shard_map_grad_fn(mesh, fn, fast_specs=None):
 def jit_train_step(config, mesh, shardings, *, fn, tx, lr_schedule):
     """The train step jitted once with state/batch shardings and state donation."""
     kw = {}
-    if _mode(config) == "shard_map":
+    if config.mesh.mode == "shard_map":  # else "gspmd" (validate.CHOICES)
         fast_specs = None
         if "fast" in shardings:
             fast_specs = jax.tree.map(lambda s: s.spec, shardings["fast"])
         kw["grad_fn"] = shard_map_grad_fn(mesh, fn, fast_specs)
     step_fn = functools.partial(step_lib.train_step, fn=fn, tx=tx, lr_schedule=lr_schedule,
-                                seed=config.seed, **kw)
+                                **kw)
     return jax.jit(step_fn,
                    in_shardings=(shardings, {"tokens": mesh_lib.batch_sharding(mesh)}),
                    out_shardings=(shardings, mesh_lib.replicated(mesh)),
@@ -116,9 +103,7 @@ def jit_train_step(config, mesh, shardings, *, fn, tx, lr_schedule):
 
 
 def check_config(config, mesh) -> None:
-    """Before any work: a known mesh.mode, and batch rows that split evenly over devices
-    and processes."""
-    _mode(config)
+    """Before any work: batch rows that split evenly over devices and processes."""
     b, n, p = config.train.batch_size, mesh.size, jax.process_count()
     if b % n or b % p:
         raise ValueError(

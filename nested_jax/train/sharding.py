@@ -10,8 +10,10 @@ rows are split over both axes; a parameter is split over "fsdp" only and replica
   params, ndim < 2 (norms, biases)       replicated
   opt_state                              same rule as the parameter it mirrors (same
                                          path suffix, same shape); counts replicated
-  fast (per-sequence HOPE/CMS state)     its batch-row axis over ("data", "fsdp"), like
-                                         the batch; other leaves replicated
+  fast (per-sequence HOPE/CMS state)     by its declared logical axes (FAST_AXES in
+                                         nested_jax.model.online) under LOGICAL_RULES:
+                                         "batch" over ("data", "fsdp") like the batch,
+                                         "layers" and unnamed axes replicated
   step                                   replicated
 
 With mesh.fsdp = 1 (the default) everything but the batch and the fast state is
@@ -25,7 +27,14 @@ import re
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from nested_jax.model.online import fast_axes, is_axes
 from nested_jax.train.mesh import BATCH_AXES
+
+# Logical axis → mesh axes (None = replicated), for arrays whose axes are named.
+LOGICAL_RULES = {
+    "batch": BATCH_AXES,
+    "layers": None,  # lax.scan slices the stacked layer axis: keep it whole
+}
 
 # (regex searched in the leaf's path "a/b/c", leading dims that are never sharded).
 # First match wins. Stacked blocks keep their layer axis whole: lax.scan slices it.
@@ -63,34 +72,23 @@ def tree_fsdp_specs(tree, mesh: Mesh, min_size: int = 0):
         lambda p, x: fsdp_spec(path_str(p), tuple(x.shape), n, min_size), tree)
 
 
-def row_specs(abstract_BxF, abstract_B1xF):
-    """Specs that put each leaf's batch-row axis on BATCH_AXES. The row axis is the one
-    whose size changes between the same tree built for batch B and for batch B + 1;
-    leaves without one (counters) are replicated."""
-
-    def spec(a, b):
-        diff = [d for d, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
-        if not diff:
-            return P()
-        if len(diff) != 1:
-            raise ValueError(f"fast-state leaf {a.shape} vs {b.shape}: no single batch axis")
-        s = [None] * len(a.shape)
-        s[diff[0]] = BATCH_AXES
-        return P(*s)
-
-    return jax.tree.map(spec, abstract_BxF, abstract_B1xF)
+def logical_spec(axes: tuple) -> P:
+    """PartitionSpec of a leaf whose axes are named `axes` (None = an unnamed axis)."""
+    return P(*(None if a is None else LOGICAL_RULES[a] for a in axes))
 
 
-def state_specs(abstract_state: dict, mesh: Mesh, *, min_size: int = 0, fast_B1=None) -> dict:
-    """PartitionSpecs of the whole train state (see the table above). `fast_B1` is the
-    abstract fast state built for batch B + 1 (needed when the state has "fast")."""
+def fast_specs(abstract_fast):
+    """Specs of the fast state, from the axes it declares (nested_jax.model.online.FAST_AXES)."""
+    return jax.tree.map(logical_spec, fast_axes(abstract_fast), is_leaf=is_axes)
+
+
+def state_specs(abstract_state: dict, mesh: Mesh, *, min_size: int = 0) -> dict:
+    """PartitionSpecs of the whole train state (see the table above)."""
     specs = {k: jax.tree.map(lambda _: P(), v) for k, v in abstract_state.items()}
     specs["params"] = tree_fsdp_specs(abstract_state["params"], mesh, min_size)
     specs["opt_state"] = tree_fsdp_specs(abstract_state["opt_state"], mesh, min_size)
     if "fast" in abstract_state:
-        if fast_B1 is None:
-            raise ValueError("state_specs: the state has a fast state; pass fast_B1.")
-        specs["fast"] = row_specs(abstract_state["fast"], fast_B1)
+        specs["fast"] = fast_specs(abstract_state["fast"])
     return specs
 
 

@@ -8,35 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nested_jax.model.blocks import ONLINE_VARIANTS
-from nested_jax.model.online import online_forward
-from nested_jax.ops.losses import token_cross_entropy
-
-
-def token_losses(fn, params, tokens_BxT1, step, fast=None):
-    """Per-token CE [B, T], metrics and the final fast state: the online segment scan for
-    variants with CMS levels (DESIGN §2.4), the plain full-sequence forward otherwise.
-    `fast` continues a streaming fast state (model.online.reset = "never")."""
-    if fn.cfg.variant in ONLINE_VARIANTS:
-        _, aux = online_forward(fn, params, tokens_BxT1, step=step, fast=fast)
-        return aux["ce"], aux["metrics"], strip_kv(aux["fast"])
-    logits = fn.bind(params)(tokens_BxT1[:, :-1])
-    return token_cross_entropy(logits, tokens_BxT1[:, 1:]), {}, None
-
-
-def strip_kv(fast):
-    """The attention buffer is per sequence; streaming keeps everything else."""
-    carry = {k: v for k, v in fast["carry"].items() if k != "kv"}
-    return {**fast, "carry": carry}
-
-
-def streams(cfg) -> bool:
-    return cfg.variant in ONLINE_VARIANTS and cfg.online.reset == "never"
-
-
-def lm_loss(fn, params, tokens_BxT1, step=0):
-    """Mean next-token loss (the outer objective)."""
-    return token_losses(fn, params, tokens_BxT1, step)[0].mean()
+from nested_jax.model.loss import token_losses
 
 
 def init_train_state(params, tx, fast=None) -> dict:
@@ -57,14 +29,12 @@ def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn):
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
 
-def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, seed: int, grad_fn=None):
-    """One optimizer update. Randomness (if any) derives from fold_in(seed, step).
-    `grad_fn` (same contract as `loss_and_grads`) replaces the gradient computation, e.g.
-    by its shard_map data-parallel form; the optimizer update stays global (GSPMD)."""
+def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, grad_fn=None):
+    """One optimizer update (the model has no stochastic layer: a step is a function of the
+    state and the batch alone, so a restart reproduces it). `grad_fn` (same contract as
+    `loss_and_grads`) replaces the gradient computation, e.g. by its shard_map data-parallel
+    form; the optimizer update stays global (GSPMD)."""
     step = state["step"]
-    rng = jax.random.fold_in(jax.random.key(seed), step)
-    del rng  # no stochastic layers yet; kept so restarts stay reproducible when added
-
     if grad_fn is None:
         grad_fn = functools.partial(loss_and_grads, fn=fn)
     (loss, (metrics, fast)), grads = grad_fn(state["params"], batch["tokens"], step,
