@@ -1,9 +1,4 @@
-"""CPU smoke of the Titans baseline: width 128, 2 layers, 4 heads, seq 64 (see mid_titan_baseline.py)."""
+"""The `mid_titan_baseline_smoke` preset for `--config configs/mid_titan_baseline_smoke.py` in a checkout; it lives in
+nested_jax/configs/mid_titan_baseline_smoke.py (shipped with the package)."""
 
-from configs import mid_titan_baseline, repro
-
-
-def get_config():
-    c = repro.cpu_smoke(mid_titan_baseline.get_config(), steps=60)
-    c.optim.lr = 1e-3
-    return c
+from nested_jax.configs.mid_titan_baseline_smoke import *  # noqa: F401,F403

@@ -23,10 +23,11 @@ def _load(path):
     return _module(path).get_config()
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))))
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "nested_jax", "configs",
+                                                               "*.py"))))
 def test_every_preset_loads_with_required_groups(path):
     mod = _module(path)
-    if not hasattr(mod, "get_config"):  # shared helpers such as configs/repro.py
+    if not hasattr(mod, "get_config"):  # the package module, shared helpers (repro.py)
         return
     c = mod.get_config()
     for group in ("model", "data", "train", "optim", "checkpoint", "eval", "mesh", "logging"):
@@ -40,8 +41,30 @@ def test_every_preset_loads_with_required_groups(path):
     finalize_config(c, 32000 if c.data.tokenizer == "novels_32k" else 2048)
 
 
+def test_checkout_shortcuts_and_preset_names_load_the_shipped_presets(tmp_path, monkeypatch):
+    """configs/<name>.py in a checkout is the shipped preset; outside a checkout (another
+    working directory) `configs/<name>.py` and the bare name resolve to the shipped file."""
+    from nested_jax.configs import PRESETS_DIR, preset_path, presets, resolve_config_flag
+
+    names = presets()
+    assert {"default", "smoke", "pilot", "pilot_smoke", "mid_stage2"} <= set(names)
+    shortcuts = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))}
+    assert set(names) <= shortcuts
+    for name in names:
+        assert (_load(os.path.join(REPO, "configs", f"{name}.py")).to_dict()
+                == _load(os.path.join(PRESETS_DIR, f"{name}.py")).to_dict()), name
+    monkeypatch.chdir(tmp_path)
+    shipped = os.path.join(PRESETS_DIR, "smoke.py")
+    assert preset_path("configs/smoke.py") == preset_path("smoke") == shipped
+    assert preset_path("smoke.py:arg") == shipped + ":arg"
+    assert preset_path("other/smoke.py") == "other/smoke.py"  # a missing path stays an error
+    assert resolve_config_flag(["p", "--config=smoke", "--config.train.steps=3"]) == [
+        "p", f"--config={shipped}", "--config.train.steps=3"]
+    assert resolve_config_flag(["p", "--config", "configs/nope.py"])[2] == "configs/nope.py"
+
+
 def test_every_default_field_has_a_comment():
-    src = open(os.path.join(REPO, "configs", "default.py")).read()
+    src = open(os.path.join(REPO, "nested_jax", "configs", "default.py")).read()
     for line in src.splitlines():
         s = line.strip()
         if s.startswith(("c.", "m.", "t.", "o.", "k.", "e.", "lg.")) and "=" in s \

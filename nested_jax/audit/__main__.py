@@ -14,17 +14,19 @@ from ml_collections import config_flags
 
 from nested_jax import cli
 from nested_jax.audit import audit, table
+from nested_jax.configs import resolve_config_flag
 from nested_jax.train.cli_errors import explain_flag_error
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/ (get_config()).", lock_config=True)
+    "config", None, "A config file defining get_config(), e.g. configs/smoke.py, or a preset "
+    "name (nested_jax/configs).", lock_config=True)
 _STRICT = flags.DEFINE_boolean("strict", False, "Exit 1 when the config is not paper-faithful.")
 flags.mark_flags_as_required(["config"])
 
 
 def _parse(argv):
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(resolve_config_flag(argv))
     except Exception as e:  # noqa: BLE001 - a bad flag or override: one paragraph
         sys.exit(cli.fail(explain_flag_error(argv, e)))
 

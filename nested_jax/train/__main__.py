@@ -15,13 +15,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nested_jax import cli
+from nested_jax.configs import resolve_config_flag
 from nested_jax.train.cli_errors import explain_flag_error
 
 PROG = "python -m nested_jax.train"
-HINT = ("every config field and its allowed values are documented in configs/default.py; see "
-        f"`{PROG} --help` for the flags.")
+HINT = ("every config field and its allowed values are documented in "
+        f"nested_jax/configs/default.py; see `{PROG} --help` for the flags.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/ (get_config()).", lock_config=True)
+    "config", None, "A config file defining get_config(), e.g. configs/smoke.py, or a preset "
+    "name (smoke, pilot, ...: nested_jax/configs).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 flags.mark_flags_as_required(["config"])
 _RESUME_STEP = flags.DEFINE_integer(
@@ -51,6 +53,7 @@ def _argv() -> list[str]:
 
 def _parse(argv):
     argv = [_undash(a) for a in argv]  # accept --num-processes / --resume-step / ... too
+    argv = resolve_config_flag(argv)  # a preset name, or configs/X.py outside a checkout
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 - turned into a one-paragraph message

@@ -58,7 +58,7 @@ def explain_flag_error(argv: list[str], err: Exception) -> str:
                     hint = f" ({hint.group(0)}?)" if hint else ""
                     return (f"error: unknown config key {key!r}{hint}. Fix: use one of the "
                             f"keys{' under ' + parent if parent else ''}: {', '.join(valid)} "
-                            "(every field is documented in configs/default.py).")
+                            "(every field is documented in nested_jax/configs/default.py).")
     m = re.match(r"flag (--config\.[\w.]+)=(.*?): (.*)$", text)
     if m and cfg is not None:  # a value of the wrong type for its field
         flag, value, why = m.groups()
@@ -71,6 +71,6 @@ def explain_flag_error(argv: list[str], err: Exception) -> str:
         except (KeyError, TypeError):
             want = "a value of the field's type"
         return (f"error: {flag}={value} has the wrong type ({why.strip(chr(39) + ' ')}). Fix: "
-                f"give {want}; every field is documented in configs/default.py.")
+                f"give {want}; every field is documented in nested_jax/configs/default.py.")
     return (f"error: bad command-line flag: {text}. Fix: see `python -m nested_jax.train "
             "--help` (config fields are set as --config.group.field=value).")
