@@ -88,3 +88,34 @@ def test_old_checkpoint_configs_get_the_fields_added_since():
     assert got.unroll_layers == LEGACY_MODEL_FIELDS["unroll_layers"] == 1
     assert got.online.unroll_segments == 1 and got.titans.residual_norm is False
     assert got.selfmod.dgd is False
+
+
+def test_sha256_record_is_written_in_the_background_after_the_commit(tmp_path, monkeypatch):
+    """A save never waits for hashing: step N's record is computed by a background thread
+    once N is committed (started by the next save), and close() finishes it."""
+    import threading
+
+    from nested_jax.checkpoint import io as ckpt_io
+
+    release = threading.Event()
+    real = ckpt_io.hash_tree
+    monkeypatch.setattr(ckpt_io, "hash_tree", lambda *a, **k: (release.wait(60), real(*a, **k))[1])
+    params = {"w": jnp.arange(6.0)}
+    d = str(tmp_path / "checkpoints")
+    ck = Checkpointer(d, async_save=True)
+    ck.save(1, params=params, meta={"step": 1})
+    ck.save(2, params=params, meta={"step": 2})  # returns while step 1 is being hashed
+    assert ck._hasher is not None and ck._hasher.is_alive()
+    assert not (tmp_path / "checkpoints" / "1" / ckpt_io.SUMS_FILE).exists()
+    release.set()
+    ck.close()
+    for step in (1, 2):
+        rep = ckpt_io.inspect_step(f"{d}/{step}")
+        assert rep.ok and rep.has_sums and rep.hashed_files >= 2, rep
+    # A resume re-hashes only files written after their record: an overwrite is caught.
+    victim = next(p for p in sorted((tmp_path / "checkpoints" / "2" / "params").rglob("*"))
+                  if p.is_file() and p.stat().st_size > 0)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert "recorded sha256" in " ".join(ckpt_io.inspect_step(f"{d}/2", check_hashes="changed").problems)

@@ -3,8 +3,9 @@
   params/  model parameters (StandardSave)        opt/   optimizer state + step
   fast/    per-sequence fast state (HOPE/CMS)      data/  Grain iterator state
   meta/    JSON: config, tokenizer sha256, package version, git commit, step, tokens seen
-  nested_jax_sha256.json   sha256 and size of every file above (written inside Orbax's
-                           temporary directory, so it is committed by the same atomic rename)
+  nested_jax_sha256.json   sha256 and size of every file above, written in a background
+                           thread after Orbax's atomic commit (the next save or `close()`
+                           starts it; the record itself is written atomically)
 
 Evaluation restores `params` and `meta` only.
 
@@ -23,6 +24,15 @@ when complete, so a process killed mid-write leaves only a temporary directory. 
 writable Checkpointer removes such leftovers (with a warning), checks the newest steps
 against their recorded sha256 sums, and moves a truncated or corrupt step aside to
 `N.corrupt` (with a warning) so the previous intact step is resumed.
+
+Cost at scale. Hashing re-reads every byte of a step, so it never blocks a save: the record
+of step N is computed in a background thread once N is committed (training goes on), and a
+resume checks the newest steps' structure, every file's size, and the hash of every file
+modified after its record was written (a truncation, a copy cut short or an overwrite is
+caught without re-reading the rest). Silent bit rot of an untouched file is caught by
+`python -m nested_jax.checkpoint verify` (every byte), by evaluation (the items it reads)
+and by release (every byte). A step committed but killed before its record was written has
+no record: it is used unverified, like the steps of older versions.
 """
 
 from __future__ import annotations
@@ -152,11 +162,12 @@ class StepReport:
         return not self.problems
 
 
-def inspect_step(path: str, *, check_hashes: bool = True,
+def inspect_step(path: str, *, check_hashes: bool | str = True,
                  hash_items: tuple[str, ...] | None = None) -> StepReport:
     """Structure (Orbax step marker, required items, readable meta JSON) and, when the step
     carries a sha256 record, every file's size and hash (`hash_items`: hash only the files
-    of these items, sizes for the rest)."""
+    of these items, sizes for the rest). check_hashes="changed" hashes only the files
+    modified after the record was written (the resume check; module docstring)."""
     problems: list[str] = []
     items: list[str] = []
     meta = None
@@ -184,6 +195,7 @@ def inspect_step(path: str, *, check_hashes: bool = True,
         try:
             with open(sums_path) as f:
                 record = json.load(f)["files"]
+            recorded_at = os.path.getmtime(sums_path)
         except (OSError, ValueError, KeyError, TypeError) as e:
             problems.append(f"{SUMS_FILE} is unreadable ({type(e).__name__})")
             record = {}
@@ -195,6 +207,7 @@ def inspect_step(path: str, *, check_hashes: bool = True,
                 problems.append(f"file {rel} has {os.path.getsize(full)} bytes, "
                                 f"{want['bytes']} were written (truncated or overwritten)")
             elif (check_hashes and (hash_items is None or rel.split("/")[0] in hash_items)
+                  and (check_hashes != "changed" or os.path.getmtime(full) > recorded_at)
                   and file_sha256(full) != want["sha256"]):
                 problems.append(f"file {rel} does not match its recorded sha256 (corrupt)")
             else:
@@ -261,8 +274,8 @@ class Checkpointer:
             )
         self.read_only = read_only
         self.async_save = async_save
-        self._saving: int | None = None  # the step whose async save is in flight
-        self._lock = threading.Lock()
+        self._saving: int | None = None  # the step whose save is in flight (not yet recorded)
+        self._hasher: threading.Thread | None = None  # sha256 record of a committed step
         if not read_only:
             os.makedirs(self.directory, exist_ok=True)
             self._recover()
@@ -271,8 +284,6 @@ class Checkpointer:
             enable_async_checkpointing=True,  # sync saves wait right after save()
             create=not read_only,
             read_only=read_only,
-            async_options=None if read_only else ocp.AsyncOptions(
-                post_finalization_callback=self._record_sums),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -290,7 +301,7 @@ class Checkpointer:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         bad: list[tuple[int, StepReport]] = []
         for step in reversed(found["steps"]):
-            rep = inspect_step(os.path.join(self.directory, str(step)))
+            rep = inspect_step(os.path.join(self.directory, str(step)), check_hashes="changed")
             if rep.ok:
                 break
             bad.append((step, rep))
@@ -314,27 +325,43 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices("nested_jax_checkpoint_recover")
 
-    def _record_sums(self) -> None:
-        """Orbax post-finalization callback (background thread, before the final rename):
-        write the sha256 record into the temporary step directory."""
-        with self._lock:
-            step, self._saving = self._saving, None
-        if step is None:
-            return
+    def _record_sums(self, step: int) -> None:
+        """Write step's sha256 record into its committed directory (atomic replace)."""
+        path = os.path.join(self.directory, str(step))
         try:
-            cands = sorted(glob.glob(os.path.join(self.directory, f"{step}{TMP_MARK}*")),
-                           key=os.path.getmtime)
-            if not cands:
-                return
-            tmp = cands[-1]
             record = {"algorithm": "sha256", "step": step,
-                      "files": hash_tree(tmp, skip_top=_UNHASHED)}
-            with open(os.path.join(tmp, SUMS_FILE), "w") as f:
+                      "files": hash_tree(path, skip_top=_UNHASHED)}
+            tmp = os.path.join(path, SUMS_FILE + ".tmp")
+            with open(tmp, "w") as f:
                 json.dump(record, f, indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
-        except Exception as e:  # noqa: BLE001 - a missing record must not fail the save
+            os.replace(tmp, os.path.join(path, SUMS_FILE))
+        except FileNotFoundError:
+            pass  # the step was deleted meanwhile (max_to_keep)
+        except Exception as e:  # noqa: BLE001 - a missing record must not fail training
             warn(f"could not record sha256 sums of step {step}: {type(e).__name__}: {e}")
+
+    def _record_committed(self, background: bool) -> None:
+        """The save in flight is committed (after `wait_until_finished`): record its sums,
+        in a background thread (one at a time) or now."""
+        import jax
+
+        step, self._saving = self._saving, None
+        self._join_hasher()
+        if step is None or jax.process_index() != 0:
+            return
+        if background:
+            self._hasher = threading.Thread(target=self._record_sums, args=(step,),
+                                            name=f"nested_jax-sha256-{step}", daemon=True)
+            self._hasher.start()
+        else:
+            self._record_sums(step)
+
+    def _join_hasher(self) -> None:
+        if self._hasher is not None:
+            self._hasher.join()
+            self._hasher = None
 
     # ------------------------------------------------------------------ steps
     def all_steps(self) -> list[int]:
@@ -389,9 +416,9 @@ class Checkpointer:
             import grain  # deferred: grain is only needed when a data iterator is saved
 
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.wait_until_finished()  # one save in flight: the callback knows its step
-        with self._lock:
-            self._saving = step
+        self.manager.wait_until_finished()  # one save in flight; the previous one is committed
+        self._record_committed(background=True)
+        self._saving = step
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         if not self.async_save:
             self.manager.wait_until_finished()
@@ -444,8 +471,10 @@ class Checkpointer:
         return {k: out[k] for k in items}
 
     def wait(self) -> None:
+        """The save in flight is committed and its sha256 record written."""
         self.manager.wait_until_finished()
+        self._record_committed(background=False)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
