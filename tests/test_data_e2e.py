@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -69,9 +68,7 @@ def test_cli_tokenizer(tmp_path):
 
 
 def test_cli_prepare_preset_sample_then_train_iterator(tmp_path):
-    t0 = time.time()
     _cli("prepare", "--preset", "sample", "--out", str(tmp_path / "sample"), "--no-progress")
-    assert time.time() - t0 < 120
     stats = packing.read_stats(tmp_path / "sample")
     assert set(stats["domains"]) == {"novels", "wikipedia", "math", "code"}
     for d, splits in stats["domains"].items():
@@ -92,9 +89,8 @@ def test_default_novels_dataset_first_use(tmp_path):
     """The default config: the vendored novels are tokenised and cached on first use (~30 s)."""
     c = config.default_data_config()
     c.cache_dir = str(tmp_path)
-    t0 = time.time()
     b = next(loader.make_train_iterator(c, seq_len=256, batch_size=4, seed=0))["tokens"]
-    assert time.time() - t0 < 120 and b.shape == (4, 257)
+    assert b.shape == (4, 257)
     _, stats = loader.prepared_dir(c)
     assert stats["domains"]["novels"]["train"]["documents"] == 93
     assert stats["domains"]["novels"]["valid"]["documents"] == 5

@@ -1,7 +1,6 @@
 """NIAH / passkey prompts: true token lengths and needle depths; a tiny model trained on
 fixed passkey prompts retrieves the key (greedy and by ranking)."""
 
-import time
 
 import numpy as np
 import pytest
@@ -50,7 +49,6 @@ def test_prompts_have_the_requested_token_length_and_depth(tok, task):
 
 
 def test_tiny_model_trained_on_fixed_passkey_prompts_retrieves_the_key(tok):
-    t0 = time.time()
     rng = np.random.default_rng(0)
     samples = [niah.make_sample(tok, niah.TEMPLATES["passkey"], 160, d, rng, distractors=4)
                for d in (0.0, 0.5, 1.0)]
@@ -71,4 +69,3 @@ def test_tiny_model_trained_on_fixed_passkey_prompts_retrieves_the_key(tok):
     got = niah._score_cell(model, tok, samples, batch_size=4, batch_tokens=4096)
     assert got["greedy_acc"] == 1.0, [r["generated"] for r in got["samples"]]
     assert got["rank_acc"] == 1.0 and got["mean_margin"] > 0
-    assert time.time() - t0 < 60
