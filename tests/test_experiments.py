@@ -1,7 +1,8 @@
-"""The experiment studies (launch/experiments) and their report generator
-(`python -m nested_jax.eval report --experiments DIR`, nested_jax/eval/experiments.py).
+"""The experiment studies (launch/experiments: study.py plans each study's commands,
+driver.py runs them and skips the finished ones, report.py writes RESULTS.md + figures).
 
-Fast: the generator on small synthetic study JSONs (every study type) → RESULTS.md + PNGs.
+Fast: the driver on trivial commands; the report on small synthetic study JSONs (every study
+type) → RESULTS.md + PNGs; every study's planned commands (dry run).
 Slow: one study script end to end with the tiniest sizes (train → eval → report).
 """
 
@@ -11,21 +12,24 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from nested_jax.eval import experiments
-from nested_jax.eval.__main__ import main as eval_main
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "launch" / "experiments"))  # the tool's scripts import each other
+import driver  # noqa: E402
+import report  # noqa: E402
+import study  # noqa: E402
+
 DOMAINS = ["novels", "wikipedia", "math", "code"]
 
 
 # ---------------------------------------------------------------------------------------------
-# Synthetic study folders (same layout and JSON shapes as launch/experiments/studies.py writes)
+# Synthetic study folders (same layout and JSON shapes as launch/experiments/study.py writes)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -219,12 +223,11 @@ def build_synthetic(root: Path) -> None:
 
 def test_report_experiments_synthetic(tmp_path):
     build_synthetic(tmp_path)
-    rc = eval_main(["report", "--experiments", str(tmp_path)])
-    assert rc == 0
+    assert report.main([str(tmp_path)]) == 0
     md = (tmp_path / "RESULTS.md").read_text()
     # every study has a section, in the fixed order, with machine and date
     heads = [m.group(1) for m in re.finditer(r"^## (\w+) \(cpu preset\)$", md, re.M)]
-    assert heads == list(experiments.STUDY_ORDER)
+    assert heads == list(report.STUDY_ORDER)
     assert md.count("Synthetic CPU 9000 (2 cores)") >= 5
     assert "2025-01-02T03:04:05+00:00" in md
     assert "do not edit by hand" in md
@@ -276,7 +279,7 @@ def test_report_experiments_synthetic(tmp_path):
 def test_report_experiments_output_and_errors(tmp_path, capsys):
     build_synthetic(tmp_path / "exp")
     out = tmp_path / "elsewhere" / "R.md"
-    res = experiments.generate(str(tmp_path / "exp"), str(out))
+    res = report.generate(str(tmp_path / "exp"), str(out))
     assert res["studies"] == 5 and out.exists()
     assert all(f.startswith(str(tmp_path / "elsewhere" / "figures")) for f in res["figures"])
     # links are relative to the markdown
@@ -287,14 +290,11 @@ def test_report_experiments_output_and_errors(tmp_path, capsys):
     d.pop("complete")
     d["failed"] = "release_build: exit 1"
     sj.write_text(json.dumps(d))
-    experiments.generate(str(tmp_path / "exp"), str(out))
+    report.generate(str(tmp_path / "exp"), str(out))
     assert "Incomplete: the study stopped with an error" in out.read_text()
     # bad input: one-line error, exit 2
-    assert eval_main(["report", "--experiments", str(tmp_path / "nothing")]) == 2
-    assert eval_main(["report"]) == 2
-    assert eval_main(["report", "--experiments", str(tmp_path / "exp"), "--inputs", "a.json"]) == 2
-    err = capsys.readouterr().err
-    assert "error:" in err
+    assert report.main([str(tmp_path / "nothing")]) == 2
+    assert "error:" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -325,23 +325,19 @@ def test_study_script_end_to_end(tmp_path):
                          "--runs", str(tmp_path / "runs"), "--no-report"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
-    assert "reusing the finished run" in r2.stdout and "eval transformer_zeroshot: reusing" in r2.stdout
+    assert "train_transformer: reusing the finished run" in r2.stdout
+    assert "eval_transformer_zeroshot: reusing the finished run" in r2.stdout
 
 
 def test_study_scripts_dry_run(capsys):
     """Every study plans its commands for the CPU and GPU presets (nothing runs): real CLI
     calls, param-matched baselines, the multi-device environment, the release steps."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("studies", ROOT / "launch" / "experiments" / "studies.py")
-    studies = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(studies)
-    for name in studies.STUDIES:
+    for name in study.STUDIES:
         for extra in ([], ["--gpu"]):
-            assert studies.main([name, "--dry-run", *extra]) == 0
+            assert study.main([name, "--dry-run", *extra]) == 0
             out = capsys.readouterr().out
-            lines = [x for x in out.splitlines() if "python -m nested_jax." in x]
-            assert lines, (name, extra)
+            lines = out.splitlines()
+            assert lines and all("python -m nested_jax." in x for x in lines), (name, extra)
             preset = "gpu" if extra else "cpu"
             assert f"runs/experiments/{name}/{preset}/" in out
             if name == "hope_vs_titans":
@@ -352,5 +348,110 @@ def test_study_scripts_dry_run(capsys):
             if name == "teach_scale_sweep":
                 assert out.count("python -m nested_jax.train") == 8  # + seed replicate, M3 at lr/30
                 assert "--config.optim.name=m3" in out and "--config.optim.name=muon" in out
+                # M3 at the preset's lr / 30: 3e-3 (CPU preset), 2.5e-4 (configs/pilot.py)
+                assert f"--config.optim.lr={'8.33e-06' if extra else '0.0001'}" in out
             if name == "pilot_release":
                 assert "nested_jax.release verify" in out
+
+
+def test_study_flags_merge_in_place():
+    """A study's flags replace the preset's flag of the same key where it stands (new keys go
+    last), so a command reads as the preset plus what the study changes."""
+    preset = study.load_preset("cpu")
+    assert preset["config"] == "configs/smoke.py"
+    assert "--config.model.cms.periods=(16,32,48)" in preset["train"]
+    merged = study.merge(preset["train"], ["--config.optim.lr=0.0001", "--config.seed=2"])
+    assert len(merged) == len(preset["train"]) + 1 and merged[-1] == "--config.seed=2"
+    assert merged[preset["train"].index("--config.optim.lr=0.003")] == "--config.optim.lr=0.0001"
+    c = study.load_config(preset["config"], merged)  # the trainer's parser
+    assert c.optim.lr == 1e-4 and c.seed == 2 and c.model.cms.periods == (16, 32, 48)
+    assert study.overrides(merged)["model.d_model"] == "64"
+    for name in ("cpu", "gpu", "tiny"):  # every evaluation of a study has its flags
+        assert set(study.load_preset(name)["eval"]) == {"curve", "zeroshot", "passkey", "niah",
+                                                        "sequential", "memo_zeroshot"}
+
+
+def test_driver_skips_finished_commands(tmp_path, capsys):
+    """Run → skip the same command → rerun a changed one (its old output removed) → --force;
+    a failure raises and is not reused; an interrupted run keeps its output (a trainer
+    resumes); a check (no output) always runs and any exit status is its result."""
+    out = tmp_path / "out"
+
+    def cmd(text, rc=0):
+        return [sys.executable, "-c", f"import pathlib, sys; pathlib.Path({str(out)!r}).mkdir("
+                f"exist_ok=True); (pathlib.Path({str(out)!r}) / {text!r}).write_text('x'); "
+                f"print({text!r}); sys.exit({rc})"]
+
+    d = driver.Driver(tmp_path / "runs", env=dict(os.environ), name="t")
+    r = d.run("a", cmd("one"), creates=out)
+    assert r["rc"] == 0 and not r["reused"] and (out / "one").exists()
+    assert "one" in (tmp_path / "runs" / "logs" / "a.log").read_text()
+    assert d.run("a", cmd("one"), creates=out)["reused"]
+    r = d.run("a", cmd("two"), creates=out)  # another command: the old output goes first
+    assert not r["reused"] and (out / "two").exists() and not (out / "one").exists()
+    with pytest.raises(driver.Failed, match="exit 5"):
+        d.run("a", cmd("three", 5), creates=out)
+    assert not d.run("a", cmd("three"), creates=out)["reused"]  # a failed run is redone
+    assert (out / "three").exists() and not (out / "two").exists()
+    assert d.run("b", cmd("diverged", 3), creates=out, ok=(0, 3))["rc"] == 3
+    assert d.run("b", cmd("diverged", 3), creates=out, ok=(0, 3))["reused"]
+    rec = tmp_path / "runs" / "logs" / "a.json"  # interrupted: the record says running
+    rec.write_text(json.dumps({"command": d.command(cmd("three")), "status": "running"}))
+    (out / "checkpoint").write_text("kept")
+    assert not d.run("a", cmd("three"), creates=out)["reused"] and (out / "checkpoint").exists()
+    forced = driver.Driver(tmp_path / "runs", env=dict(os.environ), force=True)
+    assert not forced.run("a", cmd("three"), creates=out)["reused"]
+    assert not (out / "checkpoint").exists()
+    assert [d.run("c", cmd("check", 1), ok=None)["reused"] for _ in range(2)] == [False, False]
+    dry = driver.Driver(tmp_path / "dry", env=dict(os.environ), dry_run=True)
+    dry.run("x", [sys.executable, "-m", "nested_jax.eval"], env={"XLA_FLAGS": "--n=2"})
+    assert capsys.readouterr().out.endswith("XLA_FLAGS=--n=2 python -m nested_jax.eval\n")
+    assert not (tmp_path / "dry").exists()
+
+
+def test_every_study_records_what_the_report_reads(tmp_path, monkeypatch):
+    """Each study's bookkeeping without running anything: a fake driver writes what each
+    command would (training files, eval JSON, the release bundle), then the report renders
+    every study from the study.json files the studies wrote."""
+    def fake_run(self, key, argv, *, env=None, creates=None, ok=(0,)):
+        cmd = self.command(argv, env)
+        if "nested_jax.train" in argv:
+            wd = ROOT / argv[argv.index("--workdir") + 1]
+            _run(wd.parents[1] / "fake", wd.name)
+            (wd.parent).mkdir(parents=True, exist_ok=True)
+            shutil.copytree(wd.parents[1] / "fake" / "train" / wd.name, wd, dirs_exist_ok=True)
+        elif "nested_jax.eval" in argv:
+            kind, memo = argv[3], "--memorize" in argv
+            m = {"zeroshot": _zs(0.5, 0.75 if memo else None, -10.0, -9.5),
+                 "passkey": _needle(0.5, 1.0 if memo else None, 0.5, 0.9),
+                 "niah": _needle(0.25),
+                 "continual": _curve([5.0] * 4) if "--checkpoints" in argv else _seq(5.0)}[kind]
+            _w(ROOT / argv[argv.index("--output") + 1], {"command": kind, "command_line": cmd,
+                                                          "config": {"n_params": 1000},
+                                                          "metrics": m})
+        elif "nested_jax.release" in argv and "verify" not in argv:
+            out = ROOT / argv[argv.index("--output") + 1]
+            for f in ("release.json", "MANIFEST.json", "MODEL_CARD.md"):
+                _w(out / f, {"step": 6})
+        rc = 1 if "release_tampered" in cmd else 0
+        return {"command": cmd, "rc": rc, "wall_s": 1.0, "tail": "", "reused": False,
+                "git_commit": "abc"}
+
+    monkeypatch.setattr(study.Driver, "run", fake_run)
+    monkeypatch.setattr(study, "machine_info", lambda env: dict(MACHINE))
+    runs = Path(os.path.relpath(tmp_path / "runs", ROOT))  # inside or outside the repo
+    for name in study.STUDIES:
+        assert study.main([name, "--tiny", "--out", str(tmp_path / "exp"), "--no-report",
+                           "--runs", str(runs / name)]) == 0
+    assert report.main([str(tmp_path / "exp")]) == 0
+    md = (tmp_path / "exp" / "RESULTS.md").read_text()
+    heads = [m.group(1) for m in re.finditer(r"^## (\w+) \(tiny preset\)$", md, re.M)]
+    assert heads == list(report.STUDY_ORDER) and "Incomplete" not in md
+    assert "HOPE has the lowest CE" in md and "Held-out loss minus the control" in md
+    assert "ts0.10_m3_lr_div30" in md and "Multi-device vs one device" in md
+    assert "applied" in md and "expected non-zero" in md and "**unexpected**" not in md
+    sweep = json.loads((tmp_path / "exp" / "results" / "teach_scale_sweep-tiny" / "study.json")
+                       .read_text())
+    assert sweep["complete"] and len(sweep["runs"]) == 8 and len(sweep["sweep"]["rows"]) == 9
+    assert sweep["runs"]["ts0.10_m3_lr_div30"]["overrides"]["optim.lr"] == "0.0001"
+    assert sweep["model_preset"]["overrides"]["train.steps"] == "6"

@@ -6,9 +6,6 @@ import pathlib
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "nested_jax"
 
-# Report tooling that is moving out of the library (to launch/experiments/); until then exempt.
-EXEMPT = {"eval/experiments.py"}
-
 
 def _imports(path: pathlib.Path) -> set[str]:
     """Every module a file imports (absolute names; relative imports resolved)."""
@@ -31,8 +28,6 @@ def _offenders(layer: str, forbidden: tuple[str, ...]) -> list[str]:
     bad = []
     for path in sorted((PKG / layer).rglob("*.py")):
         rel = path.relative_to(PKG).as_posix()
-        if rel in EXEMPT:
-            continue
         for mod in _imports(path):
             if mod.startswith(forbidden):
                 bad.append(f"{rel} imports {mod}")
@@ -85,8 +80,7 @@ def test_docs_and_their_citations_resolve():
         text = path.read_text()
         cited |= set(re.findall(r"docs/\w+\.md", text))
         stale += [f"{path.relative_to(repo)}: {m}" for m in
-                  re.findall(r"DESIGN §|paper_math|seed_spec|\bissue \d+", text)
-                  if path.relative_to(PKG).as_posix() not in EXEMPT]
+                  re.findall(r"DESIGN §|paper_math|seed_spec|\bissue \d+", text)]
     assert cited and all((repo / c).is_file() for c in cited), cited
     assert not stale, stale
     named, missing = 0, []

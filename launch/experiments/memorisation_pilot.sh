@@ -12,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || command -v "$PY" >/dev/null 2>&1 || { echo "error: no Python at $PY; run launch/setup.sh or set PYTHON=." >&2; exit 2; }
-exec "$PY" launch/experiments/studies.py memorisation_pilot "$@"
+exec "$PY" launch/experiments/study.py memorisation_pilot "$@"

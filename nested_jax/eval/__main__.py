@@ -22,7 +22,6 @@ EXAMPLES = """examples:
   python -m nested_jax.eval continual --checkpoint runs/x --steps-per-phase 100 --output out/seq.json
   python -m nested_jax.eval perplexity --checkpoint runs/x --text wikitext2 my.txt --output out/ppl.json
   python -m nested_jax.eval report --inputs out/zs_a.json out/zs_b.json --output out/table.md
-  python -m nested_jax.eval report --experiments launch/experiments   # RESULTS.md + figures/
 """
 
 
@@ -114,15 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         "per byte, token CE (lm-evaluation-harness definitions; --text wikitext2 built in)",
         description=perplexity.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
-    r = sub.add_parser("report", help="markdown table comparing eval JSON files "
-                       "(--inputs), or RESULTS.md + figures of the experiment studies (--experiments)")
+    r = sub.add_parser("report", help="markdown table comparing eval JSON files (--inputs)")
     r.add_argument("--inputs", nargs="+", default=None, help="JSON files of eval runs")
-    r.add_argument("--experiments", default=None,
-                   help="folder with results/<study>/study.json (launch/experiments): write "
-                        "RESULTS.md and figures/ there (nested_jax/eval/experiments.py)")
-    r.add_argument("--output", "--out", dest="output", default=None,
-                   help="markdown file to write (--experiments: "
-                   "default DIR/RESULTS.md)")
+    r.add_argument("--output", "--out", dest="output", default=None, help="markdown file to write")
     return ap
 
 
@@ -284,18 +277,8 @@ def cmd_continual(a, argv) -> dict:
 def cmd_report(a, argv) -> None:
     from nested_jax.eval import report
 
-    if a.experiments:
-        from nested_jax.eval import experiments
-
-        if a.inputs:
-            raise EvalError("give either --inputs (eval JSON files) or --experiments DIR, not both.")
-        res = experiments.generate(a.experiments, a.output)
-        print(f"[nested_jax.eval] wrote {res['output']} ({res['studies']} studies, "
-              f"{len(res['figures'])} figures)", file=sys.stderr)
-        return
     if not a.inputs or not a.output:
-        raise EvalError("report needs --inputs A.json B.json --output table.md, or "
-                        "--experiments DIR (launch/experiments).")
+        raise EvalError("report needs --inputs A.json B.json --output table.md.")
     check_output_file(a.output)
     text = report.markdown(report.load_runs(a.inputs))
     path = os.path.abspath(a.output)

@@ -1,0 +1,568 @@
+"""The five experiment studies: what each one trains, evaluates and checks. Each
+`launch/experiments/<study>.sh` runs `python launch/experiments/study.py <study> [flags]`:
+train → evaluate → write the study's JSON → regenerate RESULTS.md (report.py).
+
+    bash launch/experiments/hope_vs_titans.sh            # CPU preset (minutes)
+    bash launch/experiments/hope_vs_titans.sh --gpu      # one H100: pilot shape, seq 2048
+    bash launch/experiments/hope_vs_titans.sh --dry-run  # print the commands only
+
+Presets (`presets/{cpu,gpu,tiny}.toml`) are the literal flags: the training flags
+(`--config.x=y`, a study adds its own after them, a later flag of the same key replacing the
+earlier one in place) and the flags of each evaluation. Every command is a real CLI call
+(`python -m nested_jax.train|eval|release|checkpoint`) run by driver.py from the repository
+root, which skips the commands that already finished (`--force` redoes them). Outputs:
+`runs/experiments/<study>/<preset>/` (checkpoints, eval JSON, logs; gitignored). Results:
+`<out>/results/<study>[-<preset>]/` (default out = launch/experiments): `study.json`
+(machine, date, commit, every command with its wall time), copies of the eval JSON files and
+of each training run's metrics.jsonl / summary.json / config.json; report.py reads only these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from driver import ROOT, Driver, Failed, disp, shown
+
+HERE = Path(__file__).resolve().parent
+STUDIES = ("hope_vs_titans", "teach_scale_sweep", "multi_device_smoke", "memorisation_pilot",
+           "pilot_release")
+VARIANTS = ("hope", "titans", "transformer")
+TEACH_SCALES = (0.0, 0.05, 0.10, 0.20)
+OPTIMIZER_ROW_SCALE = 0.10
+# Outer optimizers compared at one teach scale, all at the preset's lr (untuned). Muon's
+# orthogonalised matrix step has RMS ~1/sqrt(width), so it would usually get a larger lr on
+# matrices with `optim.adam_lr` = the AdamW lr for the rest; here it runs with one lr like M3
+# (whose step is not comparable with AdamW's either, m3.py), untuned. M3's first steps are
+# ~lr·0.125/|g| per element (|g| ~ 1e-3 here), ~80x larger than AdamW's at the same lr: one
+# more row divides the preset's lr by 30.
+OPTIMIZER_NOTE = ("AdamW, Muon and M3 run at the preset's learning rate, untuned, plus M3 at a "
+                  "30x smaller lr (its AdaGrad-like step is ~1/|g| per element). Muon would "
+                  "normally take a larger matrix lr plus `optim.adam_lr` for the other "
+                  "parameters; here it has one lr.")
+MEMO_SETTINGS = (  # (key, label, flags)
+    ("prompt_1", "prompt, 1 step", ["--memorize", "--memorize-steps", "1"]),
+    ("prompt_2", "prompt, 2 steps", ["--memorize", "--memorize-steps", "2"]),
+    ("answer_1", "prompt + answer, 1 step",
+     ["--memorize", "--memorize-steps", "1", "--memorize-use-correct-answer"]),
+    ("answer_2", "prompt + answer, 2 steps",
+     ["--memorize", "--memorize-steps", "2", "--memorize-use-correct-answer"]),
+)
+
+
+# ---- flags ----------------------------------------------------------------------------------
+
+
+def merge(*flag_lists) -> list[str]:
+    """`--config.k=v` flags in order, a later flag of the same key replacing the earlier one in
+    its place."""
+    out = {}
+    for flags in flag_lists:
+        for f in flags:
+            out[f.partition("=")[0]] = f
+    return list(out.values())
+
+
+def overrides(flags: list[str]) -> dict:
+    """{"model.d_model": "64", ...} of `--config.model.d_model=64 ...`."""
+    return {k.removeprefix("--config."): v for k, _, v in (f.partition("=") for f in flags)}
+
+
+def load_preset(name: str) -> dict:
+    with open(HERE / "presets" / f"{name}.toml", "rb") as f:
+        p = tomllib.load(f)
+    return {"config": p["config"], "train": shlex.split(p["train"]), "eval": p["eval"]}
+
+
+def load_config(config: str, flags: list[str]):
+    """The config the trainer builds from `--config config flags` (same parser)."""
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    from nested_jax.configs import preset_path
+
+    argv = ["study", "--config=" + preset_path(str(ROOT / config)), *flags]
+    fv = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+def count_params(config: str, flags: list[str]) -> int:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from nested_jax.data import loader
+    from nested_jax.model.lm import build_model
+
+    c = load_config(config, flags)
+    c.model.vocab_size = loader.tokenizer_for(c.data).vocab_size
+    shapes = jax.eval_shape(lambda: nnx.to_pure_dict(nnx.split(build_model(c.model, 0))[1]))
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def match_d_ff(config: str, base: list[str], variant: str, target: int) -> tuple[int, int]:
+    """(d_ff, params) with d_ff a multiple of 64 whose count is closest to target (the count
+    is linear in d_ff: solve from two points, then check the neighbours)."""
+    d = int(load_config(config, base).model.d_model)
+
+    def n(dff):
+        return count_params(config, merge(base, [f"--config.model.variant={variant}",
+                                                 f"--config.model.d_ff={dff}"]))
+
+    lo = max(64, -(-d // 64) * 64)
+    n0, n1 = n(lo), n(lo + 64)
+    per = (n1 - n0) / 64
+    guess = lo + (target - n0) / per if per > 0 else lo
+    centre = max(lo, int(round(guess / 64)) * 64)
+    cands = [(abs(n(x) - target), x) for x in sorted({max(lo, centre + k * 64) for k in (-1, 0, 1)})]
+    _, best = min(cands)
+    return best, n(best)
+
+
+# ---- the study record -----------------------------------------------------------------------
+
+
+def machine_info(env: dict) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.lower().startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        info["cpu_model"] = platform.processor() or "unknown"
+    try:
+        info["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if shutil.which("nvidia-smi"):
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            info["gpus"] = [x.strip() for x in r.stdout.strip().splitlines()]
+    code = ("import jax, json; d = jax.devices(); print(json.dumps({'backend': "
+            "jax.default_backend(), 'devices': [str(x) for x in d], 'device_kind': "
+            "d[0].device_kind, 'jax': jax.__version__}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=ROOT)
+    if r.returncode == 0:
+        try:
+            info.update(json.loads(r.stdout.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            pass
+    return info
+
+
+def git_state() -> dict:
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    # Only code counts as dirty: the studies' own outputs (results, figures, RESULTS.md) are
+    # rewritten by every --force run and say nothing about the code that produced them.
+    outputs = [f":(exclude)launch/experiments/{p}" for p in ("results", "figures", "RESULTS.md")]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs) or ""
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": len(status.splitlines())}
+
+
+class Study:
+    """One study: its preset, its commands (through the driver) and `study.json`."""
+
+    def __init__(self, name: str, a):
+        self.name, self.a = name, a
+        self.preset = "tiny" if a.tiny else ("gpu" if a.gpu else "cpu")
+        tag = name + ("" if self.preset == "cpu" else f"-{self.preset}")
+        self.out = Path(a.out).resolve()
+        self.results = self.out / "results" / tag
+        runs = Path(a.runs or f"runs/experiments/{name}/{self.preset}")
+        self.runs = runs if runs.is_absolute() else ROOT / runs
+        p = load_preset(self.preset)
+        self.config, self.flags, self.ev = p["config"], p["train"], p["eval"]
+        self.env = os.environ.copy()
+        if not a.no_compile_cache:
+            self.env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                str(ROOT / "runs" / "experiments" / ".jax_cache"))
+            self.env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+        self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.dry = a.dry_run
+        self.doc = {
+            "study": name, "preset": self.preset, "tag": tag,
+            "script": " ".join([f"bash launch/experiments/{name}.sh", *a.argv_passed]),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "git": {} if self.dry else git_state(), "model_preset": {}, "eval_preset": self.ev,
+            "runs": {}, "evals": {}, "checks": {}, "notes": [],
+        }
+        self.set_flags([f"--config.train.steps={a.steps}"] if a.steps else [])
+        if not self.dry:
+            if a.force and self.results.exists():
+                shutil.rmtree(self.results)
+            (self.results / "evals").mkdir(parents=True, exist_ok=True)
+            self.doc["machine"] = machine_info(self.env)
+        self.drv = Driver(self.runs, env=self.env, force=a.force, dry_run=self.dry, name=name)
+        self.say = self.drv.say
+
+    def set_flags(self, flags: list[str], config: str | None = None) -> None:
+        """Change the study's model preset (recorded in study.json): add flags, or start from
+        another config file with only these flags."""
+        if config:
+            self.config, self.flags = config, []
+        self.flags = merge(self.flags, flags)
+        self.doc["model_preset"] = {"config": self.config, "overrides": overrides(self.flags)}
+
+    def train(self, run: str, extra: list[str], *, env: dict | None = None,
+              allow_diverge=False) -> dict:
+        """Train one run (or reuse it). allow_diverge: a run that stops on non-finite steps
+        (exit 3) is recorded as diverged instead of failing the study."""
+        flags = merge(self.flags, extra)
+        workdir = self.runs / "train" / run
+        argv = [sys.executable, "-m", "nested_jax.train", "--config", self.config,
+                "--workdir", disp(workdir), *flags]
+        rec = {"command": self.drv.command(argv, env), "workdir": disp(workdir),
+               "config": self.config, "overrides": overrides(flags)}
+        if not self.dry:
+            rec["n_params"] = count_params(self.config, flags)
+        r = self.drv.run(f"train_{run}", argv, env=env, creates=workdir,
+                         ok=(0, 3) if allow_diverge else (0,))
+        self.doc["runs"][run] = rec
+        if self.dry:
+            return rec
+        rec.update(wall_s=r["wall_s"], git_commit=r.get("git_commit"))
+        if r["reused"]:
+            rec["reused"] = True
+        if r["rc"] == 3:  # train.max_nonfinite_in_a_row non-finite steps in a row
+            rec.update(diverged=True, exit_status=3)
+        rec["files"] = self.copy(workdir, f"train/{run}", ("metrics.jsonl", "summary.json", "config.json"))
+        if rec.get("diverged"):
+            self.say(f"train {run}: diverged (non-finite steps, exit 3); recorded as such")
+        else:
+            s = json.loads((workdir / "summary.json").read_text())
+            self.say(f"train {run}: held-out loss {s.get('eval_loss'):.4f} "
+                     f"(ln V = {s.get('ln_vocab'):.4f})")
+        self.save()
+        return rec
+
+    def copy(self, src: Path, dst: str, names) -> dict:
+        """Copy the files that exist into results/<dst>/: {"metrics": "<dst>/metrics.jsonl", ...}."""
+        out = {}
+        for f in names:
+            if (src / f).exists():
+                (self.results / dst).mkdir(parents=True, exist_ok=True)
+                shutil.copy(src / f, self.results / dst / f)
+                out[f.split(".")[0]] = f"{dst}/{f}"
+        return out
+
+    def evaluate(self, key: str, run: str, command: str, args: list[str], *, checkpoint=True,
+                 env: dict | None = None, label: str = "") -> None:
+        out = self.runs / "evals" / f"{key}.json"
+        ck = ["--checkpoint", self.doc["runs"][run]["workdir"]] if checkpoint else []
+        argv = [sys.executable, "-m", "nested_jax.eval", command, *ck, *args, "--no-progress",
+                "--output", disp(out)]
+        r = self.drv.run(f"eval_{key}", argv, env=env, creates=out)
+        if self.dry:
+            return
+        shutil.copy(out, self.results / "evals" / f"{key}.json")
+        rec = {"run": run, "command": command, "label": label, "wall_s": r["wall_s"],
+               "json": f"evals/{key}.json"}
+        if r["reused"]:
+            rec["reused"] = True
+        if env:
+            rec["env"] = " ".join(f"{k}={v}" for k, v in env.items())
+        self.doc["evals"][key] = rec
+        self.save()
+
+    def check(self, key: str, argv: list[str], what: str, env: dict | None = None) -> None:
+        """A command whose exit status is the result (recorded, never reused)."""
+        r = self.drv.run(f"check_{key}", argv, env=env, ok=None)
+        if not self.dry:
+            self.doc["checks"][key] = {"command": shown(argv), "what": what, "rc": r["rc"],
+                                       "wall_s": r["wall_s"], "output_tail": r["tail"][-2000:]}
+            self.save()
+
+    def save(self) -> None:
+        if self.dry:
+            return
+        self.doc["wall_s"] = round(time.time() - self.drv.t0, 1)
+        self.doc["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        try:
+            self.doc.setdefault("machine", {})["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            pass
+        path = self.results / "study.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def report(self) -> None:
+        if self.dry or self.a.no_report:
+            return
+        argv = [sys.executable, str(HERE / "report.py"), disp(self.out)]
+        if subprocess.run(argv, cwd=ROOT, env=self.env).returncode != 0:
+            raise Failed(f"report failed: `{shown(argv)}`")
+
+    # ---- the evaluations every trained model gets ---------------------------------------------
+
+    def ev_args(self, name: str) -> list[str]:
+        return shlex.split(self.ev[name])
+
+    def eval_suite(self, run: str, *, sequential=True, env=None) -> None:
+        wd = self.doc["runs"][run]["workdir"]
+        self.evaluate(f"{run}_curve", run, "continual",
+                      ["--checkpoints", wd, "--all-steps", *self.ev_args("curve")],
+                      checkpoint=False, label="held-out CE per domain over checkpoints", env=env)
+        self.evaluate(f"{run}_zeroshot", run, "zeroshot", self.ev_args("zeroshot"),
+                      label="zero-shot", env=env)
+        self.evaluate(f"{run}_passkey", run, "passkey", self.ev_args("passkey"), label="passkey",
+                      env=env)
+        self.evaluate(f"{run}_niah", run, "niah", self.ev_args("niah"), label="NIAH", env=env)
+        if sequential:
+            self.evaluate(f"{run}_sequential", run, "continual",
+                          ["--checkpoint", wd, *self.ev_args("sequential")], checkpoint=False,
+                          label="continual matrix (sequential training)", env=env)
+
+
+# ---- the studies ------------------------------------------------------------------------------
+
+
+def variants_of(a) -> list[str]:
+    vs = [v.strip() for v in (a.variants or ",".join(VARIANTS)).split(",") if v.strip()]
+    bad = [v for v in vs if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"error: --variants {bad} unknown; choose from {VARIANTS}.")
+    return vs
+
+
+def matched_runs(st: Study, variants: list[str]) -> dict:
+    """{variant: flags} at HOPE's parameter count (the baselines' SwiGLU width d_ff is the
+    multiple of 64 whose count, by jax.eval_shape, is closest to HOPE's)."""
+    target = count_params(st.config, merge(st.flags, ["--config.model.variant=hope"]))
+    pm = st.doc["param_matching"] = {"target_variant": "hope", "target_params": target,
+                                     "variants": {}}
+    out = {}
+    for v in variants:
+        out[v], dff, n = [f"--config.model.variant={v}"], "default", target
+        if v != "hope":
+            dff, n = match_d_ff(st.config, st.flags, v, target)
+            out[v].append(f"--config.model.d_ff={dff}")
+        pm["variants"][v] = {"params": n, "d_ff": dff, "ratio_to_hope": round(n / target, 4)}
+    return out
+
+
+def hope_vs_titans(st: Study) -> None:
+    st.doc["title"] = "HOPE vs Titans vs Transformer++ at a matched token budget and parameter count"
+    runs = matched_runs(st, variants_of(st.a))
+    for v, flags in runs.items():
+        st.train(v, flags)
+    for v in runs:
+        st.eval_suite(v)
+
+
+def teach_schedule(steps: int) -> dict:
+    """The experiments report's 220-step schedule (warm-up 60, decay start 140, duration 80),
+    scaled to `steps`."""
+    return {"model.online.teach_warmup_steps": max(1, round(steps * 60 / 220)),
+            "model.online.teach_decay_start": max(1, round(steps * 140 / 220)),
+            "model.online.teach_decay_duration": max(1, round(steps * 80 / 220))}
+
+
+def teach_scale_sweep(st: Study) -> None:
+    st.doc["title"] = "Teach-scale sweep (HOPE) and outer optimizers at one teach scale"
+    variant = st.a.variant or "hope"
+    if st.preset == "gpu" and not st.a.steps:  # 7 runs: half the GPU preset's steps each
+        st.set_flags(["--config.train.steps=1000"])
+    base = load_config(st.config, st.flags)
+    sched = teach_schedule(int(base.train.steps))
+    st.doc["notes"].append(OPTIMIZER_NOTE)
+    rows = []
+    st.doc["sweep"] = {"variant": variant, "schedule": sched, "scales": list(TEACH_SCALES),
+                       "optimizer_row_scale": OPTIMIZER_ROW_SCALE, "rows": rows}
+
+    def flags(scale, *more):
+        return [f"--config.model.variant={variant}", f"--config.model.online.teach_scale={scale}",
+                *(f"--config.{k}={v}" for k, v in sched.items()), *more]
+
+    for s in TEACH_SCALES:
+        rows.append({"run": f"ts{s:.2f}_adamw", "teach_scale": s, "optimizer": "adamw"})
+        st.train(rows[-1]["run"], flags(s), allow_diverge=True)
+    # seed replicate of the control: how far two seeds (init + data order) move the losses
+    seed = base.seed + 1
+    rows.append({"run": f"ts0.00_adamw_seed{seed}", "teach_scale": 0.0, "optimizer": "adamw",
+                 "replicate_of": "ts0.00_adamw", "seed": seed})
+    st.train(rows[-1]["run"], flags(0.0, f"--config.seed={seed}"), allow_diverge=True)
+    lr_div30 = float(f"{base.optim.lr / 30:.3g}")
+    for name, more in (("adamw", None), ("muon", ["--config.optim.name=muon"]),
+                       ("m3", ["--config.optim.name=m3"]),
+                       ("m3_lr_div30", ["--config.optim.name=m3", f"--config.optim.lr={lr_div30}"])):
+        rows.append({"run": f"ts{OPTIMIZER_ROW_SCALE:.2f}_{name}", "teach_scale": OPTIMIZER_ROW_SCALE,
+                     "optimizer": name, "optimizer_row": True})
+        if more:  # (AdamW at this scale is the sweep's run)
+            st.train(rows[-1]["run"], flags(OPTIMIZER_ROW_SCALE, *more), allow_diverge=True)
+    st.save()
+
+
+def multi_device_smoke(st: Study) -> None:
+    st.doc["title"] = "Multi-device smoke: the smoke model on every local device, then every evaluation"
+    variant = st.a.variant or "hope"
+    env, one = None, None
+    if st.preset != "gpu":  # simulated CPU devices, and the same run on one device
+        n = st.a.devices or 2
+        env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={n} "
+                                                    f"{os.environ.get('XLA_FLAGS', '')}".strip()}
+        one = {"JAX_PLATFORMS": "cpu"}
+    if st.preset != "tiny" and not st.a.steps:  # a smoke: half the CPU preset's steps, 200 on GPU
+        st.set_flags([f"--config.train.steps={100 if st.preset == 'cpu' else 200}"])
+    if not st.dry:
+        st.doc["devices"] = machine_info({**st.env, **(env or {})}).get("devices")
+        st.doc["device_env"] = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+    flags = [f"--config.model.variant={variant}", "--config.mesh.data=-1"]
+    st.train("multi", flags, env=env)
+    # The same run on one device: HOPE's per-sequence online algorithm gives the same
+    # parameters on 1 and N devices (tests/test_distributed.py); here we compare the losses.
+    if one:
+        st.train("single", flags, env=one)
+    st.check("checkpoint_verify", [sys.executable, "-m", "nested_jax.checkpoint", "verify",
+                                   st.doc["runs"]["multi"]["workdir"]], "checkpoint verify", env=env)
+    st.eval_suite("multi", env=env)
+    st.evaluate("multi_zeroshot_memorize", "multi", "zeroshot",
+                [*st.ev_args("memo_zeroshot"), "--memorize"], env=env,
+                label="zero-shot, memorised prompt")
+    st.evaluate("multi_passkey_memorize", "multi", "passkey",
+                [*st.ev_args("passkey"), "--memorize"], env=env, label="passkey, memorised prompt")
+
+
+def memorisation_pilot(st: Study) -> None:
+    st.doc["title"] = "Test-time memorisation pilot: zero-shot and passkey with and without --memorize"
+    runs = matched_runs(st, variants_of(st.a))
+    for v, flags in runs.items():
+        st.train(v, flags)
+    st.doc["memo_settings"] = [{"key": k, "label": lab, "flags": " ".join(f)}
+                               for k, lab, f in MEMO_SETTINGS]
+    for v in runs:
+        # every --memorize run also reports the baseline (no memorisation) side by side;
+        # for transformer/titans one run documents the no-op
+        for k, lab, flags in MEMO_SETTINGS if v.startswith("hope") else MEMO_SETTINGS[:1]:
+            st.evaluate(f"{v}_zeroshot_{k}", v, "zeroshot", [*st.ev_args("memo_zeroshot"), *flags],
+                        label=f"zero-shot, {lab}")
+            st.evaluate(f"{v}_passkey_{k}", v, "passkey", [*st.ev_args("passkey"), *flags],
+                        label=f"passkey, {lab}")
+
+
+def pilot_release(st: Study) -> None:
+    st.doc["title"] = "Pilot release: train (or take) a checkpoint, evaluate, bundle, verify"
+    if st.a.checkpoint:
+        wd = st.a.checkpoint
+        st.doc["runs"]["pilot"] = {"command": "(given with --checkpoint)", "workdir": wd, "given": True}
+        if not st.dry:
+            files = st.copy(Path(wd), "train/pilot", ("metrics.jsonl", "summary.json", "config.json"))
+            if files:
+                st.doc["runs"]["pilot"]["files"] = files
+    elif st.preset == "tiny":
+        st.train("pilot", ["--config.model.variant=hope_hybrid"])
+    else:
+        if st.preset == "cpu":  # the pilot's own smoke config, not the CPU preset's model
+            steps = st.a.steps or 60
+            st.set_flags([f"--config.train.steps={steps}", f"--config.checkpoint.every_steps={steps // 2}",
+                          "--config.checkpoint.max_to_keep=10", f"--config.eval.every_steps={steps // 2}",
+                          "--config.logging.progress_bar=False"], config="configs/pilot_smoke.py")
+        st.train("pilot", [])
+    st.eval_suite("pilot", sequential=False)
+    bundle = st.runs / "release"
+    evals = [disp(st.runs / "evals" / f"pilot_{k}.json") for k in ("zeroshot", "passkey", "niah", "curve")]
+    st.check("release_build", [sys.executable, "-m", "nested_jax.release", "--checkpoint",
+                               st.doc["runs"]["pilot"]["workdir"], "--evals", *evals,
+                               "--output", disp(bundle), "--force"], "release bundle")
+    st.check("release_verify", [sys.executable, "-m", "nested_jax.release", "verify", disp(bundle)],
+             "release verify")
+    if st.dry:
+        return
+    # Tamper test on a copy: verify must fail when one bundled file changes.
+    tam = st.runs / "release_tampered"
+    if tam.exists():
+        shutil.rmtree(tam)
+    shutil.copytree(bundle, tam)
+    card = tam / "MODEL_CARD.md"
+    card.write_text(card.read_text() + "\ntampered\n")
+    st.check("release_verify_tampered", [sys.executable, "-m", "nested_jax.release", "verify",
+                                         disp(tam)],
+             "release verify after appending a line to MODEL_CARD.md (must fail)")
+    shutil.rmtree(tam)
+    files = [p for p in bundle.rglob("*") if p.is_file()]
+    st.doc["release"] = {"dir": disp(bundle), "files": len(files),
+                         "bytes": sum(p.stat().st_size for p in files),
+                         "copied": st.copy(bundle, "release",
+                                           ("release.json", "MANIFEST.json", "MODEL_CARD.md"))}
+    st.save()
+
+
+RUNNERS = {f.__name__: f for f in (hope_vs_titans, teach_scale_sweep, multi_device_smoke,
+                                   memorisation_pilot, pilot_release)}
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="launch/experiments/<study>.sh", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", choices=STUDIES)
+    p.add_argument("--gpu", action="store_true",
+                   help="presets sized for one H100 (pilot shape 512×12, seq 2048, bf16, 32k vocab)")
+    p.add_argument("--tiny", action="store_true", help="the tiniest sizes (end-to-end test)")
+    p.add_argument("--steps", type=int, default=0, help="override train.steps")
+    p.add_argument("--variants", default=None,
+                   help="hope_vs_titans / memorisation_pilot: comma list of hope,titans,transformer")
+    p.add_argument("--variant", default=None,
+                   help="teach_scale_sweep / multi_device_smoke: the HOPE variant (default hope)")
+    p.add_argument("--devices", type=int, default=0,
+                   help="multi_device_smoke on CPU: simulated devices (default 2)")
+    p.add_argument("--checkpoint", default=None, help="pilot_release: release this workdir")
+    p.add_argument("--out", default=str(HERE),
+                   help="results/<study>/ and RESULTS.md + figures/ go here")
+    p.add_argument("--runs", default=None, help="outputs (default runs/experiments/<study>/<preset>)")
+    p.add_argument("--force", action="store_true", help="redo every step (no reuse)")
+    p.add_argument("--no-report", action="store_true", help="do not regenerate RESULTS.md")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="no persistent JAX compilation cache (runs/experiments/.jax_cache)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    a = p.parse_args(argv)
+    a.argv_passed = argv[1:]
+    if a.gpu and a.tiny:
+        p.error("--gpu and --tiny exclude each other")
+    return a
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse(argv)
+    st = Study(a.study, a)
+    try:
+        RUNNERS[a.study](st)
+    except Failed as e:
+        st.doc["failed"] = str(e)
+        st.save()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    st.doc["complete"] = True
+    st.save()
+    try:
+        st.report()
+    except Failed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not a.dry_run:
+        st.say(f"done in {st.doc['wall_s']}s; results in {disp(st.results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
