@@ -122,10 +122,11 @@ def cms_taken_fraction(c) -> float | None:
     over levels weights each `conditional` exactly."""
     from nested_jax.model.blocks import ONLINE_VARIANTS
 
-    if c.model.variant not in ONLINE_VARIANTS:
+    live = [p for p in c.model.cms.periods if p > 0]  # period 0: outer-only, no update branch
+    if c.model.variant not in ONLINE_VARIANTS or not live:
         return None
     s = c.model.online.segment_len
-    return float(np.mean([s / p for p in c.model.cms.periods]))
+    return float(np.mean([s / p for p in live]))
 
 
 def measured_cpu(dtype) -> dict:
@@ -178,6 +179,9 @@ def analyse(c, dev: dict) -> tuple[dict, dict]:
                                     "custom_calls", "conditionals", "cond_taken_fraction")}
     detail["xla_cost_analysis_loop_bodies_once"] = xla
     detail["memory_analysis"] = common.compiled_memory(compiled)
+    # Temporaries of the CPU executable: activations and residuals a GPU must hold too
+    # (its allocator and fusions differ, so read it as an estimate).
+    row["temp_bytes"] = detail["memory_analysis"].get("temp_bytes")
     return row, detail
 
 
@@ -188,7 +192,8 @@ COLUMNS = [("variant", "variant", ""), ("params_M", "params(M)", ".1f"),
            ("arithmetic_intensity", "FLOP/B", ".0f"), ("bound", "bound", ""),
            ("projected_tokens_per_sec", "proj tok/s", ",.0f"), ("projected_mfu", "proj MFU", ".3f"),
            ("kernels_per_step", "kernels/step", ",.0f"), ("launch_floor_ms", "launch ms", ".1f"),
-           ("step_ms", "roofline ms", ".1f"), ("compile_s", "compile s", ".0f")]
+           ("step_ms", "roofline ms", ".1f"), ("temp_gib", "temp GiB", ".1f"),
+           ("compile_s", "compile s", ".0f")]
 
 
 def print_report(rows, details, dev, preset):
@@ -197,7 +202,8 @@ def print_report(rows, details, dev, preset):
           "FLOP/B)")
     view = [dict(r, params_M=r["params"] / 1e6, mflops_per_token=r["flops_per_token"] / 1e6,
                  model_mflops=r["model_flops_per_token"] / 1e6, kb_per_token=r["bytes_per_token"] / 1e3,
-                 launch_floor_ms=r["launch_floor_s"] * 1e3, step_ms=r["step_time_s"] * 1e3)
+                 launch_floor_ms=r["launch_floor_s"] * 1e3, step_ms=r["step_time_s"] * 1e3,
+                 temp_gib=r["temp_bytes"] / 2**30 if r.get("temp_bytes") else None)
             for r in rows]
     print(common.format_table(view, COLUMNS))
     for r in rows:

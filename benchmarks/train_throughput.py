@@ -10,8 +10,14 @@ matmul FLOP/s measured in the same run. `--train-steps N` then trains each varia
 on the vendored novels (32k tokenizer) and reports the first/last loss, to show the speed
 comes with a falling loss. Table on stdout, results.json and throughput.png in --output.
 
-A variant may carry config overrides, `+`-separated, to compare ablations side by side:
-    --variants hope,hope+model.selfmod.mem_read=boundary,hope+model.cms.optimizers=precond
+A variant may carry config overrides, `+`-separated, to compare ablations side by side
+(commas inside brackets belong to the value):
+    --variants hope,hope+model.selfmod.mem_read=boundary,hope+model.cms.periods=(32,64,0)
+
+Presets: `smoke` is the reproduction's smoke shape (configs/pilot_smoke.py: width 128,
+2 layers, seq 64, batch 4, 32k vocabulary), `smoke_train` the shape `python -m nested_jax.train
+--config configs/smoke.py` trains (width 128, 2 layers, seq 128, batch 16, segment 32,
+novels_2k tokenizer), `pilot` configs/pilot.py (GPU).
 
 The PyTorch reproduction's smoke HOPE (same shape as --preset smoke) trains at 114 tokens/s on
 these 2-core CPU machines (project guide, measured side by side); that figure is recorded, not
@@ -29,7 +35,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from configs import pilot, pilot_smoke, repro
+from configs import pilot, pilot_smoke, repro, smoke
 from nested_jax.model.lm import init_params
 from nested_jax.train import optim, step as step_lib
 
@@ -54,9 +60,38 @@ def _apply(c, dotted: str, text: str) -> None:
     node[leaf] = value
 
 
+PRESETS = ("smoke", "smoke_train", "pilot")
+
+
+def split_variants(text: str) -> list[str]:
+    """"a,b+x=(1,2),c" → ["a", "b+x=(1,2)", "c"]: commas inside brackets stay in the value."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [v for v in out + [cur] if v]
+
+
 def preset_config(name: str, variant: str, segment_len: int = 0):
-    c = (pilot_smoke if name == "smoke" else pilot).get_config()
     variant, *overrides = variant.split("+")
+    if name == "smoke_train":  # configs/smoke.py as the train CLI builds it (its tokenizer)
+        from nested_jax.data import loader
+        from nested_jax.train.validate import finalize_config
+
+        c = smoke.get_config()
+        c.model.variant = variant
+        if segment_len:
+            c.model.online.segment_len = segment_len
+        for o in overrides:
+            _apply(c, *o.split("=", 1))
+        finalize_config(c, loader.tokenizer_for(c.data).vocab_size)
+        return c
+    c = (pilot_smoke if name == "smoke" else pilot).get_config()
     c.model.variant = variant
     if segment_len:  # keep the reproduction's period ratios at another segment length
         repro_periods = (1, 4, 16) if name == "smoke" else (1, 4, 32, 128)
@@ -96,7 +131,7 @@ def real_batches(c, n: int):
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=("smoke", "pilot"), default="smoke")
+    ap.add_argument("--preset", choices=PRESETS, default="smoke")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--train-steps", type=int, default=30, help="steps on real text (0 = skip)")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of interleaved timing")
@@ -104,7 +139,7 @@ def main(argv=None) -> list[dict]:
                     help="online segment length override (0 = the preset's)")
     ap.add_argument("--output", default="benchmarks/out/throughput")
     args = ap.parse_args(argv)
-    variants = args.variants.split(",")
+    variants = split_variants(args.variants)
     info = common.device_info()
     peak = common.matmul_peak_flops()
     print(f"device: {info['device_kind']} × {info['device_count']} ({info['backend']}); "

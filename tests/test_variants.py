@@ -212,3 +212,23 @@ def test_inner_gradients_without_clipping_match_the_per_level_path(variant):
     a, b = fast[0.0]["carry"]["cms"], fast[1e9]["carry"]["cms"]
     assert max(np.abs(np.asarray(x)).max() for x in jax.tree.leaves(a)) > 0
     chex.assert_trees_all_close(a, b, rtol=2e-4, atol=1e-7)
+
+
+def test_segment_remat_changes_nothing_but_memory():
+    """model.remat on an online variant checkpoints whole segments (online_forward): the
+    loss, the outer gradient of every leaf and the CMS fast state equal the run without it."""
+    toks = _tokens()
+    out = {}
+    for remat in (False, True):
+        c = tiny("hope_attention")
+        c.model.remat = remat
+        fn, params = init_params(c.model, 0)
+
+        def loss(p, fn=fn):
+            loss_, aux = online_forward(fn, p, toks, step=0)
+            return loss_, aux
+
+        (l, aux), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        out[remat] = (l, g, aux["ce"])
+    chex.assert_trees_all_close(out[False], out[True], rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(jax.tree.leaves(out[True][1])[0])).max() > 0

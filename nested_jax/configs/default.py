@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.init_std = 0.02  # std of embedding / input projections' reference scale (initial loss ≈ ln V)
     m.norm_eps = 1e-6  # RMSNorm epsilon
     m.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
-    m.remat = False  # gradient checkpointing per block (saves activation memory)
+    m.remat = False  # gradient checkpointing (saves activation memory): per block; online variants (hope*): per segment
     m.unroll_layers = 4  # unroll the layer scan when n_layers <= this (less loop overhead, longer compile)
 
     # Titans memory (variants titans, hope_hybrid). Defaults are the paper's (Titans §3–4)

@@ -53,8 +53,10 @@ class LM(nnx.Module):
         return self.blocks.cms.meta()
 
     # ------------------------------------------------------------------------ forward
-    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None):
-        """Blocks + final norm. Returns (h, new_carry, aux), per-layer outputs stacked."""
+    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None):
+        """Blocks + final norm. Returns (h, new_carry, aux), per-layer outputs stacked.
+        remat: checkpoint each block (None: model.remat); the online scan passes False and
+        checkpoints whole segments instead (`nested_jax.model.online.online_forward`)."""
         if pos_T is None:
             pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
         graphdef, layer_state = nnx.split(self.blocks)
@@ -64,7 +66,7 @@ class LM(nnx.Module):
             x, c, aux = nnx.merge(graphdef, st)(x, pos_T, c, p)
             return x, (c, aux)
 
-        if self.remat:
+        if self.remat if remat is None else remat:
             body = jax.checkpoint(body)
         n = self.cfg.n_layers
         unroll = n if n <= self.cfg.unroll_layers else 1  # small stacks: no loop overhead

@@ -159,8 +159,10 @@ def teach_signals(model, carry: dict, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live
 
     def forward(probes, live_delta):
         cms_delta = {**carry["cms"], **live_delta}
+        # No per-block remat: the vjp below keeps the blocks' activations for the teach
+        # signal anyway (online_forward checkpoints whole segments instead).
         h, new_carry, aux = model.run_blocks(model.embed(tok_in_BxS), pos_S,
-                                             {**carry, "cms": cms_delta}, probes)
+                                             {**carry, "cms": cms_delta}, probes, remat=False)
         return h, (new_carry, aux)
 
     probes0 = None
@@ -211,6 +213,18 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             return jnp.zeros((b, 0), jnp.int32)
         return jnp.argmax(model.logits(jax.lax.stop_gradient(h_BxSxD)), -1).astype(jnp.int32)
 
+    def segment(carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S):
+        return teach_signals(model, carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live,
+                             with_teach)
+
+    if cfg.remat:
+        # model.remat: checkpoint each segment. Per-block remat cannot save memory here (the
+        # teach signal's vjp keeps every block's activations, and the scan would stack them
+        # for the outer backward pass); checkpointing the whole segment keeps only its
+        # carry and inputs, and the backward pass recomputes its forward once (the teach
+        # signal's backward is not redone: nothing differentiates it).
+        segment = jax.checkpoint(segment, prevent_cse=False)
+
     def body(state, x):
         tok_in_BxS, tgt_BxS, mask_BxS, i = x
         pos_S = (i * s + jnp.arange(s)).astype(jnp.int32)
@@ -221,7 +235,7 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             return {**state, "carry": {**new_carry, "cms": carry["cms"]}}, (ce_BxS, {},
                                                                            greedy(h_BxSxD))
         # forward segment → teach signals
-        sg = teach_signals(model, carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live, with_teach)
+        sg = segment(carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S)
         # → update due levels (period-0 levels keep their zero delta and untouched state)
         tokens_after = state["tokens"] + (i + 1) * s
         levels, updates = {}, {}

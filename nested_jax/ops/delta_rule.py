@@ -80,6 +80,7 @@ def decays(log_alpha_C, eta_C, momentum: float = 0.0) -> dict:
     return out
 
 
+@jax.custom_vjp
 def unit_lower_solve(l_CxC, rhs_CxH):
     """Solve (I + l) u = rhs for strictly lower-triangular l, with matmuls only.
 
@@ -87,7 +88,13 @@ def unit_lower_solve(l_CxC, rhs_CxH):
     ⌈log₂ C⌉ doublings, each one C×C×H and one C×C×C matmul. Exact like a triangular
     solve, and it avoids XLA:CPU's batched triangular-solve kernel, which at some sizes
     (e.g. C = 32 under vmap) ran ~1000× slower than these matmuls.
+    Backward (custom, the solve's own adjoint rather than the doublings'): the transposed
+    solve r̄ = (I + lᵀ)⁻¹ ū (lᵀ is nilpotent too) and l̄ = −r̄ uᵀ; it keeps l and u only.
     """
+    return _doubling_solve(l_CxC, rhs_CxH)
+
+
+def _doubling_solve(l_CxC, rhs_CxH):
     hi = jax.lax.Precision.HIGHEST
     C = l_CxC.shape[0]
     P_CxC = -l_CxC
@@ -101,16 +108,58 @@ def unit_lower_solve(l_CxC, rhs_CxH):
     return u_CxH
 
 
-def input_side_solve(k_CxK, kX0_CxH, S0_KxH, d_CxH, dec: dict, momentum: float):
-    """The u_t = k_t X_{t-1} (β = 0: k_t X_{t-1} + d_t) of one chunk: the WY/UT solve."""
+def _solve_fwd(l_CxC, rhs_CxH):
+    u_CxH = _doubling_solve(l_CxC, rhs_CxH)
+    return u_CxH, (l_CxC, u_CxH)
+
+
+def _solve_bwd(res, du_CxH):
+    l_CxC, u_CxH = res
+    drhs_CxH = _doubling_solve(l_CxC.T, du_CxH)
+    dl_CxC = -jnp.matmul(drhs_CxH, u_CxH.T, precision=jax.lax.Precision.HIGHEST)
+    return dl_CxC, drhs_CxH
+
+
+unit_lower_solve.defvjp(_solve_fwd, _solve_bwd)
+
+
+def chunk_coeffs(k_CxK, log_alpha_C, eta_C, momentum: float = 0.0, q_CxK=None,
+                 dgd: bool = True) -> dict:
+    """`decays` plus everything else of a chunk that depends on its keys, gates and queries
+    only, never on the state: the WY/UT inverse "inv" = (I + L)⁻¹ (dgd), (K Kᵀ) ⊙ G "kkG"
+    (momentum) and the read masks (Q Kᵀ) ⊙ Λ "qk_lam", (Q Kᵀ) ⊙ G "qk_G" (with q). For a scan
+    whose keys and gates are known before it starts (M_mem's), computed for all chunks at
+    once outside the scan; `input_side_solve` / `input_side_read` use them when present."""
     C = k_CxK.shape[0]
+    dec = decays(log_alpha_C, eta_C, momentum)
     kk_CxC = k_CxK @ k_CxK.T
+    if dgd:
+        eye_CxC = jnp.eye(C, dtype=kk_CxC.dtype)
+        dec["inv"] = unit_lower_solve(kk_CxC * dec["lam"][:C], eye_CxC)
+    if momentum:
+        dec["kkG"] = kk_CxC * dec["G"][:C]
+    if q_CxK is not None:
+        qk_CxC = q_CxK @ k_CxK.T
+        dec["qk_lam"] = qk_CxC * dec["lam"][1:]
+        if momentum:
+            dec["qk_G"] = qk_CxC * dec["G"][1:]
+    return dec
+
+
+def input_side_solve(k_CxK, kX0_CxH, S0_KxH, d_CxH, dec: dict, momentum: float):
+    """The u_t = k_t X_{t-1} (β = 0: k_t X_{t-1} + d_t) of one chunk: the WY/UT solve.
+    dec from `decays`, or from `chunk_coeffs` (precomputed inverse). Vmapped over memories
+    that share k and the gates (k, dec unbatched), the powers of L are computed once."""
+    C = k_CxK.shape[0]
     rhs_CxH = dec["gamma"][:C, None] * kX0_CxH
     if momentum:
-        rhs_CxH = rhs_CxH + dec["c"][:C, None] * (k_CxK @ S0_KxH) - (kk_CxC * dec["G"][:C]) @ d_CxH
+        kkG_CxC = dec["kkG"] if "kkG" in dec else (k_CxK @ k_CxK.T) * dec["G"][:C]
+        rhs_CxH = rhs_CxH + dec["c"][:C, None] * (k_CxK @ S0_KxH) - kkG_CxC @ d_CxH
     else:
         rhs_CxH = rhs_CxH + d_CxH
-    l_CxC = kk_CxC * dec["lam"][:C]  # strictly lower: lam[t-1, s] = 0 for s ≥ t
+    if "inv" in dec:
+        return jnp.matmul(dec["inv"], rhs_CxH, precision=jax.lax.Precision.HIGHEST)
+    l_CxC = (k_CxK @ k_CxK.T) * dec["lam"][:C]  # strictly lower: lam[t-1, s] = 0 for s ≥ t
     return unit_lower_solve(l_CxC, rhs_CxH)
 
 
@@ -137,10 +186,14 @@ def input_side_read(q_CxK, qX0_CxH, qS0_CxH, k_CxK, u_CxH, d_CxH, dec: dict, mom
     with Λ_ts = η_s γ_t/γ_s (s ≤ t), rows t = 1..C (β = 0: no S_0 and G terms, D inside U).
     qS0 is only read with momentum (pass None otherwise).
     """
-    qk_CxC = q_CxK @ k_CxK.T
-    out_CxH = dec["gamma"][1:, None] * qX0_CxH - (qk_CxC * dec["lam"][1:]) @ u_CxH
+    if "qk_lam" in dec:  # precomputed (`chunk_coeffs`)
+        qk_lam, qk_G = dec["qk_lam"], dec.get("qk_G")
+    else:
+        qk_CxC = q_CxK @ k_CxK.T
+        qk_lam, qk_G = qk_CxC * dec["lam"][1:], (qk_CxC * dec["G"][1:] if momentum else None)
+    out_CxH = dec["gamma"][1:, None] * qX0_CxH - qk_lam @ u_CxH
     if momentum:
-        out_CxH = out_CxH + dec["c"][1:, None] * qS0_CxH - (qk_CxC * dec["G"][1:]) @ d_CxH
+        out_CxH = out_CxH + dec["c"][1:, None] * qS0_CxH - qk_G @ d_CxH
     return out_CxH
 
 

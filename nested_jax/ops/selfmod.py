@@ -20,10 +20,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nested_jax.ops.delta_rule import (  # noqa: F401  (dgd_linear re-exported)
     check_chunks,
     check_momentum,
+    chunk_coeffs,
     decays,
     dgd_linear,
     dgd_linear_reference,
@@ -54,15 +56,100 @@ def _zero_mom(mem: dict) -> dict:
     return {"A": jnp.zeros_like(mem["A"]), "B": jnp.zeros_like(mem["B"])}
 
 
-def _chunk_start(mem, k_CxD, vhat_CxO, act):
-    """Forward and backward of the inner loss at the chunk-start state ξ (module docstring)."""
-    A_DxH, B_HxO = mem["A"], mem["B"]
-    z_CxH = k_CxD @ A_DxH
-    a_CxH, da_CxH = jax.jvp(act, (z_CxH,), (jnp.ones_like(z_CxH),))
-    skip_CxO = k_CxD @ mem["P"] if "P" in mem else k_CxD
-    e_CxO = skip_CxO + a_CxH @ B_HxO - vhat_CxO
-    d_CxH = (e_CxO @ B_HxO.T) * da_CxH
-    return z_CxH, a_CxH, e_CxO, d_CxH
+def _skip(P_gxDxO, z_CxD):
+    """The skip path of a stacked group: z·P ([g,C,O]) or z itself (P None: identity)."""
+    return z_CxD[None] if P_gxDxO is None else jnp.einsum("cd,gdo->gco", z_CxD, P_gxDxO)
+
+
+def _map_groups(A_DxGH, outs, z_CxD, act):
+    """M(z) for memories whose input sides sit side by side in A [D, G·H] (memory g owns
+    columns g·H…(g+1)·H) and whose output sides come in groups [(B [g,H,O], P [g,D,O] or
+    None)] in A's order: one z·A for all G, one batched σ(zA)·B per group."""
+    G = sum(B.shape[0] for B, _ in outs)
+    a_CxGxH = act(z_CxD @ A_DxGH).reshape(z_CxD.shape[0], G, -1)
+    res, lo = [], 0
+    for B, P in outs:
+        hi = lo + B.shape[0]
+        res.append(_skip(P, z_CxD) + jnp.einsum("cgh,gho->gco", a_CxGxH[:, lo:hi], B))
+        lo = hi
+    return res
+
+
+def _chunk_groups(A_DxGH, SA_DxGH, groups, k_CxD, dec, momentum, act, dgd=True, q_CxD=None,
+                  v_CxD=None):
+    """One chunk of DGD (module docstring, NL Eq. 88, gradients at ξ) for G memories that
+    share the keys k and the gates (dec: `decays`, or `chunk_coeffs` with the WY/UT inverse
+    and read masks precomputed). The input-side recurrence acts on each column on its own,
+    so the G input sides sit side by side as one wide memory A, momentum SA [D, G·H]
+    (memory g owns columns g·H…(g+1)·H): one WY/UT solve, one update, for all of them.
+    Output sides come in groups of equal shape, in A's order: {"B", "SB" [g,H,O], "P"
+    [g,D,O] or None (identity skip), targets "vhat" [g,C,O]}; with v [C,D] instead, every
+    memory regresses its own self-generated target v̂ = M_ξ(v) (NL Eq. 84), and its error is
+    e = M_ξ(k) − M_ξ(v) = (k − v)·P + (σ(kA) − σ(vA))·B.
+    Returns (A, SA, [(B, SB)] per group, reads): reads, only with q [C,D], are
+    y_t = M_t(q_t) after the in-chunk writes up to t, [g,C,O] per group (dual form)."""
+    C = k_CxD.shape[0]
+    G = sum(g["B"].shape[0] for g in groups)
+    bounds = np.cumsum([0] + [g["B"].shape[0] for g in groups])
+    sl = [slice(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    rows = [k_CxD] + [r for r in (v_CxD, q_CxD) if r is not None]  # k, v, q meet A at once
+    z_RxGH = (jnp.concatenate(rows) if len(rows) > 1 else k_CxD) @ A_DxGH
+    z_CxGH = z_RxGH[:C]
+    # forward and backward of the inner loss at the chunk-start state ξ
+    a_CxGH, da_CxGH = jax.jvp(act, (z_CxGH,), (jnp.ones_like(z_CxGH),))
+    a_CxGxH = a_CxGH.reshape(C, G, -1)
+    if v_CxD is not None:
+        a_minus_av = (a_CxGH - act(z_RxGH[C:2 * C])).reshape(C, G, -1)
+    errs, back = [], []
+    for g, s in zip(groups, sl):
+        if v_CxD is None:
+            e_gxCxO = (_skip(g["P"], k_CxD) + jnp.einsum("cgh,gho->gco", a_CxGxH[:, s], g["B"])
+                       - g["vhat"])
+        else:
+            e_gxCxO = (_skip(g["P"], k_CxD - v_CxD)
+                       + jnp.einsum("cgh,gho->gco", a_minus_av[:, s], g["B"]))
+        errs.append(e_gxCxO)
+        back.append(jnp.einsum("gco,gho->cgh", e_gxCxO, g["B"]))
+    d_CxGH = (back[0] if len(back) == 1 else jnp.concatenate(back, axis=1)).reshape(C, -1)
+    d_CxGH = d_CxGH * da_CxGH
+    # input side: the rank-1 DGD term (WY/UT solve) or plain GD, all G memories at once
+    u_CxGH = None
+    if dgd:
+        u_CxGH = input_side_solve(k_CxD, z_CxGH, SA_DxGH, d_CxGH, dec, momentum)
+        A_new, SA_new = input_side_chunk(A_DxGH, SA_DxGH, k_CxD, z_CxGH, d_CxGH, dec,
+                                         momentum, u_CxGH)
+    else:
+        A_new, SA_new = output_side_chunk(A_DxGH, SA_DxGH, k_CxD, d_CxGH, dec, momentum)
+    out_side = jax.vmap(lambda B, SB, a, e: output_side_chunk(B, SB, a, e, dec, momentum),
+                        in_axes=(0, 0, 1, 0))
+    outs = [out_side(g["B"], g["SB"], a_CxGxH[:, s], e) for g, s, e in zip(groups, sl, errs)]
+    if q_CxD is None:
+        return A_new, SA_new, outs, None
+    # reads after the in-chunk writes (dual form)
+    zq0_CxGH = z_RxGH[-C:]
+    qS0_CxGH = q_CxD @ SA_DxGH if momentum else None
+    if dgd:
+        zq_CxGH = input_side_read(q_CxD, zq0_CxGH, qS0_CxGH, k_CxD, u_CxGH, d_CxGH, dec,
+                                  momentum)
+    else:
+        zq_CxGH = output_side_read(q_CxD, zq0_CxGH, qS0_CxGH, k_CxD, d_CxGH, dec, momentum)
+    abar_CxGxH = act(zq_CxGH).reshape(C, G, -1)
+    read_out = jax.vmap(lambda ab, aB, aS0, a, e: output_side_read(ab, aB, aS0, a, e, dec,
+                                                                   momentum),
+                        in_axes=(1, 0, 0, 1, 0))
+    reads = []
+    for g, s, e in zip(groups, sl, errs):
+        ab = abar_CxGxH[:, s]
+        aS0 = jnp.einsum("cgh,gho->gco", ab, g["SB"]) if momentum else None
+        reads.append(_skip(g["P"], q_CxD) + read_out(
+            ab, jnp.einsum("cgh,gho->gco", ab, g["B"]), aS0, a_CxGxH[:, s], e))
+    return A_new, SA_new, outs, reads
+
+
+def _one_group(mem, mom, vhat_CxO=None):
+    """A single memory as a group of `_chunk_groups` (leading axis of 1)."""
+    grp = {"B": mem["B"][None], "SB": mom["B"][None], "P": mem["P"][None] if "P" in mem else None}
+    return grp if vhat_CxO is None else {**grp, "vhat": vhat_CxO[None]}
 
 
 def _dgd_chunk_log(mem, mom, k_CxD, vhat_CxO, eta_C, log_alpha_C, momentum, act, dgd=True,
@@ -73,29 +160,11 @@ def _dgd_chunk_log(mem, mom, k_CxD, vhat_CxO, eta_C, log_alpha_C, momentum, act,
     to t, from the dual form (`input_side_read`, `output_side_read`); else None.
     dgd=False drops the rank-1 k kᵀ term (plain GD with retention, NL Table 6 "DGD → GD").
     """
-    A_DxH, B_HxO = mem["A"], mem["B"]
-    z_CxH, a_CxH, e_CxO, d_CxH = _chunk_start(mem, k_CxD, vhat_CxO, act)
     dec = decays(log_alpha_C, eta_C, momentum)
-    if dgd:
-        u_CxH = input_side_solve(k_CxD, z_CxH, mom["A"], d_CxH, dec, momentum)
-        A_new, SA = input_side_chunk(A_DxH, mom["A"], k_CxD, z_CxH, d_CxH, dec, momentum, u_CxH)
-    else:
-        A_new, SA = output_side_chunk(A_DxH, mom["A"], k_CxD, d_CxH, dec, momentum)
-    B_new, SB = output_side_chunk(B_HxO, mom["B"], a_CxH, e_CxO, dec, momentum)
-    y_CxO = None
-    if q_CxD is not None:
-        qS0_CxH = q_CxD @ mom["A"] if momentum else None
-        if dgd:
-            zq_CxH = input_side_read(q_CxD, q_CxD @ A_DxH, qS0_CxH, k_CxD, u_CxH, d_CxH, dec,
-                                     momentum)
-        else:
-            zq_CxH = output_side_read(q_CxD, q_CxD @ A_DxH, qS0_CxH, k_CxD, d_CxH, dec, momentum)
-        abar_CxH = act(zq_CxH)
-        aS0_CxO = abar_CxH @ mom["B"] if momentum else None
-        skip_CxO = q_CxD @ mem["P"] if "P" in mem else q_CxD
-        y_CxO = skip_CxO + output_side_read(abar_CxH, abar_CxH @ B_HxO, aS0_CxO, a_CxH, e_CxO,
-                                            dec, momentum)
-    return {**mem, "A": A_new, "B": B_new}, {"A": SA, "B": SB}, y_CxO
+    A, SA, ((B, SB),), reads = _chunk_groups(mem["A"], mom["A"], [_one_group(mem, mom, vhat_CxO)],
+                                             k_CxD, dec, momentum, act, dgd, q_CxD)
+    y_CxO = None if reads is None else reads[0][0]
+    return {**mem, "A": A, "B": B[0]}, {"A": SA, "B": SB[0]}, y_CxO
 
 
 def dgd_chunk(mem, k_CxD, vhat_CxO, eta_C, alpha_C, mom=None, *, momentum=0.0,
@@ -165,16 +234,35 @@ def _map_apply(stacked, z_NxD, act):
     return jax.vmap(lambda m: mlp_apply(m, z_NxD, act))(stacked)
 
 
-def _read(sq, gates, x_NxD, eta_scale, qk_norm, v_norm, retention, act):
-    """k, v, η, log α (and q if adaptive) from the stacked (k, v[, q]) and (η, α) memories."""
+def _read(st, x_CxD, G1, eta_scale, qk_norm, v_norm, retention, act):
+    """k, v, η, log α (and q if adaptive) from the projection memories at the chunk start,
+    stacked as in `selfmod_titans` (input sides A [D,G·H]; outputs (k, v[, q]) and (η, α))."""
     norm = l2norm if qk_norm else (lambda a: a)
     v_fn = l2norm if v_norm else (lambda a: a)
-    out_GxNxD = _map_apply(sq, x_NxD, act)
-    logit_2xN = jax.vmap(lambda m: _gate_logit(m, x_NxD, act))(gates)
-    eta_N = eta_scale * jax.nn.softplus(logit_2xN[0])
-    log_alpha_N = jax.nn.log_sigmoid(logit_2xN[1]) if retention else jnp.zeros_like(eta_N)
-    q_NxD = norm(out_GxNxD[2]) if out_GxNxD.shape[0] > 2 else None
-    return norm(out_GxNxD[0]), v_fn(out_GxNxD[1]), eta_N, log_alpha_N, q_NxD
+    out_GxCxD, logit_2xCx1 = _map_groups(st["A"], ((st["Bq"], st["Pq"]), (st["Bg"], st["Pg"])),
+                                         x_CxD, act)
+    logit_2xC = logit_2xCx1[..., 0] + st["bg"][:, None]
+    eta_C = eta_scale * jax.nn.softplus(logit_2xC[0])
+    log_alpha_C = jax.nn.log_sigmoid(logit_2xC[1]) if retention else jnp.zeros_like(eta_C)
+    q_CxD = norm(out_GxCxD[2]) if G1 > 2 else None
+    return norm(out_GxCxD[0]), v_fn(out_GxCxD[1]), eta_C, log_alpha_C, q_CxD
+
+
+def _keep_frozen(new, old, live_G, chunk: int, momentum: float):
+    """Frozen memories (η ≡ 0, α ≡ 1) take no gradient step: X_C = X_0 + Σ_{s≤C} β^s S_0,
+    S_C = β^C S_0 (momentum alone moves them; with S_0 = 0, nothing does)."""
+    c_frozen = sum(momentum**s for s in range(1, chunk + 1))
+    beta_c = momentum**chunk
+
+    def pick(key, mom_key, live):
+        x = jnp.where(live, new[key], old[key] + c_frozen * old[mom_key])
+        s = jnp.where(live, new[mom_key], beta_c * old[mom_key])
+        return {key: x, mom_key: s}
+
+    G, g1 = len(live_G), new["Bq"].shape[0]
+    live_cols = np.repeat(live_G, new["A"].shape[1] // G)  # A [D, G·H]: memory g's columns
+    live_q = live_G[:g1].reshape((g1,) + (1,) * (new["Bq"].ndim - 1))
+    return {**new, **pick("A", "SA", live_cols), **pick("Bq", "SBq", live_q)}
 
 
 def _validate(params0, x_TxD, q_TxD, chunk_size, chunk_size_mem, eta_scale, momentum,
@@ -241,43 +329,79 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
     mems0 = jax.tree.map(f32, params0)
     moms0 = {n: _zero_mom(m) for n, m in mems0.items()} if mom0 is None else jax.tree.map(f32, mom0)
     sq_names, gate_names, _ = _groups(params0)
-    live_G = jnp.asarray([0.0 if n in frozen else 1.0 for n in sq_names], jnp.float32)
-    upd = jax.vmap(lambda m, s, k, vh, eta, la: _dgd_chunk_log(m, s, k, vh, eta, la, momentum,
-                                                               act, dgd)[:2],
-                   in_axes=(0, 0, None, 0, 0, 0))
+    names = sq_names + gate_names
+    G1 = len(sq_names)
+    live_G = np.asarray([n not in frozen for n in names])
 
-    def others_step(carry, x_CxD):
-        (sq, sq_s), (gt, gt_s) = carry
-        k, v, eta, la, q = _read(sq, gt, x_CxD, eta_scale, qk_norm, v_norm, retention, act)
-        # A frozen memory takes no step (η = 0) and keeps everything (log α = 0).
-        eta_sq, la_sq = live_G[:, None] * eta[None], live_G[:, None] * la[None]
-        eta_gt, la_gt = jnp.broadcast_to(eta, (2,) + eta.shape), jnp.broadcast_to(la, (2,) + la.shape)
-        new = (upd(sq, sq_s, k, _map_apply(sq, v, act), eta_sq, la_sq),
-               upd(gt, gt_s, k, _map_apply(gt, v, act), eta_gt, la_gt))
+    def stack(tree, key, group):
+        if any(key not in tree[n] for n in group):
+            return None
+        return jnp.stack([tree[n][key] for n in group])
+
+    # The projection memories, stacked: input sides side by side, A [D, G·H] for all G, output
+    # sides in two groups of equal shape, (k, v[, q]) [G1,H,D] and the gates (η, α) [2,H,1];
+    # the gates' slow skip P and bias b (and a P of the others, if any) are scan constants.
+    def side_by_side(tree, group):  # input sides [D, G·H], memory g in columns g·H…(g+1)·H
+        return jnp.concatenate([tree[n]["A"] for n in group], axis=-1)
+
+    state0 = {"A": side_by_side(mems0, names), "SA": side_by_side(moms0, names),
+              "Bq": stack(mems0, "B", sq_names), "SBq": stack(moms0, "B", sq_names),
+              "Bg": stack(mems0, "B", gate_names), "SBg": stack(moms0, "B", gate_names)}
+    consts = {"Pq": stack(mems0, "P", sq_names), "Pg": stack(mems0, "P", gate_names),
+              "bg": stack(mems0, "b", gate_names)}
+
+    def others_step(st, x_CxD):
+        st_c = {**st, **consts}
+        k, v, eta, la, q = _read(st_c, x_CxD, G1, eta_scale, qk_norm, v_norm, retention, act)
+        groups = [{"B": st["Bq"], "SB": st["SBq"], "P": consts["Pq"]},
+                  {"B": st["Bg"], "SB": st["SBg"], "P": consts["Pg"]}]
+        dec = decays(la, eta, momentum)  # one set of gates for all memories
+        A, SA, ((Bq, SBq), (Bg, SBg)), _ = _chunk_groups(st["A"], st["SA"], groups, k, dec,
+                                                         momentum, act, dgd, v_CxD=v)
+        new = {"A": A, "SA": SA, "Bq": Bq, "SBq": SBq, "Bg": Bg, "SBg": SBg}
+        if not live_G.all():
+            new = _keep_frozen(new, st, live_G, x_CxD.shape[0], momentum)
         return new, (k, v, eta, la, q)
+
+    dual = mem_read == "dual"
 
     def mem_step(carry, inp):
         mem, mom = carry
-        q_CxD, k_CxD, v_CxD, eta_C, la_C = inp
-        vhat = mlp_apply(mem, v_CxD, act)
-        q_read = q_CxD if mem_read == "dual" else None
-        new, new_mom, y = _dgd_chunk_log(mem, mom, k_CxD, vhat, eta_C, la_C, momentum, act, dgd,
-                                         q_read)
-        return (new, new_mom), (mlp_apply(mem, q_CxD, act) if y is None else y)
+        (q_CxD, k_CxD, v_CxD), dec = inp
+        A, SA, ((B, SB),), reads = _chunk_groups(mem["A"], mom["A"], [_one_group(mem, mom)],
+                                                 k_CxD, dec, momentum, act, dgd,
+                                                 q_CxD if dual else None, v_CxD=v_CxD)
+        y = reads[0][0] if dual else mlp_apply(mem, q_CxD, act)
+        return ({**mem, "A": A, "B": B[0]}, {"A": SA, "B": SB[0]}), y
 
     def chunks(a, c):
         return a.reshape((T // c, c) + a.shape[1:])
 
-    carry0 = tuple((_stack(mems0, g), _stack(moms0, g)) for g in (sq_names, gate_names))
     x32 = f32(x_TxD)
-    (sq, gt), reads = chunked_scan(others_step, carry0, chunks(x32, chunk_size), remat_group)
+    st, reads = chunked_scan(others_step, state0, chunks(x32, chunk_size), remat_group)
     k, v, eta, la, q_ad = jax.tree.map(lambda a: a.reshape((T,) + a.shape[2:]), reads)
     if q_ad is None:
         q_ad = l2norm(f32(q_TxD)) if qk_norm else f32(q_TxD)
-    xs = jax.tree.map(lambda a: chunks(a, chunk_size_mem), (q_ad, k, v, eta, la))
-    (m_m, s_m), y = chunked_scan(mem_step, (mems0["mem"], moms0["mem"]), xs, remat_group)
-    mems = {**_unstack(sq[0], sq_names), **_unstack(gt[0], gate_names), "mem": m_m}
-    moms = {**_unstack(sq[1], sq_names), **_unstack(gt[1], gate_names), "mem": s_m}
+    q_N, k_N, v_N, eta_N, la_N = jax.tree.map(lambda a: chunks(a, chunk_size_mem),
+                                              (q_ad, k, v, eta, la))
+    # M_mem's keys, gates and queries are known before its scan: its decays, WY/UT inverses
+    # and read masks for all chunks at once, leaving the scan body a few matmuls.
+    coeffs = jax.vmap(lambda kk, la_c, eta_c, qq: chunk_coeffs(
+        kk, la_c, eta_c, momentum, qq if dual else None, dgd))(k_N, la_N, eta_N, q_N)
+    (m_m, s_m), y = chunked_scan(mem_step, (mems0["mem"], moms0["mem"]),
+                                 ((q_N, k_N, v_N), coeffs), remat_group)
+
+    H = mems0["k"]["A"].shape[-1]
+
+    def unstack(i, name, B, SB):
+        cols = slice(i * H, (i + 1) * H)
+        mem = {**mems0[name], "A": st["A"][:, cols], "B": B}
+        return mem, {"A": st["SA"][:, cols], "B": SB}
+
+    out = {n: unstack(i, n, st["Bq"][i], st["SBq"][i]) for i, n in enumerate(sq_names)}
+    out |= {n: unstack(G1 + j, n, st["Bg"][j], st["SBg"][j]) for j, n in enumerate(gate_names)}
+    mems = {**{n: m for n, (m, _) in out.items()}, "mem": m_m}
+    moms = {**{n: s for n, (_, s) in out.items()}, "mem": s_m}
     return y.reshape(T, -1).astype(x_TxD.dtype), (mems, moms)
 
 
