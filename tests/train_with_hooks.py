@@ -20,7 +20,6 @@ STALL_ENV = "NESTED_JAX_TEST_STALL_COMMIT"
 
 
 def install() -> None:
-    from nested_jax.checkpoint.io import Checkpointer
     from nested_jax.train.metrics import MetricsWriter
 
     pause_at = int(os.environ.get(PAUSE_ENV, "0") or 0)
@@ -37,16 +36,21 @@ def install() -> None:
         MetricsWriter.write = write_then_pause
     stall = os.environ.get(STALL_ENV)
     if stall:
-        record_sums = Checkpointer._record_sums  # Orbax's post-finalization callback
+        # Orbax's atomic commit of a step: write the commit marker, then rename the
+        # temporary directory to the step's name. Stall before it, so the step stays a
+        # temporary directory (the sha256 record is written only after this commit).
+        from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
 
-        def stall_then_record(self):
-            if str(self._saving) == stall:
+        finalize = AtomicRenameTemporaryPath.finalize
+
+        async def stall_then_finalize(self, *args, **kwargs):
+            if self._final_path.name == stall:
                 print(f"[nested_jax] test hook: stalling the commit of step {stall}",
                       file=sys.stderr, flush=True)
                 time.sleep(600)
-            record_sums(self)
+            return await finalize(self, *args, **kwargs)
 
-        Checkpointer._record_sums = stall_then_record
+        AtomicRenameTemporaryPath.finalize = stall_then_finalize
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def checkpoint_dir(path: str) -> str:
 LEGACY_MODEL_FIELDS = {
     "unroll_layers": 1,  # compile-time only (loop unrolling): the value the code used then
     "online.unroll_segments": 1,
+    "online.remat": "block",  # compile-time only: per-block checkpointing, as the code did then
     "titans.residual_norm": False,
     "titans.depth": 2,
     "titans.mac_segment": 64,

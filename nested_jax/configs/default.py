@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.init_std = 0.02  # std of embedding / input projections' reference scale (initial loss ≈ ln V)
     m.norm_eps = 1e-6  # RMSNorm epsilon
     m.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
-    m.remat = False  # gradient checkpointing (saves activation memory): per block; online variants (hope*): per segment
+    m.remat = False  # gradient checkpointing (saves activation memory): per block; online variants (hope*): see online.remat
     m.unroll_layers = 4  # unroll the layer scan when n_layers <= this (less loop overhead, longer compile)
 
     # Titans memory (variants titans, hope_hybrid). Defaults are the paper's (Titans §3–4)
@@ -100,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     on.teach_decay_duration = 0  # steps of that decay
     on.surprise_threshold = 0.0  # skip a level update if the mean clipped ‖δ‖ of its period is below
     on.unroll_segments = 8  # unroll the segment scan when it has <= this many segments
+    on.remat = "segment"  # with model.remat: "segment" checkpoints whole segments (least memory), "block" each block (fewer bytes moved, more memory)
     on.reset = "per_sequence"  # fast state: "per_sequence" (fresh each sequence) | "never" (streaming)
 
     c.data = default_data_config()  # dataset, tokenizer, cache; see nested_jax/data/config.py

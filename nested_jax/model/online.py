@@ -149,20 +149,23 @@ class Segment(NamedTuple):
 
 
 def teach_signals(model, carry: dict, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live: tuple,
-                  with_teach: bool) -> Segment:
+                  with_teach: bool, block_remat: bool = False) -> Segment:
     """Forward one segment with the fast state in `carry` and pull its summed, masked CE back
     through the blocks with one `jax.vjp`: to the outputs of the `live` CMS levels (the
     teach signals δ, when `with_teach`) and to their fast deltas (Jᵀδ). The CE gradient at
-    the head input comes with the CE itself (`ce_and_hidden_grad`: no second head pass)."""
+    the head input comes with the CE itself (`ce_and_hidden_grad`: no second head pass).
+    block_remat: checkpoint each block (`model.online.remat = "block"`)."""
     b, s = tok_in_BxS.shape
     cfg = model.cfg
 
     def forward(probes, live_delta):
         cms_delta = {**carry["cms"], **live_delta}
-        # No per-block remat: the vjp below keeps the blocks' activations for the teach
-        # signal anyway (online_forward checkpoints whole segments instead).
+        # Per-block remat only with online.remat="block": the vjp below keeps the blocks'
+        # activations for the teach signal anyway (online_forward can checkpoint whole
+        # segments instead).
         h, new_carry, aux = model.run_blocks(model.embed(tok_in_BxS), pos_S,
-                                             {**carry, "cms": cms_delta}, probes, remat=False)
+                                             {**carry, "cms": cms_delta}, probes,
+                                             remat=block_remat)
         return h, (new_carry, aux)
 
     probes0 = None
@@ -213,16 +216,19 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             return jnp.zeros((b, 0), jnp.int32)
         return jnp.argmax(model.logits(jax.lax.stop_gradient(h_BxSxD)), -1).astype(jnp.int32)
 
+    block_remat = bool(cfg.remat) and o.remat == "block"
+
     def segment(carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S):
         return teach_signals(model, carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live,
-                             with_teach)
+                             with_teach, block_remat)
 
-    if cfg.remat:
-        # model.remat: checkpoint each segment. Per-block remat cannot save memory here (the
-        # teach signal's vjp keeps every block's activations, and the scan would stack them
-        # for the outer backward pass); checkpointing the whole segment keeps only its
-        # carry and inputs, and the backward pass recomputes its forward once (the teach
-        # signal's backward is not redone: nothing differentiates it).
+    if cfg.remat and o.remat == "segment":
+        # model.remat, online.remat="segment": checkpoint each segment. Per-block remat saves
+        # little here (the teach signal's vjp keeps every block's activations, and the scan
+        # stacks them for the outer backward pass); checkpointing the whole segment keeps
+        # only its carry and inputs, and the backward pass recomputes its forward once (the
+        # teach signal's backward is not redone: nothing differentiates it). At the pilot
+        # size: 124 → 52 GiB of temporaries for `hope` (benchmarks/RESULTS.md).
         segment = jax.checkpoint(segment, prevent_cse=False)
 
     def body(state, x):

@@ -31,6 +31,7 @@ CHOICES = {
     "model.titans.depth": (2, 3, 4),
     "model.selfmod.mem_read": ("dual", "boundary"),
     "model.online.reset": ("per_sequence", "never"),
+    "model.online.remat": ("segment", "block"),
     "optim.name": ("adamw", "muon", "m3"),
     "optim.schedule": ("cosine", "constant"),
     "mesh.mode": ("shard_map", "gspmd"),
