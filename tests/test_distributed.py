@@ -31,6 +31,7 @@ def tiny_config(variant="transformer", **mesh):
     m.variant, m.vocab_size, m.d_model, m.n_layers, m.n_heads = variant, 64, 32, 1, 2
     m.selfmod.chunk_size, m.selfmod.chunk_size_mem = 4, 8
     m.online.segment_len, m.online.teach_scale = 8, 1.0
+    m.unroll_layers, m.online.unroll_segments = 1, 1  # loops: faster compiles
     m.cms.names, m.cms.periods = ("fast", "slow"), (8, 16)  # fast: 4 writes, slow: 2
     m.cms.optimizers, m.cms.lrs = ("momentum", "momentum"), (1e-2, 1e-2)  # see below
     c.train.batch_size, c.train.seq_len, c.train.steps = B, T, 10

@@ -29,6 +29,7 @@ def tiny(variant, *, layers=1, t_seg=8):
     m.variant, m.vocab_size, m.d_model, m.n_layers, m.n_heads = variant, V, 16, layers, 2
     m.titans.chunk_size, m.selfmod.chunk_size, m.selfmod.chunk_size_mem = 4, 4, 8
     m.online.segment_len = t_seg
+    m.unroll_layers, m.online.unroll_segments = 1, 1  # loops: faster compiles
     m.cms.names, m.cms.periods = ("fast", "mid", "slow"), (8, 16, 24)
     m.cms.optimizers, m.cms.lrs = ("gd",) * 3, (0.1,) * 3
     return c

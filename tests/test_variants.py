@@ -30,11 +30,30 @@ def tiny(variant, **online):
     m.variant, m.vocab_size, m.d_model, m.n_layers, m.n_heads = variant, 64, 16, 2, 2
     m.titans.chunk_size, m.selfmod.chunk_size, m.selfmod.chunk_size_mem = 4, 4, 8
     m.online.segment_len = 8
+    m.unroll_layers, m.online.unroll_segments = 1, 1  # loops: compile in a fraction of the time
     m.cms.names, m.cms.periods = ("fast", "mid", "slow"), (8, 16, 64)
     m.cms.optimizers, m.cms.lrs = ("precond", "momentum", "precond"), (1e-2, 1e-2, 1e-2)
     for k, v in online.items():
         m.online[k] = v
     return c
+
+
+@functools.cache
+def _scan(variant):
+    """tiny(variant), its parameters and one jitted online scan (teach scale traced: one
+    compile serves every test and scale). Returns (config, fn, params, run) with
+    run(params, tokens, teach_scale) -> (loss, aux) of `online_forward` at step 0."""
+    c = tiny(variant)
+    fn, params = init_params(c.model, 0)
+    run = jax.jit(lambda p, toks, scale: online_forward(fn, p, toks, step=0, teach_scale=scale))
+    return c, fn, params, run
+
+
+def _scheduled_scale(c):
+    """The teach scale `online_forward` uses at step 0 when none is given."""
+    o = c.model.online
+    return teach_scale_at(0, o.teach_scale, o.teach_warmup_steps, o.teach_decay_start,
+                          o.teach_decay_duration)
 
 
 def _tokens(seed=0, b=2):
@@ -70,22 +89,20 @@ def test_causality_via_gradients(variant):
 @pytest.mark.parametrize("variant", ONLINE_VARIANTS)
 def test_causality_through_stop_gradient_writes(variant):
     """CMS writes carry no gradient, so check them by changing the future tokens."""
-    c = tiny(variant)
-    fn, params = init_params(c.model, 0)
+    c, _, params, run = _scan(variant)
     toks = _tokens()
     t = 13  # second segment; targets up to position 14 are inputs <= 14
     changed = toks.at[:, t + 2:].set((toks[:, t + 2:] + 7) % 64)
-    ce0 = online_forward(fn, params, toks, step=0)[1]["ce"]
-    ce1 = online_forward(fn, params, changed, step=0)[1]["ce"]
+    ce0 = run(params, toks, _scheduled_scale(c))[1]["ce"]
+    ce1 = run(params, changed, _scheduled_scale(c))[1]["ce"]
     np.testing.assert_allclose(np.asarray(ce0[:, : t + 1]), np.asarray(ce1[:, : t + 1]), atol=1e-5)
     assert np.abs(np.asarray(ce0[:, t + 2:] - ce1[:, t + 2:])).max() > 1e-3
 
 
 @pytest.mark.parametrize("variant", ONLINE_VARIANTS)
 def test_cms_cadence_counts_updates(variant):
-    c = tiny(variant)
-    fn, params = init_params(c.model, 0)
-    _, aux = online_forward(fn, params, _tokens(), step=0)
+    c, _, params, run = _scan(variant)
+    _, aux = run(params, _tokens(), _scheduled_scale(c))
     for layer in range(c.model.n_layers):
         for name, period in zip(c.model.cms.names, c.model.cms.periods):
             got = float(aux["metrics"][f"cms/{layer}/{name}/updates"])
@@ -136,12 +153,11 @@ def test_teach_schedule_boundaries():
 
 @pytest.mark.parametrize("variant", ("hope", "hope_hybrid"))
 def test_teach_scale_zero_leaves_cms_fast_state_unchanged(variant):
-    c = tiny(variant)
-    fn, params = init_params(c.model, 0)
-    _, aux = online_forward(fn, params, _tokens(), step=0, teach_scale=0.0)
+    _, _, params, run = _scan(variant)
+    _, aux = run(params, _tokens(), 0.0)
     for leaf in jax.tree.leaves(aux["fast"]["carry"]["cms"]):
         assert np.all(np.asarray(leaf) == 0.0)
-    _, aux1 = online_forward(fn, params, _tokens(), step=0, teach_scale=1.0)
+    _, aux1 = run(params, _tokens(), 1.0)
     assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(aux1["fast"]["carry"]["cms"]))
 
 
@@ -199,7 +215,8 @@ def test_memory_branches_stay_finite_on_long_sequences_with_default_gates():
         assert np.all(np.isfinite(np.asarray(y))), cls.__name__
 
 
-@pytest.mark.parametrize("variant", ("hope_attention", "hope_hybrid"))
+@pytest.mark.parametrize("variant", ("hope_attention",
+                                     pytest.param("hope_hybrid", marks=pytest.mark.slow)))
 def test_inner_gradients_without_clipping_match_the_per_level_path(variant):
     """teach_clip = 0 takes Jᵀδ from the segment's vjp wrt the fast deltas; a huge clip takes
     the per-level vjp of the clipped δ̃. Both must write the same fast state."""
@@ -214,13 +231,15 @@ def test_inner_gradients_without_clipping_match_the_per_level_path(variant):
     chex.assert_trees_all_close(a, b, rtol=2e-4, atol=1e-7)
 
 
-def test_segment_remat_changes_nothing_but_memory():
-    """model.remat on an online variant checkpoints whole segments (online_forward): the
-    loss, the outer gradient of every leaf and the CMS fast state equal the run without it."""
+@pytest.mark.parametrize("mode", ("segment", "block"))
+def test_remat_changes_nothing_but_memory(mode):
+    """model.remat on an online variant checkpoints whole segments or each block
+    (online.remat): the loss, the outer gradient of every leaf and the per-token CE equal
+    the run without it."""
     toks = _tokens()
     out = {}
     for remat in (False, True):
-        c = tiny("hope_attention")
+        c = tiny("hope_attention", remat=mode)
         c.model.remat = remat
         fn, params = init_params(c.model, 0)
 
