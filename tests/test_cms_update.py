@@ -133,3 +133,22 @@ def test_inner_optimizers_first_step(kind):
 def test_unknown_inner_optimizer_is_a_value_error():
     with pytest.raises(ValueError, match="'adamw' is unknown"):
         cms.inner_optimizer("adamw", 0.1, 0.9, 0.99)
+
+
+@pytest.mark.parametrize("threshold", [0.0, "between"])
+def test_every_segment_shortcut_equals_the_general_path(threshold):
+    """period = segment length: the static path (no accumulation, no runtime branch) gives
+    the general path's delta, optimizer state, zero accumulators and applied rows."""
+    tx = cms.inner_optimizer("momentum", 0.1, 0.9, 0.99)
+    level = _level(tx)
+    d_tilde = _teach((0.01, 10.0))
+    if threshold == "between":
+        threshold = float(np.linalg.norm(np.asarray(d_tilde), axis=-1).sum(-1).mean()) / S
+    kw = dict(tx=tx, period=S, tokens_after=jnp.int32(3 * S), surprise_threshold=threshold)
+    for _ in range(2):  # two periods in a row: the carried state stays equal too
+        general, a_general = cms.update_level(level, _grads(), d_tilde, **kw)
+        static, a_static = cms.update_level(level, _grads(), d_tilde, every_segment=True, **kw)
+        chex.assert_trees_all_close(static, general, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(np.asarray(a_static), np.asarray(a_general))
+        level = static
+    assert np.asarray(a_static).max() == 1.0

@@ -253,7 +253,7 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
                      "surprise": state["surprise"][n]}
             levels[n], applied_LxB = cms_ops.update_level(
                 level, g, d_tilde, tx=txs[n], period=periods[n], tokens_after=tokens_after,
-                surprise_threshold=o.surprise_threshold)
+                surprise_threshold=o.surprise_threshold, every_segment=periods[n] == s)
             updates[n] = applied_LxB.mean(-1)  # [L] updates this segment
         new = lambda k: {n: levels[n][k] for n in live}  # noqa: E731
         new_state = {"carry": {**sg.carry, "cms": {**carry["cms"], **new("delta")}},

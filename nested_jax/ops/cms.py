@@ -99,7 +99,7 @@ def inner_grads(meta: dict, delta: dict, x_LxBxSxD, teach_LxBxSxD, grad_raw, *, 
 
 
 def update_level(level: dict, g, d_tilde_LxBxSxD, *, tx, period: int, tokens_after,
-                 surprise_threshold: float):
+                 surprise_threshold: float, every_segment: bool = False):
     """Accumulate one segment's gradient `g` and surprise into a level's state, and take the
     inner optimizer step when the period ends with this segment.
 
@@ -107,15 +107,20 @@ def update_level(level: dict, g, d_tilde_LxBxSxD, *, tx, period: int, tokens_aft
     tx: the level's Optax inner optimizer (applied per layer and row); tokens_after: tokens
     seen once this segment is read (a traced scalar); d_tilde_LxBxSxD: the scaled, clipped
     teach signal (None: no surprise accrues, and the gate passes when the threshold is 0).
+    every_segment: the caller knows statically that every segment ends a period (period =
+    segment length: tokens_after is always a multiple of it). Then the step is taken on
+    this segment's gradient alone, with no runtime branch, and the accumulators, zero
+    between periods, pass through untouched (same result, less memory traffic).
     Returns (new level state, applied_LxB): 1.0 where the level took a step. The new state is
     stop-gradient (CMS writes carry no outer gradient)."""
-    acc = jax.tree.map(jnp.add, level["acc"], g)
+    acc = g if every_segment else jax.tree.map(jnp.add, level["acc"], g)
     surprise_LxB = level["surprise"]
     if d_tilde_LxBxSxD is not None:
         norm_LxBxS = jnp.sqrt(jnp.sum(d_tilde_LxBxSxD * d_tilde_LxBxSxD, -1))
         surprise_LxB = surprise_LxB + norm_LxBxS.sum(-1)
-    due = (tokens_after % period) == 0  # one scalar for the whole batch
-    apply_LxB = due & (surprise_LxB / period >= surprise_threshold)
+    gate_LxB = surprise_LxB / period >= surprise_threshold
+    due = True if every_segment else (tokens_after % period) == 0  # one scalar for the batch
+    apply_LxB = gate_LxB if every_segment else due & gate_LxB
 
     def step():
         upd, new_opt = jax.vmap(jax.vmap(tx.update))(acc, level["opt"], level["delta"])
@@ -126,6 +131,11 @@ def update_level(level: dict, g, d_tilde_LxBxSxD, *, tx, period: int, tokens_aft
         return (jax.tree.map(lambda d, u: pick(d + u, d), level["delta"], upd),
                 jax.tree.map(pick, new_opt, level["opt"]))
 
+    if every_segment:
+        delta, opt = jax.lax.stop_gradient(step())
+        new = {"delta": delta, "opt": opt, "acc": level["acc"],
+               "surprise": jnp.zeros_like(surprise_LxB)}
+        return new, apply_LxB.astype(jnp.float32)
     # Off-period segments skip the optimizer entirely.
     delta, opt = jax.lax.stop_gradient(
         jax.lax.cond(due, step, lambda: (level["delta"], level["opt"])))
