@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, hlo_cost
-from benchmarks.train_throughput import _apply, split_variants
+from benchmarks.train_throughput import preset_config, split_variants
 
 # (component removed at this step, case). Cases are cumulative ablations (module docstring).
 ONE_LEVEL = ("+model.cms.names=('fast',)+model.cms.periods=(0,)+model.cms.optimizers=('gd',)"
@@ -72,17 +72,7 @@ SOURCES = (("self-modifying memories", ("ops/selfmod.py", "model/selfmod.py")),
 
 def smoke_config(case: str):
     """configs/smoke.py with `case` = variant[+key=value...], finalized like the train CLI."""
-    from configs import smoke
-    from nested_jax.data import loader
-    from nested_jax.train.validate import finalize_config
-
-    c = smoke.get_config()
-    variant, *overrides = case.split("+")
-    c.model.variant = variant
-    for o in overrides:
-        _apply(c, *o.split("=", 1))
-    finalize_config(c, loader.tokenizer_for(c.data).vocab_size)
-    return c
+    return preset_config("smoke_train", case)
 
 
 def build(c, tokens):
