@@ -54,6 +54,10 @@ def check_momentum(momentum: float) -> float:
     return momentum
 
 
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)  # tiny: exact on GPUs too
+
+
 def decays(log_alpha_C, eta_C, momentum: float = 0.0) -> dict:
     """Decay weights of one chunk; rows t = 0..C (row 0 = chunk start), cols s = 1..C.
 
@@ -72,52 +76,73 @@ def decays(log_alpha_C, eta_C, momentum: float = 0.0) -> dict:
         i = jnp.arange(C)
         lag = i[:, None] - i[None, :]
         pow_CxC = jnp.where(lag >= 0, momentum ** jnp.maximum(lag, 0).astype(eta_C.dtype), 0.0)
-        hi = jax.lax.Precision.HIGHEST  # tiny C×C products: keep them exact on GPUs too
-        out["G"] = jnp.matmul(dm[:, 1:], pow_CxC, precision=hi) * eta_C[None, :]
-        out["c"] = jnp.matmul(dm[:, 1:], momentum ** (i + 1).astype(eta_C.dtype), precision=hi)
+        out["G"] = _mm(dm[:, 1:], pow_CxC) * eta_C[None, :]
+        out["c"] = _mm(dm[:, 1:], momentum ** (i + 1).astype(eta_C.dtype))
         out["sw"] = eta_C * momentum ** (C - 1 - i).astype(eta_C.dtype)
         out["betaC"] = momentum**C
     return out
 
 
+def _doubling_inverse(l_CxC):
+    """(I + l)⁻¹ for strictly lower-triangular l, with matmuls only: l is nilpotent, so
+    (I + l)⁻¹ = Σ_{k<C} M^k = (I + M)(I + M²)(I + M⁴)… with M = −l, ⌈log₂ C⌉ − 1 doublings
+    of two C×C×C matmuls each. Exact like a triangular solve, and it avoids XLA:CPU's
+    batched triangular-solve kernel, which at some sizes (e.g. C = 32 under vmap) ran ~1000×
+    slower than these matmuls."""
+    C = l_CxC.shape[-1]
+    M_CxC = -l_CxC
+    T_CxC = jnp.eye(C, dtype=l_CxC.dtype) + M_CxC  # Σ_{k<span} M^k
+    span = 2
+    while span < C:
+        M_CxC = _mm(M_CxC, M_CxC)  # M^span
+        T_CxC = T_CxC + _mm(T_CxC, M_CxC)
+        span *= 2
+    return T_CxC
+
+
+@jax.custom_vjp
+def unit_lower_inverse(l_CxC):
+    """(I + l)⁻¹ for strictly lower-triangular l (`_doubling_inverse`). Backward: the
+    inverse's own adjoint, l̄ = −Tᵀ T̄ Tᵀ with T = (I + l)⁻¹ (two matmuls; not the
+    doublings' autodiff)."""
+    return _doubling_inverse(l_CxC)
+
+
+def _inverse_fwd(l_CxC):
+    # The rule calls the function itself: when an enclosing differentiation sees this
+    # forward (the online scan's outer gradient through the teach signal's vjp), it uses
+    # the custom rule too instead of differentiating the doublings.
+    T_CxC = unit_lower_inverse(l_CxC)
+    return T_CxC, T_CxC
+
+
+def _inverse_bwd(T_CxC, dT_CxC):
+    return (-_mm(_mm(T_CxC.T, dT_CxC), T_CxC.T),)
+
+
+unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
+
+
 @jax.custom_vjp
 def unit_lower_solve(l_CxC, rhs_CxH):
-    """Solve (I + l) u = rhs for strictly lower-triangular l, with matmuls only.
-
-    l is nilpotent, so (I + l)⁻¹ = Σ_k (−l)^k = (I + M)(I + M²)(I + M⁴)… with M = −l:
-    ⌈log₂ C⌉ doublings, each one C×C×H and one C×C×C matmul. Exact like a triangular
-    solve, and it avoids XLA:CPU's batched triangular-solve kernel, which at some sizes
-    (e.g. C = 32 under vmap) ran ~1000× slower than these matmuls.
-    Backward (custom, the solve's own adjoint rather than the doublings'): the transposed
-    solve r̄ = (I + lᵀ)⁻¹ ū (lᵀ is nilpotent too) and l̄ = −r̄ uᵀ; it keeps l and u only.
-    """
-    return _doubling_solve(l_CxC, rhs_CxH)
-
-
-def _doubling_solve(l_CxC, rhs_CxH):
-    hi = jax.lax.Precision.HIGHEST
-    C = l_CxC.shape[0]
-    P_CxC = -l_CxC
-    u_CxH = rhs_CxH
-    span = 1
-    while span < C:
-        u_CxH = u_CxH + jnp.matmul(P_CxC, u_CxH, precision=hi)
-        span *= 2
-        if span < C:
-            P_CxC = jnp.matmul(P_CxC, P_CxC, precision=hi)
-    return u_CxH
+    """Solve (I + l) u = rhs for strictly lower-triangular l: u = T·rhs with the explicit
+    inverse T = (I + l)⁻¹ (`_doubling_inverse`: the same matmul count as doubling on rhs).
+    Backward (custom, the solve's own adjoint): r̄ = Tᵀ ū and l̄ = −r̄ uᵀ, from the kept T
+    and u — two matmuls, where the doublings' autodiff or a transposed doubling solve takes
+    a dozen small kernels per chunk (the chunked scans' backward pass is kernel-bound)."""
+    return _mm(_doubling_inverse(l_CxC), rhs_CxH)
 
 
 def _solve_fwd(l_CxC, rhs_CxH):
-    u_CxH = _doubling_solve(l_CxC, rhs_CxH)
-    return u_CxH, (l_CxC, u_CxH)
+    T_CxC = unit_lower_inverse(l_CxC)  # an enclosing differentiation takes its rule
+    u_CxH = _mm(T_CxC, rhs_CxH)
+    return u_CxH, (T_CxC, u_CxH)
 
 
 def _solve_bwd(res, du_CxH):
-    l_CxC, u_CxH = res
-    drhs_CxH = _doubling_solve(l_CxC.T, du_CxH)
-    dl_CxC = -jnp.matmul(drhs_CxH, u_CxH.T, precision=jax.lax.Precision.HIGHEST)
-    return dl_CxC, drhs_CxH
+    T_CxC, u_CxH = res
+    drhs_CxH = _mm(T_CxC.T, du_CxH)
+    return -_mm(drhs_CxH, u_CxH.T), drhs_CxH
 
 
 unit_lower_solve.defvjp(_solve_fwd, _solve_bwd)
@@ -134,8 +159,7 @@ def chunk_coeffs(k_CxK, log_alpha_C, eta_C, momentum: float = 0.0, q_CxK=None,
     dec = decays(log_alpha_C, eta_C, momentum)
     kk_CxC = k_CxK @ k_CxK.T
     if dgd:
-        eye_CxC = jnp.eye(C, dtype=kk_CxC.dtype)
-        dec["inv"] = unit_lower_solve(kk_CxC * dec["lam"][:C], eye_CxC)
+        dec["inv"] = unit_lower_inverse(kk_CxC * dec["lam"][:C])
     if momentum:
         dec["kkG"] = kk_CxC * dec["G"][:C]
     if q_CxK is not None:
@@ -158,7 +182,7 @@ def input_side_solve(k_CxK, kX0_CxH, S0_KxH, d_CxH, dec: dict, momentum: float):
     else:
         rhs_CxH = rhs_CxH + d_CxH
     if "inv" in dec:
-        return jnp.matmul(dec["inv"], rhs_CxH, precision=jax.lax.Precision.HIGHEST)
+        return _mm(dec["inv"], rhs_CxH)
     l_CxC = (k_CxK @ k_CxK.T) * dec["lam"][:C]  # strictly lower: lam[t-1, s] = 0 for s ≥ t
     return unit_lower_solve(l_CxC, rhs_CxH)
 
