@@ -152,3 +152,30 @@ def test_every_segment_shortcut_equals_the_general_path(threshold):
         np.testing.assert_array_equal(np.asarray(a_static), np.asarray(a_general))
         level = static
     assert np.asarray(a_static).max() == 1.0
+
+
+def test_level_read_with_per_row_weights_matches_the_plain_read_values_and_grads():
+    """`level_apply_rows(meta, delta, x)` (the model's read, custom backward in
+    `rows_matmul`) = `level_apply(meta + delta, x)` by plain autodiff: values and gradients
+    wrt x, meta and delta, and the outer gradient through an inner vjp wrt delta (how the
+    online scan uses it: teach signal inside, outer loss outside)."""
+    meta = jax.tree.map(lambda a: a[0], _meta(jax.random.key(0)))
+    delta = jax.tree.map(lambda a: 30.0 * a[0],
+                         _level(cms.inner_optimizer("gd", 0.1, 0.9, 0.99))["delta"])
+    x = jax.random.normal(jax.random.key(3), (B, S, D))
+    ct = jax.random.normal(jax.random.key(4), (B, S, D))
+    plain = lambda m, d, x: cms.level_apply(  # noqa: E731
+        jax.tree.map(lambda a, b: a[None] + b, m, d), x)
+
+    def outer(read):
+        def f(m, d, x):
+            y, vjp = jax.vjp(lambda dd: read(m, dd, x), d)
+            g = jax.lax.stop_gradient(vjp(ct)[0])  # the inner gradient, as a teach vjp
+            return jnp.sum(y * ct) + sum(jnp.sum(a) for a in jax.tree.leaves(g))
+        return (jax.value_and_grad(f, argnums=(0, 1, 2))(meta, delta, x),
+                jax.vjp(read, meta, delta, x))
+
+    (got, got_vjp), (want, want_vjp) = outer(cms.level_apply_rows), outer(plain)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(got_vjp[0], want_vjp[0], rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got_vjp[1](ct), want_vjp[1](ct), rtol=1e-5, atol=1e-5)

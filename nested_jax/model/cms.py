@@ -10,22 +10,11 @@ driven by the segment scan in `nested_jax.model.online`.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from nested_jax.model.layers import normal
-from nested_jax.ops.cms import level_apply
-
-
-def effective(meta: dict, delta: dict | None) -> dict:
-    """meta + delta (delta has a leading batch axis). Deltas are built only from
-    stop-gradient quantities (nested_jax.model.online), so the outer gradient reaches the
-    meta parameters through this read and nothing flows into the writes; the online step
-    differentiates wrt delta itself to get the inner gradients Jᵀδ."""
-    if delta is None:
-        return meta
-    return jax.tree.map(lambda m, d: m[None] + d, meta, delta)
+from nested_jax.ops.cms import level_apply, level_apply_rows
 
 
 class CMS(nnx.Module):
@@ -57,8 +46,11 @@ class CMS(nnx.Module):
         inputs = {}
         for n in self.names:
             inputs[n] = x_BxTxD
-            p = effective(meta[n], None if fast is None else fast[n])
-            x_BxTxD = level_apply(p, x_BxTxD, self.eps, self.dtype)
+            if fast is None:
+                x_BxTxD = level_apply(meta[n], x_BxTxD, self.eps, self.dtype)
+            else:  # per-row weights meta + delta: the outer gradient reaches meta through
+                # the read, none flows into the delta (built from stop-gradient quantities)
+                x_BxTxD = level_apply_rows(meta[n], fast[n], x_BxTxD, self.eps, self.dtype)
             if probes is not None and n in probes:  # outer-loop-only levels have no probe
                 x_BxTxD = x_BxTxD + probes[n].astype(x_BxTxD.dtype)
         return x_BxTxD, inputs

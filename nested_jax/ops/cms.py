@@ -57,20 +57,61 @@ def inner_optimizer(kind: str, lr: float, beta: float, beta2: float, eps: float 
     raise ValueError(f"CMS optimizer {kind!r} is unknown; choose one of {INNER_OPTIMIZERS}.")
 
 
+def _normed(x_BxTxD, scale, eps):
+    x32 = x_BxTxD.astype(jnp.float32)
+    return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps) * scale
+
+
 def level_apply(p: dict, x_BxTxD, eps: float = 1e-6, dtype=jnp.float32):
     """One level with weights either shared (scale_D, w1_DxF, w2_FxD) or per row
     (scale_BxD, w1_BxDxF, w2_BxFxD): x + GELU(RMSNorm(x)·W1)·W2."""
-    x32 = x_BxTxD.astype(jnp.float32)
-    inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     if p["w1"].ndim == 3:  # per-row fast weights
-        h = (x32 * inv * p["scale"][:, None, :]).astype(dtype)
+        h = _normed(x_BxTxD, p["scale"][:, None, :], eps).astype(dtype)
         z = jnp.einsum("btd,bdf->btf", h, p["w1"].astype(dtype))
         y = jnp.einsum("btf,bfd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
     else:
-        h = (x32 * inv * p["scale"][None, None, :]).astype(dtype)
+        h = _normed(x_BxTxD, p["scale"][None, None, :], eps).astype(dtype)
         z = jnp.einsum("btd,df->btf", h, p["w1"].astype(dtype))
         y = jnp.einsum("btf,fd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
     return x_BxTxD + y.astype(x_BxTxD.dtype)
+
+
+def level_apply_rows(meta: dict, delta: dict, x_BxTxD, eps: float = 1e-6, dtype=jnp.float32):
+    """`level_apply` with the per-row weights meta + delta (delta [B, ...]): the same values,
+    the matmuls through `rows_matmul`, whose backward pass gives the meta weights' gradient
+    as one contraction over rows and tokens instead of a per-row gradient summed over rows."""
+    h = _normed(x_BxTxD, (meta["scale"][None] + delta["scale"])[:, None, :], eps).astype(dtype)
+    z = rows_matmul(h, meta["w1"], delta["w1"])
+    y = rows_matmul(jax.nn.gelu(z), meta["w2"], delta["w2"])
+    return x_BxTxD + y.astype(x_BxTxD.dtype)
+
+
+@jax.custom_vjp
+def rows_matmul(x_BxTxK, w_KxN, dw_BxKxN):
+    """x_b · (w + dw_b) for each batch row b (weights float32, the sum cast to x's dtype).
+    Backward: x̄_b = ȳ_b (w + dw_b)ᵀ, w̄ = Σ_b x_bᵀ ȳ_b as one contraction over rows and
+    tokens, dw̄_b = x_bᵀ ȳ_b. Differentiated wrt dw only (the teach signal's vjp) w̄ is dead
+    code; wrt w only (the outer gradient: the deltas are stop-gradient) dw̄ is — no per-row
+    [B, K, N] gradient is built and then summed over rows."""
+    return jnp.einsum("btk,bkn->btn", x_BxTxK, (w_KxN[None] + dw_BxKxN).astype(x_BxTxK.dtype))
+
+
+def _rows_fwd(x_BxTxK, w_KxN, dw_BxKxN):
+    # Calls the function itself: a differentiation enclosing this rule (the online scan's
+    # outer gradient through the teach signal's vjp) takes the rule too.
+    eff_BxKxN = (w_KxN[None] + dw_BxKxN).astype(x_BxTxK.dtype)
+    return rows_matmul(x_BxTxK, w_KxN, dw_BxKxN), (x_BxTxK, eff_BxKxN)
+
+
+def _rows_bwd(res, dy_BxTxN):
+    x_BxTxK, eff_BxKxN = res
+    dx = jnp.einsum("btn,bkn->btk", dy_BxTxN, eff_BxKxN)
+    dw = jnp.einsum("btk,btn->kn", x_BxTxK, dy_BxTxN, preferred_element_type=jnp.float32)
+    ddw = jnp.einsum("btk,btn->bkn", x_BxTxK, dy_BxTxN, preferred_element_type=jnp.float32)
+    return dx, dw, ddw
+
+
+rows_matmul.defvjp(_rows_fwd, _rows_bwd)
 
 
 def inner_grads(meta: dict, delta: dict, x_LxBxSxD, teach_LxBxSxD, grad_raw, *, scale,
@@ -106,7 +147,8 @@ def update_level(level: dict, g, d_tilde_LxBxSxD, *, tx, period: int, tokens_aft
     level: {"delta", "opt", "acc", "surprise"} ([L, B, ...] leaves, surprise [L, B]);
     tx: the level's Optax inner optimizer (applied per layer and row); tokens_after: tokens
     seen once this segment is read (a traced scalar); d_tilde_LxBxSxD: the scaled, clipped
-    teach signal (None: no surprise accrues, and the gate passes when the threshold is 0).
+    teach signal (None: no surprise accrues). With surprise_threshold 0 there is no gate:
+    surprise is not measured and every row steps.
     every_segment: the caller knows statically that every segment ends a period (period =
     segment length: tokens_after is always a multiple of it). Then the step is taken on
     this segment's gradient alone, with no runtime branch, and the accumulators, zero
@@ -115,20 +157,25 @@ def update_level(level: dict, g, d_tilde_LxBxSxD, *, tx, period: int, tokens_aft
     stop-gradient (CMS writes carry no outer gradient)."""
     acc = g if every_segment else jax.tree.map(jnp.add, level["acc"], g)
     surprise_LxB = level["surprise"]
-    if d_tilde_LxBxSxD is not None:
+    gated = surprise_threshold > 0  # threshold 0: every update applies, no gate to compute
+    if gated and d_tilde_LxBxSxD is not None:
         norm_LxBxS = jnp.sqrt(jnp.sum(d_tilde_LxBxSxD * d_tilde_LxBxSxD, -1))
         surprise_LxB = surprise_LxB + norm_LxBxS.sum(-1)
-    gate_LxB = surprise_LxB / period >= surprise_threshold
+    gate_LxB = (surprise_LxB / period >= surprise_threshold if gated
+                else jnp.ones(surprise_LxB.shape, bool))
     due = True if every_segment else (tokens_after % period) == 0  # one scalar for the batch
     apply_LxB = gate_LxB if every_segment else due & gate_LxB
 
     def step():
         upd, new_opt = jax.vmap(jax.vmap(tx.update))(acc, level["opt"], level["delta"])
+        delta = jax.tree.map(jnp.add, level["delta"], upd)
+        if not gated:  # every row steps: no select, which would copy the whole state
+            return delta, new_opt
 
         def pick(new, old):
             return jnp.where(apply_LxB.reshape(apply_LxB.shape + (1,) * (new.ndim - 2)), new, old)
 
-        return (jax.tree.map(lambda d, u: pick(d + u, d), level["delta"], upd),
+        return (jax.tree.map(pick, delta, level["delta"]),
                 jax.tree.map(pick, new_opt, level["opt"]))
 
     if every_segment:
