@@ -50,7 +50,7 @@ ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "n
 # No kernel and no bytes of their own (views, plumbing, control flow costed via bodies).
 FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while", "call",
         "conditional", "after-all", "opt-barrier", "partition-id", "replica-id",
-        "add-dependency", "domain"}
+        "add-dependency", "domain", "async-done", "async-update"}
 SLICING = {"dynamic-slice", "slice", "gather"}
 
 _SHAPE_RE = re.compile(r"\b(pred|token|bf16|[suf]\d+(?:e\d+m\d+\w*)?|c\d+)\[([\d,]*)\]")
@@ -412,8 +412,8 @@ class ModuleCost:
                                    "trip_count": n, "trip_count_from": how, "body": body,
                                    "cost": one})
                 continue
-            if op == "call":
-                c, l = self.comp_cost(inst.attr("to_apply"))
+            if op in ("call", "async-start"):  # XLA:GPU wraps some fusions in async pairs
+                c, l = self.comp_cost(inst.attr("to_apply") or inst.attr("calls"))
                 total.add(c)
                 merge(l, 1)
                 continue
@@ -470,8 +470,8 @@ class ModuleCost:
                 if inst.opcode == "while":
                     n = self.trip_count(self.comps[name], inst)[0]
                     subs = [(inst.attr("body"), n, 1), (inst.attr("condition"), n + 1, 1)]
-                elif inst.opcode == "call":
-                    subs = [(inst.attr("to_apply"), 1, 0)]
+                elif inst.opcode in ("call", "async-start"):
+                    subs = [(inst.attr("to_apply") or inst.attr("calls"), 1, 0)]
                 elif inst.opcode == "conditional":
                     subs = [(b, 1, 0) for b in self._branches(inst)]
                 for sub, k, d in subs:

@@ -120,7 +120,7 @@ def test_transformer_flops_match_analytic_through_the_layer_scan():
 
 def test_cli_writes_projection(tmp_path, capsys):
     rows = cost_model.main(["--preset", "smoke", "--variants", "transformer", "--device", "h100",
-                            "--output", str(tmp_path)])
+                            "--compile-on", "cpu", "--output", str(tmp_path)])
     out = capsys.readouterr().out
     assert "not a GPU measurement" in out
     with open(tmp_path / "results.json") as f:
@@ -129,7 +129,9 @@ def test_cli_writes_projection(tmp_path, capsys):
     for key in ("variant", "params", "flops_per_token", "bytes_per_token", "arithmetic_intensity",
                 "projected_tokens_per_sec", "projected_mfu", "bound", "kernels_per_step"):
         assert key in row, key
-    assert row["bound"] in ("compute", "memory") and row["projected_tokens_per_sec"] > 0
+    assert row["bound"] in ("compute", "memory", "launch") and row["projected_tokens_per_sec"] > 0
+    assert row["compiled_for"] == "cpu" and "CPU compilation" in res["note"]
+    assert row["step_time_s"] == pytest.approx(row["roofline_s"] + row["launch_s"])
     assert 0.7 < row["flops_vs_analytic"] < 1.3
     assert "not a GPU measurement" in res["note"]
     assert os.path.getsize(tmp_path / "roofline.png") > 0
