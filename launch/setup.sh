@@ -2,7 +2,10 @@
 # Set-up: find a Python >= 3.12, create .venv, install nested_jax with its dev extra.
 # Idempotent: reuses .venv and skips pip when pyproject.toml has not changed.
 #   PYTHON=/path/to/python3.12 bash launch/setup.sh   # use exactly this interpreter
-#   EXTRAS=dev,cuda12 bash launch/setup.sh             # GPU machines (jax[cuda12])
+#   EXTRAS=dev,cuda13 bash launch/setup.sh             # GPU machines: cuda13 (newest jax) or
+#                                                      # cuda12 (jax 0.12.0.1), by the driver
+#   EXTRAS=dev,gpu-aot bash launch/setup.sh            # compile for an H100/H200 without a GPU
+#                                                      # (benchmarks.cost_model; ~1.3 GB)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"

@@ -19,9 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
     m.n_layers = 12  # number of blocks L
     m.n_heads = 8  # attention / memory heads H (must divide d_model)
     m.head_dim = 0  # per-head width K; 0 = d_model // n_heads
+    m.n_kv_heads = 0  # attention key/value heads (grouped-query attention; must divide n_heads); 0 = n_heads
     m.d_ff = 0  # SwiGLU hidden width F; 0 = 8/3·d_model rounded up to a multiple of 64
     m.rope_base = 10000.0  # RoPE frequency base
     m.attention_window = 0  # 0 = full causal attention; > 0 = sliding window of this many tokens
+    m.attention_impl = "auto"  # auto (cuDNN flash attention on a GPU where it applies: bf16/fp16; else XLA) | xla | cudnn
     m.tie_embeddings = True  # share the embedding matrix with the LM head
     m.init_std = 0.02  # std of embedding / input projections' reference scale (initial loss ≈ ln V)
     m.norm_eps = 1e-6  # RMSNorm epsilon

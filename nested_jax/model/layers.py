@@ -70,58 +70,83 @@ class SwiGLU(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head RoPE attention, full causal or sliding-window, optional persistent tokens.
+    """Multi-head RoPE attention, full causal or sliding-window, optional persistent tokens,
+    grouped-query attention (n_kv_heads key/value heads shared by n_heads / n_kv_heads query
+    heads each; 0 = n_heads), computed by `attn_ops.dot_attention` (cuDNN flash attention
+    on a GPU where it applies, XLA elsewhere; `impl` "auto" | "xla" | "cudnn").
 
-    `__call__(x, pos_T, kv=None)`: without `kv` the T tokens attend among themselves. With a
-    key/value buffer kv = {"k","v"} [B, T_max, H, K] (slot i holds absolute position i),
-    the new keys/values are written at pos_T[0] and the queries attend to every filled
-    slot; unfilled slots lie in the future and are masked by causality. Returns (y, kv).
+    `__call__(x, pos_T, kv=None)`: pos_T holds consecutive absolute positions. Without `kv`
+    the T tokens attend among themselves. With a key/value buffer kv = {"k","v"}
+    [B, T_max, n_kv_heads, K] (slot i holds absolute position i), the new keys/values are
+    written at pos_T[0] and the queries attend to the filled slots: unfilled slots lie in
+    the future and are masked by causality (cuDNN also stops at the last filled slot); with
+    a sliding window only the window + T - 1 slots the queries can see (rounded up to 8) are
+    read. Returns (y, kv).
     """
 
     def __init__(self, d: int, n_heads: int, head_dim: int, *, out_std: float, window: int = 0,
-                 rope_base: float = 10000.0, n_persistent: int = 0, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
-        self.n_heads, self.head_dim = n_heads, head_dim
-        self.window, self.rope_base, self.dtype = window, rope_base, dtype
+                 rope_base: float = 10000.0, n_persistent: int = 0, n_kv_heads: int = 0,
+                 impl: str = "auto", rngs: nnx.Rngs, dtype=jnp.float32):
+        n_kv_heads = n_kv_heads or n_heads
+        if n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}.")
+        if impl not in attn_ops.IMPLEMENTATIONS:
+            raise ValueError(f"attention impl {impl!r}; choose one of {attn_ops.IMPLEMENTATIONS}.")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.window, self.rope_base, self.dtype, self.impl = window, rope_base, dtype, impl
+        # Same draws in the same order as before GQA: n_kv_heads = n_heads gives the same
+        # parameters (checkpoints stay valid).
         self.wq = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
-        self.wk = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
-        self.wv = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
+        self.wk = Dense(d, n_kv_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
+        self.wv = Dense(d, n_kv_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
         self.wo = Dense(n_heads * head_dim, d, std=out_std, rngs=rngs, dtype=dtype)
         self.n_persistent = n_persistent
         if n_persistent:
-            shape = (n_persistent, n_heads, head_dim)
+            shape = (n_persistent, n_kv_heads, head_dim)
             self.persistent_k = nnx.Param(normal(rngs.params(), shape, 1.0))
             self.persistent_v = nnx.Param(normal(rngs.params(), shape, 1.0))
 
     def init_kv(self, batch: int, max_len: int) -> dict:
-        z = jnp.zeros((batch, max_len, self.n_heads, self.head_dim), self.dtype)
+        z = jnp.zeros((batch, max_len, self.n_kv_heads, self.head_dim), self.dtype)
         return {"k": z, "v": z}
 
     def __call__(self, x_BxTxD, pos_T, kv: dict | None = None):
         b, t, _ = x_BxTxD.shape
-        split = lambda y: y.reshape(b, t, self.n_heads, self.head_dim)  # noqa: E731
-        q = attn_ops.rope(split(self.wq(x_BxTxD)), pos_T, self.rope_base)
-        k = attn_ops.rope(split(self.wk(x_BxTxD)), pos_T, self.rope_base)
-        v = split(self.wv(x_BxTxD))
+        g, hd = self.n_kv_heads, self.head_dim
+        q_BxTxHxK = attn_ops.rope(self.wq(x_BxTxD).reshape(b, t, self.n_heads, hd), pos_T,
+                                  self.rope_base)
+        k_BxTxGxK = attn_ops.rope(self.wk(x_BxTxD).reshape(b, t, g, hd), pos_T, self.rope_base)
+        v_BxTxGxK = self.wv(x_BxTxD).reshape(b, t, g, hd)
+        k_pos_S = kv_len = None
         if kv is None:
-            keys, values, k_pos = k, v, pos_T
+            keys, values = k_BxTxGxK, v_BxTxGxK
         else:
             start = (0, pos_T[0], 0, 0)
-            kv = {"k": jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), start),
-                  "v": jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), start)}
-            keys, values = kv["k"].astype(k.dtype), kv["v"].astype(v.dtype)
-            k_pos = jnp.arange(keys.shape[1], dtype=pos_T.dtype)
-        mask = attn_ops.attention_mask(pos_T, k_pos, self.window)
+            kv = {"k": jax.lax.dynamic_update_slice(kv["k"], k_BxTxGxK.astype(kv["k"].dtype),
+                                                    start),
+                  "v": jax.lax.dynamic_update_slice(kv["v"], v_BxTxGxK.astype(kv["v"].dtype),
+                                                    start)}
+            keys, values = kv["k"].astype(k_BxTxGxK.dtype), kv["v"].astype(v_BxTxGxK.dtype)
+            t_max = keys.shape[1]
+            first = jnp.zeros((), pos_T.dtype)
+            span = -(-(self.window + t - 1) // 8) * 8  # the slots a query can see, rounded
+            if self.window > 0 and span < t_max:  # up to 8 (cuDNN: even lengths); read those
+                first = jnp.clip(pos_T[0] - self.window + 1, 0, t_max - span).astype(pos_T.dtype)
+                keys = jax.lax.dynamic_slice_in_dim(keys, first, span, axis=1)
+                values = jax.lax.dynamic_slice_in_dim(values, first, span, axis=1)
+            k_pos_S = first + jnp.arange(keys.shape[1], dtype=pos_T.dtype)
+            kv_len = pos_T[-1] + 1 - first  # slots filled up to the last query
         if self.n_persistent:
-            pk = jnp.broadcast_to(self.persistent_k[...].astype(k.dtype)[None],
+            pk = jnp.broadcast_to(self.persistent_k[...].astype(keys.dtype)[None],
                                   (b,) + self.persistent_k.shape)
-            pv = jnp.broadcast_to(self.persistent_v[...].astype(v.dtype)[None],
+            pv = jnp.broadcast_to(self.persistent_v[...].astype(values.dtype)[None],
                                   (b,) + self.persistent_v.shape)
             keys = jnp.concatenate([pk, keys], axis=1)
             values = jnp.concatenate([pv, values], axis=1)
-            mask = jnp.concatenate([jnp.ones((t, self.n_persistent), bool), mask], axis=1)
-        out = attn_ops.causal_attention(q, keys, values, mask)
-        return self.wo(out.reshape(b, t, self.n_heads * self.head_dim)), kv
+        out = attn_ops.dot_attention(q_BxTxHxK, keys, values, q_pos_T=pos_T, k_pos_S=k_pos_S,
+                                     window=self.window, n_prefix=self.n_persistent,
+                                     kv_len=kv_len, implementation=self.impl)
+        return self.wo(out.reshape(b, t, self.n_heads * hd)), kv
 
 
 class CausalConv(nnx.Module):

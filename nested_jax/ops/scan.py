@@ -13,8 +13,12 @@ from typing import Any, Callable
 import jax
 
 # Scans of at most this many steps are unrolled: on CPU the loop's per-op overhead dominates
-# short scans (e.g. the 2-4 chunks of one online segment); longer scans stay loops.
-UNROLL_MAX = 8
+# short scans (e.g. the 2-4 chunks of one online segment); longer scans stay loops. 16 covers
+# the 16 self-modifying chunks of a 128-token segment: on the GPU (H100 compile) an unrolled
+# chunk scan drops the per-chunk residual writes and loop-carry copies, 1.12M → 0.68M device
+# ops per pilot `hope` step (benchmarks/RESULTS.md, issue 20).
+DEFAULT_UNROLL_MAX = 16
+UNROLL_MAX = DEFAULT_UNROLL_MAX  # tests lower it to 1 (compile time; tests/conftest.py)
 
 
 def _unroll(n: int) -> int:

@@ -26,6 +26,7 @@ class DataError(ConfigError):
 # Allowed values of string fields (model.variant is checked against the model's BLOCKS).
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
+    "model.attention_impl": ("auto", "xla", "cudnn"),
     "model.titans.mode": ("mag", "mal", "mac"),
     "model.titans.memory": ("linear", "mlp"),
     "model.titans.depth": (2, 3, 4),
@@ -40,6 +41,7 @@ CHOICES = {
 RANGES = (
     ("model.d_model", 1, None, True, True), ("model.n_layers", 1, None, True, True),
     ("model.n_heads", 1, None, True, True), ("model.head_dim", 0, None, True, True),
+    ("model.n_kv_heads", 0, None, True, True),
     ("model.d_ff", 0, None, True, True), ("model.attention_window", 0, None, True, True),
     ("model.init_std", 0, None, False, True), ("model.norm_eps", 0, None, False, True),
     ("optim.lr", 0, None, False, True), ("optim.warmup_steps", 0, None, True, True),
@@ -155,12 +157,26 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
             f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}; "
             "Fix: pick --config.model.n_heads among the divisors of d_model."
         )
+    n_kv = m.get("n_kv_heads", 0)
+    if n_kv and m.n_heads % n_kv:
+        raise ConfigError(
+            f"model.n_kv_heads={n_kv} does not divide model.n_heads={m.n_heads}: grouped-query "
+            "attention shares each key/value head among n_heads / n_kv_heads query heads. "
+            "Fix: pick --config.model.n_kv_heads among the divisors of n_heads (0 = n_heads)."
+        )
     head_dim = m.head_dim or m.d_model // m.n_heads
     if head_dim % 2:
         raise ConfigError(f"head dim {head_dim} must be even for RoPE. Fix: change "
                           "--config.model.n_heads or --config.model.head_dim.")
     from nested_jax.model.blocks import ONLINE_VARIANTS
     from nested_jax.model.online import OnlineConfigError, check_online_config
+
+    if m.get("attention_impl", "auto") == "cudnn" and m.variant in ONLINE_VARIANTS:
+        raise ConfigError(
+            f"model.attention_impl='cudnn' cannot train variant {m.variant!r}: its online step "
+            "differentiates through the teach signal's inner vjp, and jax's cuDNN attention "
+            "has no derivative of its forward rule. Fix: --config.model.attention_impl=auto "
+            "(XLA attention for this variant).")
 
     if m.variant in ONLINE_VARIANTS:
         try:
