@@ -15,6 +15,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 import nested_jax.ops.scan  # noqa: E402
 
 nested_jax.ops.scan.UNROLL_MAX = 1
+import nested_jax.model.online  # noqa: E402
+
+nested_jax.model.online.LAYER_UNROLL_MAX = 0  # layer scans as configured (tiny: rolled)
 
 # One XLA compilation cache for the whole run (a fresh folder per run, removed at exit): the
 # tests compile the same tiny models again and again (a new closure or an eager call traces

@@ -82,10 +82,11 @@ class _OffsetModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None):
+    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None,
+                   unroll_layers=None):
         import jax.numpy as jnp
 
         if pos_T is None:
             pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
         x_BxTxD = x_BxTxD + jnp.take(self._off, pos_T, axis=1).astype(x_BxTxD.dtype)
-        return self._model.run_blocks(x_BxTxD, pos_T, carry, probes, remat)
+        return self._model.run_blocks(x_BxTxD, pos_T, carry, probes, remat, unroll_layers)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.fixtures import make_variant_losses as ref
 
+DEFAULT_LAYER_UNROLL_MAX = 16  # nested_jax/model/online.py (tests/conftest.py sets 0)
 FIXTURE = np.load(__file__.replace("test_variant_losses.py", "fixtures/variant_losses.npz"))
 
 
@@ -22,9 +23,11 @@ FIXTURE = np.load(__file__.replace("test_variant_losses.py", "fixtures/variant_l
 @pytest.mark.parametrize("variant", [pytest.param(v, marks=() if v == "hope"
                                                   else pytest.mark.slow) for v in ref.VARIANTS])
 def test_losses_equal_the_recorded_ones(variant, monkeypatch):
+    from nested_jax.model import online
     from nested_jax.ops import scan
 
     monkeypatch.setattr(scan, "UNROLL_MAX", scan.DEFAULT_UNROLL_MAX)
+    monkeypatch.setattr(online, "LAYER_UNROLL_MAX", DEFAULT_LAYER_UNROLL_MAX)
     got = ref.losses(variant)
     for key in ("ce0", "ce2"):
         want = FIXTURE[f"{variant}/{key}"]

@@ -88,10 +88,12 @@ class _ModelAt:
             carry["kv"] = self._kv
         return carry
 
-    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None):
+    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None,
+                   unroll_layers=None):
         if pos_T is None:
             pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
-        return self._model.run_blocks(x_BxTxD, pos_T + self._start, carry, probes, remat)
+        return self._model.run_blocks(x_BxTxD, pos_T + self._start, carry, probes, remat,
+                                      unroll_layers)
 
 
 class _FnAt:

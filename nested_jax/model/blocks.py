@@ -34,6 +34,9 @@ def _get(carry, key):
 
 class _Base(nnx.Module):
     has_attention = False
+    # Runs a chunk scan of its own (Titans or self-modifying memories): unrolling a stack of
+    # such blocks multiplies XLA compile time by the layer count (model.online.LAYER_UNROLL_MAX).
+    has_chunk_scan = False
 
     def _attention(self, cfg, out_std, rngs, dtype, n_persistent=0):
         d, h = cfg.d_model, cfg.n_heads
@@ -117,6 +120,8 @@ class TitansBlock(_Base):
     retrieved h_j' and tokens x_j' for j' ≤ j only — write the attention output y into the
     memory and read it after the write, o = y ⊗ σ(M*_i(y)) (gated as in MAG)."""
 
+    has_chunk_scan = True
+
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         t = cfg.titans
         if t.mode not in TITANS_MODES:
@@ -181,6 +186,8 @@ class TitansBlock(_Base):
 class HopeBlock(_Base):
     """Paper HOPE: x + SelfModTitans(norm x), then the CMS chain."""
 
+    has_chunk_scan = True
+
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.sm_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
         self.selfmod = SelfModTitans(cfg, out_std=_out_std(cfg), rngs=rngs, dtype=dtype)
@@ -210,6 +217,8 @@ class HopeAttentionBlock(_Base):
 
 class HopeHybridBlock(_Base):
     """The reproduction's default: attention → Titans memory → CMS chain (all residual)."""
+
+    has_chunk_scan = True
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self._attention(cfg, _out_std(cfg), rngs, dtype)

@@ -53,10 +53,12 @@ class LM(nnx.Module):
         return self.blocks.cms.meta()
 
     # ------------------------------------------------------------------------ forward
-    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None):
+    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None,
+                   unroll_layers=None):
         """Blocks + final norm. Returns (h, new_carry, aux), per-layer outputs stacked.
         remat: checkpoint each block (None: model.remat); the online scan passes False and
-        checkpoints whole segments instead (`nested_jax.model.online.online_forward`)."""
+        checkpoints whole segments instead (`nested_jax.model.online.online_forward`).
+        unroll_layers: unroll the layer scan when n_layers <= this (None: model.unroll_layers)."""
         if pos_T is None:
             pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
         graphdef, layer_state = nnx.split(self.blocks)
@@ -69,7 +71,8 @@ class LM(nnx.Module):
         if self.remat if remat is None else remat:
             body = jax.checkpoint(body)
         n = self.cfg.n_layers
-        unroll = n if n <= self.cfg.unroll_layers else 1  # small stacks: no loop overhead
+        limit = self.cfg.unroll_layers if unroll_layers is None else unroll_layers
+        unroll = n if n <= limit else 1  # small stacks: no loop overhead
         x, (new_carry, aux) = jax.lax.scan(body, x_BxTxD, (layer_state, carry, probes),
                                            unroll=unroll)
         return self.final_norm(x), new_carry, aux

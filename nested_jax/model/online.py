@@ -34,6 +34,25 @@ class OnlineConfigError(ValueError):
     pass
 
 
+# The segment scan unrolls the layer stack of blocks without a chunk scan of their own
+# (hope_attention) when n_layers <= this: in the teach signal's vjp a looped layer scan
+# stacks every block's residuals per layer (a dynamic-update-slice and copies each), which on
+# the GPU doubled the kernels of the pilot hope_attention step (H100 compile: 72.6k → 36.1k
+# device ops per step unrolled, compile 46 s; benchmarks/RESULTS.md, issue 20). Blocks with
+# chunk scans keep model.unroll_layers (12 unrolled hope layers of 16 unrolled chunks did not
+# compile in 35 min). Tests set it to 0 (compile time; tests/conftest.py).
+LAYER_UNROLL_MAX = 16
+
+
+def layer_unroll(cfg) -> int | None:
+    """`run_blocks`' unroll_layers inside the segment scan (None: model.unroll_layers)."""
+    from nested_jax.model.blocks import BLOCKS
+
+    if BLOCKS[cfg.variant].has_chunk_scan:
+        return None
+    return max(cfg.unroll_layers, LAYER_UNROLL_MAX)
+
+
 def level_optimizers(cms_cfg) -> dict:
     """{level: its Optax inner optimizer} (`nested_jax.ops.cms.inner_optimizer`)."""
     names, n = tuple(cms_cfg.names), len(cms_cfg.names)
@@ -165,7 +184,7 @@ def teach_signals(model, carry: dict, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live
         # segments instead).
         h, new_carry, aux = model.run_blocks(model.embed(tok_in_BxS), pos_S,
                                              {**carry, "cms": cms_delta}, probes,
-                                             remat=block_remat)
+                                             remat=block_remat, unroll_layers=layer_unroll(cfg))
         return h, (new_carry, aux)
 
     probes0 = None
@@ -236,7 +255,8 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         pos_S = (i * s + jnp.arange(s)).astype(jnp.int32)
         carry = state["carry"]
         if not update:  # read only
-            h_BxSxD, new_carry, _ = model.run_blocks(model.embed(tok_in_BxS), pos_S, carry)
+            h_BxSxD, new_carry, _ = model.run_blocks(model.embed(tok_in_BxS), pos_S, carry,
+                                                     unroll_layers=layer_unroll(cfg))
             ce_BxS = token_cross_entropy(model.logits(h_BxSxD), tgt_BxS) * mask_BxS
             return {**state, "carry": {**new_carry, "cms": carry["cms"]}}, (ce_BxS, {},
                                                                            greedy(h_BxSxD))
