@@ -87,7 +87,8 @@ def projection(out_dir: str, card: dict, committed: bool) -> tuple[dict, dict | 
         costs = {"flops": r["flops_per_step"], "bytes": r["bytes_per_step"],
                  "kernels": r.get("kernels_per_step", 0.0)}
         rows[r["variant"]] = dict(r, **cost_model.project(costs, r["tokens_per_step"],
-                                                          r["model_flops_per_token"], dev))
+                                                          r["model_flops_per_token"], dev,
+                                                          r.get("launch_s")))
         rows[r["variant"]]["preset"] = res["preset"]
     return rows, dev, os.path.relpath(path, HERE) if path.startswith(HERE) else path
 

@@ -15,7 +15,7 @@ What differs from paper_760m.py (sources as there):
   train tokens      100e9 → train.steps 190,735 (100e9 / 524,288 tokens per step = 100.0000e9)
                     — paper (NL-N Table 1, NL-A Table 2: 1.3B / 100B)
   shape             d_model 2048 × n_layers 24, n_heads 16 (head dim 128) — guess (in neither
-                    paper; paper_math §6.13: 1.3B ≈ 24 × 2048; 16 heads as at 760M)
+                    paper; the usual 1.3B shape of this line of work (TTT): 24 × 2048; 16 heads as at 760M)
   optim.lr          4e-4, cosine down to 1e-5 (min_lr_ratio 0.025) — paper (T §5.1 / NL-A
                     "follow Titans"; no 1.3B value is given; TTT's 1.3B config uses 1e-3)
   optim.warmup_steps  19,074 = 10 % of the steps — TTT

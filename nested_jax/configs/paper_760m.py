@@ -15,8 +15,7 @@ window and persistent tokens). --config.model.variant=titans alone keeps HOPE's 
 matched) take HOPE's fields unchanged.
 
 Sources: "paper" = NL-N (NeurIPS camera-ready), NL-A (arXiv 2512.24695), T (Titans, arXiv
-2501.00663), as summarised in shared/reference/paper_math.md; "TTT" = ttt-lm-jax's configs
-(paper_math §3); "guess" = stated nowhere we could read, with the reason; "ours" = this
+2501.00663); "TTT" = the ttt-lm-jax repository's model configs; "guess" = stated nowhere we could read, with the reason; "ours" = this
 project's default. Every value, 760M (paper_1p3b.py lists what differs at 1.3B):
 
   train tokens      30e9 → train.steps 57,220 (30e9 / 524,288 tokens per step = 29.9997e9)
@@ -52,9 +51,9 @@ project's default. Every value, 760M (paper_1p3b.py lists what differs at 1.3B):
   HOPE CMS          4 levels of width 1 × d_model (cms.hidden_mult 1) — guess (NL-A Fig. 7:
                     more levels are better; 4 × 2·d² = the SwiGLU's 8·d² per block);
                     periods (512, 2048, 0, 0) — guess: the chunks [512, 2K, 8K, 32K] that
-                    paper_math §2.5 reports as a secondary source's reading of NL-A Fig. 7; the
-                    8K and 32K levels cannot update inside a 4K context, so they are
-                    outer-loop-only FFNs (period 0; paper_math §6.12); online.segment_len 512
+                    a secondary source reads off NL-A Fig. 7; the 8K and 32K levels cannot
+                    update inside a 4K context, so they are outer-loop-only FFNs (period 0:
+                    a level must update inside the sequence); online.segment_len 512
                     (8 segments; the 2K level updates once, read by the second half) — guess
                     (the smallest period); inner step gd lr 1e-2, teach scale 0.1, clip 5.0,
                     per-sequence reset — ours (defaults; Eq. 71's gradient step)

@@ -38,7 +38,7 @@ class OnlineConfigError(ValueError):
 # (hope_attention) when n_layers <= this: in the teach signal's vjp a looped layer scan
 # stacks every block's residuals per layer (a dynamic-update-slice and copies each), which on
 # the GPU doubled the kernels of the pilot hope_attention step (H100 compile: 72.6k → 36.1k
-# device ops per step unrolled, compile 46 s; benchmarks/RESULTS.md, issue 20). Blocks with
+# device ops per step unrolled, compile 46 s; benchmarks/RESULTS.md, "The GPU program"). Blocks with
 # chunk scans keep model.unroll_layers (12 unrolled hope layers of 16 unrolled chunks did not
 # compile in 35 min). Tests set it to 0 (compile time; tests/conftest.py).
 LAYER_UNROLL_MAX = 16

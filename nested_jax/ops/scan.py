@@ -16,7 +16,7 @@ import jax
 # short scans (e.g. the 2-4 chunks of one online segment); longer scans stay loops. 16 covers
 # the 16 self-modifying chunks of a 128-token segment: on the GPU (H100 compile) an unrolled
 # chunk scan drops the per-chunk residual writes and loop-carry copies, 1.12M → 0.68M device
-# ops per pilot `hope` step (benchmarks/RESULTS.md, issue 20).
+# ops per pilot `hope` step (benchmarks/RESULTS.md, "The GPU program").
 DEFAULT_UNROLL_MAX = 16
 UNROLL_MAX = DEFAULT_UNROLL_MAX  # tests lower it to 1 (compile time; tests/conftest.py)
 
