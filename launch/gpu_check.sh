@@ -11,8 +11,8 @@
 #                bf16), one process per variant: tokens/s, MFU, peak GPU memory
 #   train        a short configs/pilot_smoke.py training (loss must fall, no non-finite step)
 #   scan_chunks  linear, MLP and HOPE DGD memories, chunk 16 / 64, bf16 inputs, vs token loop
-#   cost_model   only when no projection is committed (benchmarks/out/cost_pilot/results.json):
-#                the CPU-compiled cost model; the report puts it next to the measurement
+#   cost_model   only when no projection is committed (benchmarks/out/cost_pilot/results.json,
+#                compiled for the H100 deviceless): the report puts it next to the measurement
 #   scaling      2+ GPUs only: the data-parallel step on all GPUs against one
 #   report       benchmarks.gpu_check_report → DIR/summary.json, DIR/results_section.md,
 #                DIR/bundle.tgz (every small file of the run, for copying back)
