@@ -44,6 +44,8 @@ import argparse
 import datetime
 import importlib
 import os
+import re
+import shutil
 import sys
 import time
 
@@ -52,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, gpu_aot, hlo_cost
-from benchmarks.train_throughput import VARIANTS, model_flops_per_token
+from benchmarks.train_throughput import (VARIANTS, apply_override, model_flops_per_token,
+                                         split_variants)
 
 PRESETS = {"smoke": "configs.smoke", "pilot": "configs.pilot", "mid": "configs.mid_stage2",
            "pilot_smoke": "configs.pilot_smoke",  # pilot_smoke: train_throughput's smoke shape
@@ -70,14 +73,19 @@ NOTES = {
 def preset_config(preset: str, variant: str, dtype: str | None = None,
                   batch_size: int | None = None):
     """The preset's config with `variant` (and `dtype`, per-device `batch_size`), finalized
-    like the train CLI does. The paper presets take the variant as an argument (like
-    `--config configs/paper_760m.py:titans`: matched d_ff, Titans' window)."""
+    like the train CLI does. A variant may carry `+`-separated overrides, as in
+    `benchmarks.train_throughput` (`hope+model.selfmod.chunk_size=32`). The paper presets take
+    the variant as an argument (like `--config configs/paper_760m.py:titans`: matched d_ff,
+    Titans' window)."""
     from nested_jax.data import loader
     from nested_jax.train.validate import finalize_config
 
+    variant, *overrides = variant.split("+")
     mod = importlib.import_module(PRESETS[preset])
     c = mod.get_config(variant) if preset.startswith("paper_") else mod.get_config()
     c.model.variant = variant
+    for o in overrides:
+        apply_override(c, *o.split("=", 1))
     if dtype:
         c.model.dtype = dtype
     if batch_size:
@@ -200,8 +208,6 @@ def compile_counts(c, device: str, compile_on: str, flags: str = "default",
         compile_s = time.perf_counter() - t0
         dump = gpu_aot.read_dump(comp.dump_dir, frac)
         if not keep:
-            import shutil
-
             shutil.rmtree(comp.dump_dir, ignore_errors=True)
         th = dump["thunks"]
         costs = {**dump["hlo"], "kernels": th["device_ops"], "hlo_kernels": dump["hlo"]["kernels"]}
@@ -346,7 +352,9 @@ def plot_roofline(rows, dev, path, title):
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="pilot")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated; a variant may carry +-separated config overrides, "
+                         "e.g. hope+model.selfmod.chunk_size=32")
     ap.add_argument("--device", choices=(*DEVICES, "cpu"), default="h100")
     ap.add_argument("--compile-on", choices=("gpu", "cpu"), default=None,
                     help="compile for the GPU deviceless (default when the gpu-aot extra is "
@@ -362,7 +370,7 @@ def main(argv=None) -> list[dict]:
                          "step compiled is one device's program of a data-parallel run")
     ap.add_argument("--output", default="benchmarks/out/cost_model")
     args = ap.parse_args(argv)
-    variants = args.variants.split(",")
+    variants = split_variants(args.variants)
     flag_sets = args.flags.split(",")
     bad = [f for f in flag_sets if f not in gpu_aot.FLAG_SETS]
     if bad:
@@ -392,10 +400,12 @@ def main(argv=None) -> list[dict]:
     rows, details = [], {}
     for v in variants:
         for fl in flag_sets:
-            dump = os.path.join(args.dump_dir, f"{v}_{fl}") if args.dump_dir else None
+            dump = (os.path.join(args.dump_dir, re.sub(r"[^\w.-]", "_", f"{v}_{fl}"))
+                    if args.dump_dir else None)
             row, detail = analyse(preset_config(args.preset, v, args.dtype, args.batch_size), dev,
                                   device=args.device, compile_on=compile_on, flags=fl,
                                   dump_dir=dump)
+            row["variant"] = v  # with its overrides, if any
             details[_key(row)] = detail
             rows.append(row)
             print(f"[{_key(row)}: compiled for {compile_on} in {row['compile_s']:.0f} s, "

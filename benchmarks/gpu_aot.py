@@ -34,7 +34,6 @@ import glob
 import importlib.util
 import os
 import re
-import shutil
 import tempfile
 
 TARGETS_DIR = os.path.join(os.path.dirname(__file__), "gpu_targets")
@@ -113,8 +112,8 @@ class Compiled:
 def compile_for_gpu(lowered, dump_dir: str | None = None, flags: dict | None = None) -> Compiled:
     """Compile a `Lowered` (traced for GPU devices) with XLA's dump written to `dump_dir`."""
     dump_dir = dump_dir or tempfile.mkdtemp(prefix="nested_jax_gpu_aot-")
-    if os.path.isdir(dump_dir):
-        shutil.rmtree(dump_dir)
+    for old in glob.glob(os.path.join(dump_dir, "module_*")):  # an earlier dump here only:
+        os.remove(old)  # one module per folder for `read_dump`, nothing else is touched
     opts = {"xla_dump_to": dump_dir, **(flags or {})}
     return Compiled(lowered.compile(compiler_options=opts), dump_dir, dict(flags or {}))
 

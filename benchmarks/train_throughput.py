@@ -43,7 +43,7 @@ VARIANTS = ("transformer", "titans", "hope_attention", "hope", "hope_hybrid")
 REPRODUCTION_SMOKE_TOKENS_PER_SEC = 114.0  # PyTorch reproduction, smoke HOPE, 2-core CPU
 
 
-def _apply(c, dotted: str, text: str) -> None:
+def apply_override(c, dotted: str, text: str) -> None:
     """One `key=value` override (value parsed like the train CLI's: Python literals)."""
     import ast
 
@@ -88,7 +88,7 @@ def preset_config(name: str, variant: str, segment_len: int = 0):
         if segment_len:
             c.model.online.segment_len = segment_len
         for o in overrides:
-            _apply(c, *o.split("=", 1))
+            apply_override(c, *o.split("=", 1))
         finalize_config(c, loader.tokenizer_for(c.data).vocab_size)
         return c
     c = (pilot_smoke if name == "smoke" else pilot).get_config()
@@ -100,7 +100,7 @@ def preset_config(name: str, variant: str, segment_len: int = 0):
     c.model.vocab_size = 32000
     c.optim.warmup_steps = 1
     for o in overrides:
-        _apply(c, *o.split("=", 1))
+        apply_override(c, *o.split("=", 1))
     return c
 
 

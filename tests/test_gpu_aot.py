@@ -47,12 +47,6 @@ def test_thunk_accounting_on_the_committed_dump(flags):
     _check_known(flags, gpu_aot.read_dump(os.path.join(FIXTURE, flags)), prog.TRIPS, prog.OUTER)
 
 
-def test_launch_model_counts_each_term():
-    th = {"host_ops": 10, "graph_launches": 2, "ops_in_graphs": 100}
-    want = 1e-6 * (10 * gpu_aot.LAUNCH_US + 2 * gpu_aot.GRAPH_LAUNCH_US + 100 * gpu_aot.GRAPH_NODE_US)
-    assert gpu_aot.launch_seconds(th) == pytest.approx(want)
-
-
 def test_parse_thunks_nests_loops_and_sections():
     text = ("001: kWhile [a]\ncondition:\n    002: kCustomKernel [x] kernel=c\n  body:\n"
             "    003: kWhile [b]\ncondition:\n        004: kCustomKernel [x] kernel=c2\n"

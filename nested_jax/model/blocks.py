@@ -41,8 +41,7 @@ class _Base(nnx.Module):
     def _attention(self, cfg, out_std, rngs, dtype, n_persistent=0):
         d, h = cfg.d_model, cfg.n_heads
         self.attn_norm = RMSNorm(d, eps=cfg.norm_eps, dtype=dtype)
-        # .get: configs written before GQA / the attention choice lack these fields
-        impl = cfg.get("attention_impl", "auto")
+        impl = cfg.attention_impl
         if impl == "auto" and cfg.variant in ONLINE_VARIANTS:
             # The online step differentiates (outer loss) through the inner jax.vjp of the
             # teach signal; jax's cuDNN attention has no derivative of its own forward rule,
@@ -50,7 +49,7 @@ class _Base(nnx.Module):
             impl = "xla"
         self.attn = Attention(d, h, cfg.head_dim or d // h, out_std=out_std,
                               window=cfg.attention_window, rope_base=cfg.rope_base,
-                              n_persistent=n_persistent, n_kv_heads=cfg.get("n_kv_heads", 0),
+                              n_persistent=n_persistent, n_kv_heads=cfg.n_kv_heads,
                               impl=impl, rngs=rngs, dtype=dtype)
         self.has_attention = True
 

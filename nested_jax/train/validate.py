@@ -157,7 +157,7 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
             f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}; "
             "Fix: pick --config.model.n_heads among the divisors of d_model."
         )
-    n_kv = m.get("n_kv_heads", 0)
+    n_kv = m.n_kv_heads
     if n_kv and m.n_heads % n_kv:
         raise ConfigError(
             f"model.n_kv_heads={n_kv} does not divide model.n_heads={m.n_heads}: grouped-query "
@@ -171,7 +171,7 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
     from nested_jax.model.blocks import ONLINE_VARIANTS
     from nested_jax.model.online import OnlineConfigError, check_online_config
 
-    if m.get("attention_impl", "auto") == "cudnn" and m.variant in ONLINE_VARIANTS:
+    if m.attention_impl == "cudnn" and m.variant in ONLINE_VARIANTS:
         raise ConfigError(
             f"model.attention_impl='cudnn' cannot train variant {m.variant!r}: its online step "
             "differentiates through the teach signal's inner vjp, and jax's cuDNN attention "
