@@ -27,7 +27,8 @@ decoding:
   the --top-p nucleus: the same seed gives the same text.
 
   The prompt is preceded by EOS, the document separator the models saw before every
-  document in training (--no-doc-start leaves it out). Generation stops at EOS unless
+  document in training (an imported Hugging Face model: its tokenizer's own leading token,
+  e.g. Llama 3's <|begin_of_text|>, or none for Qwen2; --no-doc-start leaves it out). Generation stops at EOS unless
   --ignore-eos.
 
 --memorize (HOPE variants: hope, hope_attention, hope_hybrid):
@@ -121,7 +122,8 @@ def run(a, argv: list[str]) -> dict:
     text = read_prompt(a)
     loaded = restore.load(a.checkpoint, a.step, tokenizer=a.tokenizer)
     tok = loaded.tokenizer
-    ids = ([] if a.no_doc_start else [tok.eos_id]) + tok.encode(text)
+    start = None if a.no_doc_start else tok.doc_start_id
+    ids = ([] if start is None else [start]) + tok.encode(text)
     trained = int(loaded.cfg.train.seq_len)
     max_len = a.max_length or trained
     if len(ids) >= max_len:

@@ -11,7 +11,8 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
         variant="transformer", vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=0,
         d_ff=0, rope_base=10000.0, attention_window=0, tie_embeddings=True, init_std=0.02,
         norm_eps=1e-6, dtype="float32", remat=False, unroll_layers=1, n_kv_heads=0,
-        attention_impl="auto",
+        attention_impl="auto", attention_bias=False, rope_scaling="none", rope_factor=8.0,
+        rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_len=8192, freeze=(),
     ))
     c.update(overrides)
     return c

@@ -6,7 +6,7 @@ import pytest
 
 from nested_jax.data import assets, spm_train
 from nested_jax.data.sources import Source
-from nested_jax.data.tokenizer import Tokenizer, load_tokenizer
+from nested_jax.data.tokenizer import SentencePieceTokenizer as Tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,37 @@ def _cms(m, seq_len, rows, problems):
                         "addition", "reproduction's gate: skip a level update if mean ‖δ‖ is small"))
 
 
+def _provenance(config, rows):
+    """Where the starting weights come from (train.init_from): a converted workdir's
+    provenance.json (import-hf / stack: source, sha256, level mapping)."""
+    import json
+    import os
+
+    src = config.train.get("init_from", "")
+    m = config.model
+    if m.get("freeze"):
+        rows.append(Row("training", "frozen parameters", ", ".join(m.freeze), "choice",
+                        "left unchanged by the outer optimizer (model.freeze)"))
+    if not src:
+        return
+    path = os.path.join(src.partition("@")[0], "provenance.json")
+    prov = json.load(open(path)) if os.path.isfile(path) else {}
+    add = lambda *a: rows.append(Row("provenance", *a))  # noqa: E731
+    add("initial weights", src, "choice", prov.get("kind", "a checkpoint (train.init_from)"))
+    if prov.get("kind") == "stack":
+        add("stacked from", f"{prov['source']} step {prov['source_step']}", "paper",
+            "NL §7.3 ad-hoc level stacking: CMS levels initialised from the pre-trained MLPs")
+        add("level mapping", f"levels {', '.join(prov['levels'])}: W1, W3, norm <- gate, up, "
+            f"mlp_norm; W2 <- down in {prov['mlp_level']!r}, 0 elsewhere", "choice",
+            "identity extra levels: the chain equals the source MLP (docs/pretrained.md)")
+        prov = prov.get("source_provenance") or {}
+    if prov.get("kind") == "import-hf":
+        files = ", ".join(f"{n} sha256 {v['sha256'][:12]}…" for n, v in prov["files"].items())
+        add("imported from", f"{prov['source']} ({prov.get('model_type')})", "choice", files)
+    if prov.get("tokenizer_sha256"):
+        add("tokenizer", f"sha256 {prov['tokenizer_sha256'][:12]}…", "choice", "")
+
+
 def audit(config) -> tuple[list[Row], list[str]]:
     """(rows, problems) for a config (see the module docstring)."""
     m = config.model
@@ -141,6 +172,10 @@ def audit(config) -> tuple[list[Row], list[str]]:
         _titans(m, rows, variant)
     if variant in ONLINE:
         _cms(m, config.train.seq_len, rows, problems)
+        if m.cms.get("mlp", "gelu") == "swiglu":
+            rows.append(Row("CMS", "level MLP", "SwiGLU", "choice",
+                            "a transformer's MLP form, so levels can start from pre-trained ones"))
+    _provenance(config, rows)
     for r in rows:
         if r.kind == "ablation":
             problems.append(f"{r.component}: {r.item} = {r.setting} ({r.note})")

@@ -98,6 +98,15 @@ LEGACY_MODEL_FIELDS = {
     "selfmod.adaptive_q": False,
     "n_kv_heads": 0,  # one key/value head per query head, as attention was before GQA
     "attention_impl": "auto",  # compile-time choice of kernel (cuDNN / XLA), same math
+    "rope_scaling": "none",  # plain RoPE frequencies, as before Llama imports
+    "rope_factor": 8.0,
+    "rope_low_freq_factor": 1.0,
+    "rope_high_freq_factor": 4.0,
+    "rope_original_max_len": 8192,
+    "attention_bias": False,  # no q/k/v biases, as before Qwen2 imports
+    "cms.hidden": 0,  # hidden_mult × d_model, as before stacked models
+    "cms.mlp": "gelu",
+    "freeze": (),  # every parameter trained
 }
 
 

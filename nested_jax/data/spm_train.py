@@ -103,7 +103,7 @@ def train_tokenizer(sources: list[Source], out_prefix: str | os.PathLike, *, voc
         raise ValueError(f"SentencePiece cannot train on this input: {e}. Fix: give more text or "
                          "a smaller --vocab-size.") from None
     t_train = time.time() - t1
-    tok = tokenizer_lib.Tokenizer(f"{out_prefix}.model")
+    tok = tokenizer_lib.SentencePieceTokenizer(f"{out_prefix}.model")
     # Coverage is measured on held-out text: the valid split when training on train, else the training lines.
     eval_split = "valid" if split == "train" else split
     try:

@@ -28,6 +28,16 @@ def ffn_width(d_model: int, d_ff: int) -> int:
     return int(-(-(8 * d_model // 3) // 64) * 64)
 
 
+def rope_scaling(cfg) -> dict:
+    """The model config's RoPE scaling as `attn_ops.rope_frequencies` keywords ({}: none)."""
+    if cfg.rope_scaling == "none":
+        return {}
+    return {"scaling": cfg.rope_scaling, "factor": cfg.rope_factor,
+            "low_freq_factor": cfg.rope_low_freq_factor,
+            "high_freq_factor": cfg.rope_high_freq_factor,
+            "original_max_len": cfg.rope_original_max_len}
+
+
 def _get(carry, key):
     return None if carry is None else carry.get(key)
 
@@ -50,13 +60,14 @@ class _Base(nnx.Module):
         self.attn = Attention(d, h, cfg.head_dim or d // h, out_std=out_std,
                               window=cfg.attention_window, rope_base=cfg.rope_base,
                               n_persistent=n_persistent, n_kv_heads=cfg.n_kv_heads,
-                              impl=impl, rngs=rngs, dtype=dtype)
+                              impl=impl, qkv_bias=cfg.attention_bias,
+                              rope_scaling=rope_scaling(cfg), rngs=rngs, dtype=dtype)
         self.has_attention = True
 
     def _cms(self, cfg, out_std, rngs, dtype):
         c = cfg.cms
-        self.cms = CMS(cfg.d_model, tuple(c.names), c.hidden_mult * cfg.d_model,
-                       out_std=out_std, rngs=rngs, eps=cfg.norm_eps, dtype=dtype)
+        self.cms = CMS(cfg.d_model, tuple(c.names), c.hidden or c.hidden_mult * cfg.d_model,
+                       out_std=out_std, rngs=rngs, eps=cfg.norm_eps, dtype=dtype, mlp=c.mlp)
 
     def _attend(self, x, pos_T, carry, new):
         y, kv = self.attn(self.attn_norm(x), pos_T, _get(carry, "kv"))

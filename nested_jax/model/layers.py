@@ -17,14 +17,20 @@ def normal(key, shape, std):
 
 
 class Dense(nnx.Module):
-    """y = x W (no bias); W ~ N(0, std²)."""
+    """y = x W (+ b with bias=True, b = 0 at init); W ~ N(0, std²)."""
 
-    def __init__(self, d_in: int, d_out: int, *, std: float, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, d_in: int, d_out: int, *, std: float, rngs: nnx.Rngs, dtype=jnp.float32,
+                 bias: bool = False):
         self.kernel = nnx.Param(normal(rngs.params(), (d_in, d_out), std))
+        if bias:
+            self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32))
         self.dtype = dtype
 
     def __call__(self, x):
-        return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if hasattr(self, "bias"):
+            y = y + self.bias[...].astype(self.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+        return y
 
 
 class RMSNorm(nnx.Module):
@@ -72,7 +78,9 @@ class SwiGLU(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head RoPE attention, full causal or sliding-window, optional persistent tokens,
     grouped-query attention (n_kv_heads key/value heads shared by n_heads / n_kv_heads query
-    heads each; 0 = n_heads), computed by `attn_ops.dot_attention` (cuDNN flash attention
+    heads each; 0 = n_heads), optional biases on the q, k, v projections (`qkv_bias`, as
+    Qwen2), RoPE frequencies from `attn_ops.rope_frequencies` (`rope_scaling`: its keyword
+    arguments, e.g. {"scaling": "llama3", "factor": 8.0, ...}), computed by `attn_ops.dot_attention` (cuDNN flash attention
     on a GPU where it applies, XLA elsewhere; `impl` "auto" | "xla" | "cudnn").
 
     `__call__(x, pos_T, kv=None)`: pos_T holds consecutive absolute positions. Without `kv`
@@ -86,7 +94,8 @@ class Attention(nnx.Module):
 
     def __init__(self, d: int, n_heads: int, head_dim: int, *, out_std: float, window: int = 0,
                  rope_base: float = 10000.0, n_persistent: int = 0, n_kv_heads: int = 0,
-                 impl: str = "auto", rngs: nnx.Rngs, dtype=jnp.float32):
+                 impl: str = "auto", qkv_bias: bool = False, rope_scaling: dict | None = None,
+                 rngs: nnx.Rngs, dtype=jnp.float32):
         n_kv_heads = n_kv_heads or n_heads
         if n_kv_heads < 1 or n_heads % n_kv_heads:
             raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}.")
@@ -94,11 +103,15 @@ class Attention(nnx.Module):
             raise ValueError(f"attention impl {impl!r}; choose one of {attn_ops.IMPLEMENTATIONS}.")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.window, self.rope_base, self.dtype, self.impl = window, rope_base, dtype, impl
+        self.rope_scaling = tuple(sorted((rope_scaling or {}).items()))  # hashable, static
+        attn_ops.rope_frequencies(head_dim, rope_base, **dict(self.rope_scaling))  # validate
         # Same draws in the same order as before GQA: n_kv_heads = n_heads gives the same
         # parameters (checkpoints stay valid).
-        self.wq = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
-        self.wk = Dense(d, n_kv_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
-        self.wv = Dense(d, n_kv_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype)
+        self.wq = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype, bias=qkv_bias)
+        self.wk = Dense(d, n_kv_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype,
+                        bias=qkv_bias)
+        self.wv = Dense(d, n_kv_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype,
+                        bias=qkv_bias)
         self.wo = Dense(n_heads * head_dim, d, std=out_std, rngs=rngs, dtype=dtype)
         self.n_persistent = n_persistent
         if n_persistent:
@@ -113,9 +126,11 @@ class Attention(nnx.Module):
     def __call__(self, x_BxTxD, pos_T, kv: dict | None = None):
         b, t, _ = x_BxTxD.shape
         g, hd = self.n_kv_heads, self.head_dim
+        inv_freq_K2 = attn_ops.rope_frequencies(hd, self.rope_base, **dict(self.rope_scaling))
         q_BxTxHxK = attn_ops.rope(self.wq(x_BxTxD).reshape(b, t, self.n_heads, hd), pos_T,
-                                  self.rope_base)
-        k_BxTxGxK = attn_ops.rope(self.wk(x_BxTxD).reshape(b, t, g, hd), pos_T, self.rope_base)
+                                  inv_freq_K2=inv_freq_K2)
+        k_BxTxGxK = attn_ops.rope(self.wk(x_BxTxD).reshape(b, t, g, hd), pos_T,
+                                  inv_freq_K2=inv_freq_K2)
         v_BxTxGxK = self.wv(x_BxTxD).reshape(b, t, g, hd)
         k_pos_S = kv_len = None
         if kv is None:

@@ -18,13 +18,44 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 
-def rope(x_BxTxHxK: jax.Array, pos_T: jax.Array, base: float = 10000.0) -> jax.Array:
-    """Rotary embedding (rotate-half convention) at absolute positions `pos_T`."""
+ROPE_SCALINGS = ("none", "llama3")
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: str = "none",
+                     factor: float = 8.0, low_freq_factor: float = 1.0,
+                     high_freq_factor: float = 4.0, original_max_len: int = 8192) -> jax.Array:
+    """Inverse frequencies [K/2] of RoPE (Su et al. 2021, arXiv 2104.09864): ω_i = base^(-2i/K).
+
+    scaling="llama3" is the context-extension rule of Llama 3.1 (Llama 3 Herd paper,
+    arXiv 2407.21783, §3.3.2 / its released rope-scaling code): with L = original_max_len,
+    wavelengths λ_i = 2π/ω_i longer than L/low_freq_factor are slowed by `factor`
+    (ω_i / factor), those shorter than L/high_freq_factor are kept, and in between
+    ω_i ← (1 − s)·ω_i/factor + s·ω_i with s = (L/λ_i − low_freq_factor) /
+    (high_freq_factor − low_freq_factor), a linear blend in L/λ_i."""
+    if scaling not in ROPE_SCALINGS:
+        raise ValueError(f"rope scaling {scaling!r}; choose one of {ROPE_SCALINGS}.")
+    inv_freq_K2 = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling == "none":
+        return inv_freq_K2
+    wavelen_K2 = 2 * jnp.pi / inv_freq_K2
+    low_wavelen, high_wavelen = original_max_len / low_freq_factor, original_max_len / high_freq_factor
+    s_K2 = (original_max_len / wavelen_K2 - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended_K2 = (1 - s_K2) * inv_freq_K2 / factor + s_K2 * inv_freq_K2
+    out_K2 = jnp.where(wavelen_K2 > low_wavelen, inv_freq_K2 / factor, inv_freq_K2)
+    middle_K2 = (wavelen_K2 >= high_wavelen) & (wavelen_K2 <= low_wavelen)
+    return jnp.where(middle_K2, blended_K2, out_K2)
+
+
+def rope(x_BxTxHxK: jax.Array, pos_T: jax.Array, base: float = 10000.0,
+         inv_freq_K2: jax.Array | None = None) -> jax.Array:
+    """Rotary embedding (rotate-half convention) at absolute positions `pos_T`, with the
+    frequencies `inv_freq_K2` (default: `rope_frequencies(K, base)`)."""
     k = x_BxTxHxK.shape[-1]
     if k % 2:
         raise ValueError(f"RoPE needs an even head dim, got {k}.")
-    inv_freq = 1.0 / (base ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
-    ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    if inv_freq_K2 is None:
+        inv_freq_K2 = rope_frequencies(k, base)
+    ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
     cos = jnp.cos(ang_TxK2)[None, :, None, :]
     sin = jnp.sin(ang_TxK2)[None, :, None, :]
     x = x_BxTxHxK.astype(jnp.float32)

@@ -1,7 +1,8 @@
 """Continuum Memory System math (docs/memories.md, "CMS"; NL §7.1, Eq. 71): one level's
 read and its fast-weight update from the teach signal, as pure functions.
 
-Level read (residual MLP):  y = x + GELU(RMSNorm(x)·W1)·W2, weights = meta + fast delta.
+Level read (residual MLP):  y = x + GELU(RMSNorm(x)·W1)·W2, weights = meta + fast delta
+(or the SwiGLU form with an up projection W3, `level_apply`).
 
 Level update, once per segment of S tokens (`inner_grads`, then `update_level`):
   δ̃ = s·δ, clipped per token to ‖δ̃‖ ≤ c          (teach-signal scaling and clipping)
@@ -62,18 +63,27 @@ def _normed(x_BxTxD, scale, eps):
     return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps) * scale
 
 
+def _hidden(z, p_up, h, up_matmul):
+    """GELU(z), or SwiGLU's silu(z) ⊙ (h·W3) when the level has an up projection W3."""
+    if p_up is None:
+        return jax.nn.gelu(z)
+    return jax.nn.silu(z) * up_matmul(h)
+
+
 def level_apply(p: dict, x_BxTxD, eps: float = 1e-6, dtype=jnp.float32):
-    """One level with weights either shared (scale_D, w1_DxF, w2_FxD) or per row
-    (scale_BxD, w1_BxDxF, w2_BxFxD): x + GELU(RMSNorm(x)·W1)·W2."""
+    """One level with weights either shared (scale_D, w1_DxF, w2_FxD[, w3_DxF]) or per row
+    (scale_BxD, w1_BxDxF, w2_BxFxD[, w3_BxDxF]): x + GELU(RMSNorm(x)·W1)·W2, or with W3 the
+    SwiGLU form x + (silu(RMSNorm(x)·W1) ⊙ RMSNorm(x)·W3)·W2 (a transformer's MLP, for
+    levels initialised from a pre-trained model: docs/pretrained.md)."""
+    w3 = p.get("w3")
     if p["w1"].ndim == 3:  # per-row fast weights
         h = _normed(x_BxTxD, p["scale"][:, None, :], eps).astype(dtype)
-        z = jnp.einsum("btd,bdf->btf", h, p["w1"].astype(dtype))
-        y = jnp.einsum("btf,bfd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
+        mm = lambda a, w: jnp.einsum("btd,bdf->btf", a, w.astype(dtype))  # noqa: E731
     else:
         h = _normed(x_BxTxD, p["scale"][None, None, :], eps).astype(dtype)
-        z = jnp.einsum("btd,df->btf", h, p["w1"].astype(dtype))
-        y = jnp.einsum("btf,fd->btd", jax.nn.gelu(z), p["w2"].astype(dtype))
-    return x_BxTxD + y.astype(x_BxTxD.dtype)
+        mm = lambda a, w: jnp.einsum("btd,df->btf", a, w.astype(dtype))  # noqa: E731
+    a = _hidden(mm(h, p["w1"]), w3, h, lambda hh: mm(hh, w3))
+    return x_BxTxD + mm(a, p["w2"]).astype(x_BxTxD.dtype)
 
 
 def level_apply_rows(meta: dict, delta: dict, x_BxTxD, eps: float = 1e-6, dtype=jnp.float32):
@@ -82,7 +92,8 @@ def level_apply_rows(meta: dict, delta: dict, x_BxTxD, eps: float = 1e-6, dtype=
     as one contraction over rows and tokens instead of a per-row gradient summed over rows."""
     h = _normed(x_BxTxD, (meta["scale"][None] + delta["scale"])[:, None, :], eps).astype(dtype)
     z = rows_matmul(h, meta["w1"], delta["w1"])
-    y = rows_matmul(jax.nn.gelu(z), meta["w2"], delta["w2"])
+    a = _hidden(z, meta.get("w3"), h, lambda hh: rows_matmul(hh, meta["w3"], delta["w3"]))
+    y = rows_matmul(a, meta["w2"], delta["w2"])
     return x_BxTxD + y.astype(x_BxTxD.dtype)
 
 

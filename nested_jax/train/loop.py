@@ -87,7 +87,14 @@ def init_or_restore(config, ckpt: Checkpointer, train_iter, *, tx, mesh, tokeniz
     shardings = parallel.state_shardings(config, mesh, abstract_state)  # FSDP / rows
     start = ckpt.latest_step()
     if start is None:
-        return jax.jit(init_state, out_shardings=shardings)(), shardings, 0, None
+        state = jax.jit(init_state, out_shardings=shardings)()
+        if config.train.init_from:
+            abstract_params = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                abstract_state["params"], shardings["params"])
+            state["params"] = params_from(config.train.init_from, abstract_params,
+                                          tokenizer_sha256)
+        return state, shardings, 0, None
     meta = ckpt.read_meta(start)
     check_resume_config(meta, config, tokenizer_sha256)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -104,6 +111,42 @@ def init_or_restore(config, ckpt: Checkpointer, train_iter, *, tx, mesh, tokeniz
         state["fast"] = got["fast"]
     print(f"[nested_jax] resumed from step {start} in {ckpt.directory}", flush=True)
     return state, shardings, start, meta
+
+
+def params_from(source: str, abstract_params, tokenizer_sha256: str):
+    """train.init_from: the params of the checkpoint `source` ("DIR" = its newest intact
+    step, "DIR@STEP"), restored straight into the shardings of `abstract_params`. The
+    source must hold a model of the same parameter shapes and the same tokenizer."""
+    from nested_jax.checkpoint.io import CheckpointError, checkpoint_dir, config_from_meta
+    from nested_jax.train.validate import ConfigError
+
+    path, _, step_s = source.partition("@")
+    try:
+        step = int(step_s) if step_s else None
+    except ValueError:
+        raise ConfigError(f"train.init_from={source!r}: the part after '@' must be a step "
+                          "number. Fix: DIR or DIR@STEP.") from None
+    d = checkpoint_dir(path)
+    try:
+        src = Checkpointer(d, read_only=True, async_save=False)
+        try:
+            step = src.pick_step(step, hash_items=("params", "meta"))[0]
+            meta = src.read_meta(step)
+            want = meta.get("tokenizer_sha256")
+            if want and want != tokenizer_sha256:
+                raise ConfigError(
+                    f"train.init_from={source!r} was made with another tokenizer (sha256 "
+                    f"{want[:12]}…, this config's is {tokenizer_sha256[:12]}…). Fix: use "
+                    f"data.tokenizer={config_from_meta(meta).data.tokenizer!r}.")
+            got = src.restore(step, params=abstract_params)["params"]
+        finally:
+            src.manager.close()
+    except CheckpointError as e:
+        raise ConfigError(f"train.init_from={source!r}: {e} Fix: pass a workdir with an intact "
+                          "checkpoint whose model matches model.*.") from None
+    print(f"[nested_jax] initialised the params from {d} step {step} (fresh optimizer)",
+          flush=True)
+    return got
 
 
 def _roll_back(workdir: str, resume_step: int) -> None:
@@ -139,9 +182,15 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
     n_proc, proc = jax.process_count(), jax.process_index()
     parallel.check_config(config, mesh)
     total = config.train.steps
-    tx = optim.build_optimizer(config.optim, total)
+    tx = optim.build_optimizer(config.optim, total, freeze=config.model.freeze)
     lr_schedule = optim.schedule(config.optim, total)
     fn = abstract_model(config.model)
+    try:
+        optim.check_freeze(fn.params(), config.model.freeze)
+    except ValueError as e:
+        from nested_jax.train.validate import ConfigError
+
+        raise ConfigError(str(e), fix="correct --config.model.freeze.") from None
     if resume_step is not None:
         _roll_back(workdir, resume_step)
 

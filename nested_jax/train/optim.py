@@ -62,7 +62,45 @@ def muon_dims(params):
         params)
 
 
-def build_optimizer(o, total_steps: int) -> optax.GradientTransformation:
+def param_path(path) -> str:
+    """A parameter's dotted path ("blocks.attn.wq.kernel") from a jax key path."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def frozen_labels(params, patterns) -> dict:
+    """"frozen" / "trained" per leaf: frozen when its dotted path matches a pattern (fnmatch)."""
+    import fnmatch
+
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: "frozen" if any(fnmatch.fnmatchcase(param_path(p), pat) for pat in patterns)
+        else "trained", params)
+
+
+def check_freeze(params, patterns) -> None:
+    """Every model.freeze pattern must match at least one parameter (a typo would silently
+    train everything)."""
+    import fnmatch
+
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(x, pat) for x in paths):
+            tops = sorted({".".join(x.split(".")[:2]) for x in paths})
+            raise ValueError(f"model.freeze pattern {pat!r} matches no parameter; parameter "
+                             f"paths start with {', '.join(tops)} (e.g. 'blocks.attn.*').")
+
+
+def build_optimizer(o, total_steps: int, freeze=()) -> optax.GradientTransformation:
+    """The outer optimizer of config `o` (optim.*); `freeze`: patterns of parameters it leaves
+    bitwise unchanged (model.freeze: no update, no weight decay; clipping sees the rest)."""
+    tx = _build_optimizer(o, total_steps)
+    if freeze:
+        patterns = tuple(freeze)
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                                   lambda params: frozen_labels(params, patterns))
+    return tx
+
+
+def _build_optimizer(o, total_steps: int) -> optax.GradientTransformation:
     lr = schedule(o, total_steps)
     if o.name == "adamw":
         tx = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,

@@ -27,6 +27,8 @@ class DataError(ConfigError):
 CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.attention_impl": ("auto", "xla", "cudnn"),
+    "model.rope_scaling": ("none", "llama3"),
+    "model.cms.mlp": ("gelu", "swiglu"),
     "model.titans.mode": ("mag", "mal", "mac"),
     "model.titans.memory": ("linear", "mlp"),
     "model.titans.depth": (2, 3, 4),
@@ -43,6 +45,8 @@ RANGES = (
     ("model.n_heads", 1, None, True, True), ("model.head_dim", 0, None, True, True),
     ("model.n_kv_heads", 0, None, True, True),
     ("model.d_ff", 0, None, True, True), ("model.attention_window", 0, None, True, True),
+    ("model.rope_base", 0, None, False, True), ("model.rope_factor", 0, None, False, True),
+    ("model.rope_original_max_len", 1, None, True, True),
     ("model.init_std", 0, None, False, True), ("model.norm_eps", 0, None, False, True),
     ("optim.lr", 0, None, False, True), ("optim.warmup_steps", 0, None, True, True),
     ("optim.min_lr_ratio", 0, 1, True, True), ("optim.b1", 0, 1, True, False),
@@ -152,7 +156,7 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
             f"{tokenizer_vocab} pieces. Fix: --config.model.vocab_size=0 (take it from the "
             "tokenizer) or choose the matching --config.data.tokenizer."
         )
-    if m.d_model % m.n_heads:
+    if not m.head_dim and m.d_model % m.n_heads:
         raise ConfigError(
             f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}; "
             "Fix: pick --config.model.n_heads among the divisors of d_model."
@@ -168,6 +172,11 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
     if head_dim % 2:
         raise ConfigError(f"head dim {head_dim} must be even for RoPE. Fix: change "
                           "--config.model.n_heads or --config.model.head_dim.")
+    if m.rope_scaling == "llama3" and not 0 < m.rope_low_freq_factor < m.rope_high_freq_factor:
+        raise ConfigError(
+            f"model.rope_low_freq_factor={m.rope_low_freq_factor} and model.rope_high_freq_factor="
+            f"{m.rope_high_freq_factor}: llama3 RoPE scaling needs 0 < low < high (Llama 3.1 "
+            "uses 1 and 4). Fix: set them so.")
     from nested_jax.model.blocks import ONLINE_VARIANTS
     from nested_jax.model.online import OnlineConfigError, check_online_config
 

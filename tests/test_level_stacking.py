@@ -1,0 +1,151 @@
+"""Ad-hoc level stacking (NL §7.3; nested_jax/convert/stack.py) and model.freeze.
+
+The paper's defining property: with every CMS level's inner learning rate 0 the stacked
+HOPE-Attention model IS the source transformer — checked on the imported Llama fixture
+(tests/fixtures/hf) through the plain forward, the online (training) forward and greedy
+generation; with a nonzero rate the levels update and later tokens change.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nested_jax.convert import workdir
+from nested_jax.convert.__main__ import main as convert_main
+from nested_jax.convert.stack import stack
+
+FIX = Path(__file__).parent / "fixtures" / "hf"
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stack")
+    src = workdir.import_hf(FIX / "llama_gqa", root / "src")["output"]
+    zero = stack(src, root / "zero", periods=(16, 32), lr=0.0)["output"]
+    live = stack(src, root / "live", periods=(16, 32), lr=1.0)["output"]
+    return {"src": src, "zero": zero, "live": live, "root": root}
+
+
+def _load(path):
+    from nested_jax.eval.restore import load
+
+    return load(str(path))
+
+
+def _tokens():
+    return jax.random.randint(jax.random.key(0), (2, 65), 0, 384)
+
+
+def test_zero_inner_lr_is_the_source_model(dirs):
+    from nested_jax.model.online import online_forward
+    from nested_jax.ops.losses import token_cross_entropy
+
+    src, st = _load(dirs["src"]), _load(dirs["zero"])
+    assert st.cfg.model.variant == "hope_attention" and st.cfg.model.cms.mlp == "swiglu"
+    toks = _tokens()
+    logits_src = src.fn.bind(src.params)(toks[:, :-1])
+    logits_st = st.fn.bind(st.params)(toks[:, :-1])
+    assert float(jnp.abs(logits_src - logits_st).max()) <= 1e-5
+    ce_src = token_cross_entropy(logits_src, toks[:, 1:])
+    _, aux = online_forward(st.fn, st.params, toks, step=0)
+    assert float(jnp.abs(aux["ce"] - ce_src).max()) <= 1e-5
+    # the levels did take their (zero) steps: the stacked model runs the online update path
+    assert float(aux["metrics"]["cms/0/fast/updates"]) == 4.0
+    assert all(float(jnp.abs(d).max()) == 0.0
+               for d in jax.tree.leaves(aux["fast"]["carry"]["cms"]))
+
+
+def test_nonzero_inner_lr_updates_levels_and_changes_later_tokens(dirs):
+    from nested_jax.model.online import online_forward
+    from nested_jax.ops.losses import token_cross_entropy
+
+    src, st = _load(dirs["src"]), _load(dirs["live"])
+    toks = _tokens()
+    ce_src = token_cross_entropy(src.fn.bind(src.params)(toks[:, :-1]), toks[:, 1:])
+    _, aux = online_forward(st.fn, st.params, toks, step=0)
+    diff = jnp.abs(aux["ce"] - ce_src).max(0)
+    assert float(diff[:16].max()) <= 1e-5  # the first segment reads the untouched levels
+    assert float(diff[16:].max()) > 1e-3  # later ones read updated levels
+    deltas = aux["fast"]["carry"]["cms"]
+    assert float(jnp.abs(deltas["fast"]["w2"]).max()) > 0  # identity level started learning
+    assert float(jnp.abs(deltas["mid"]["w1"]).max()) > 0
+
+
+def test_generate_equals_source_at_zero_lr(dirs, tmp_path):
+    from nested_jax.generate import main as generate_main
+
+    outs = {}
+    for k in ("src", "zero"):
+        out = tmp_path / f"{k}.json"
+        argv = ["--checkpoint", dirs[k], "--prompt", "Once upon a time, there was a",
+                "--max-new-tokens", "10", "--output", str(out)]
+        if k == "zero":
+            argv.append("--memorize")  # levels keep learning (at rate 0: they do not move)
+        assert generate_main(argv) == 0
+        outs[k] = json.loads(out.read_text())["tokens"]
+    assert outs["src"] == outs["zero"] and len(outs["src"]) == 10
+
+
+def test_provenance_and_audit(dirs, capsys):
+    prov = json.loads((Path(dirs["zero"]) / "provenance.json").read_text())
+    assert prov["kind"] == "stack" and prov["mlp_level"] == "mid"
+    assert prov["source_provenance"]["kind"] == "import-hf"
+    import runpy
+
+    from nested_jax.audit import audit
+
+    cfg = runpy.run_path(str(Path(dirs["zero"]) / "config.py"))["get_config"]()
+    rows, problems = audit(cfg)
+    items = {r.item: r.setting for r in rows if r.component == "provenance"}
+    assert "stacked from" in items and "imported from" in items and not problems
+
+
+def test_stack_refuses_non_transformers_and_existing_output(dirs, capsys):
+    rc = convert_main(["stack", "--checkpoint", dirs["zero"], "--output",
+                       str(dirs["root"] / "again")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "'hope_attention' model" in err
+    assert not (dirs["root"] / "again").exists()
+    rc = convert_main(["stack", "--checkpoint", dirs["src"], "--output", dirs["zero"]])
+    assert rc == 2 and "already exists" in capsys.readouterr().err
+    rc = convert_main(["stack", "--checkpoint", dirs["src"], "--periods", "16,x",
+                       "--output", str(dirs["root"] / "x")])
+    assert rc == 2 and "--periods" in capsys.readouterr().err
+
+
+def test_freeze_leaves_frozen_parameters_bitwise_unchanged():
+    import functools
+
+    from nested_jax.configs.default import get_config
+    from nested_jax.model.lm import init_params
+    from nested_jax.train import optim, step as step_lib
+    from tests.helpers import tiny_model_config
+
+    cfg = tiny_model_config(freeze=("embed.*", "blocks.attn.*"))
+    o = get_config().optim
+    o.warmup_steps = 0
+    fn, params = init_params(cfg, seed=0)
+    tx = optim.build_optimizer(o, 10, freeze=cfg.freeze)
+    state = step_lib.init_train_state(params, tx)
+    step = jax.jit(functools.partial(step_lib.train_step, fn=fn, tx=tx,
+                                     lr_schedule=optim.schedule(o, 10)))
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, cfg.vocab_size)
+    for _ in range(3):
+        state, _ = step(state, {"tokens": tokens})
+    labels = optim.frozen_labels(params, cfg.freeze)
+    n_frozen = 0
+    for (path, before), after, label in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                            jax.tree.leaves(state["params"]),
+                                            jax.tree.leaves(labels)):
+        if label == "frozen":
+            n_frozen += 1
+            np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+        else:
+            assert not np.array_equal(np.asarray(before), np.asarray(after)), path
+    assert n_frozen == 5  # embedding, wq, wk, wv, wo
+    with pytest.raises(ValueError, match="matches no parameter"):
+        optim.check_freeze(params, ("blocks.atn.*",))
