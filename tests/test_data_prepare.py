@@ -112,7 +112,7 @@ def test_empty_input_is_clear(tmp_path):
 
 def test_unknown_format_is_clear(tmp_path):
     with pytest.raises(ValueError, match="Unknown format"):
-        Source.from_dict({"domain": "x", "path": "a.txt", "format": "parquet"})
+        Source.from_dict({"domain": "x", "path": "a.txt", "format": "csv"})
     with pytest.raises(ValueError, match="Cannot infer the format"):
         Source.from_dict({"domain": "x", "path": "a.csv"})
     with pytest.raises(ValueError, match="Unknown source key"):

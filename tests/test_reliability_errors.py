@@ -51,7 +51,7 @@ BAD = [
                                                          r"cannot feed training.*neither a preset"),
     ({"data.tokenizer": "novels_3k"}, DataError, r"Unknown tokenizer 'novels_3k'. Shipped "
                                                  r"tokenizers: novels_2k"),
-    ({"data.tokenizer": "/nonexistent/tok.model"}, DataError, r"Tokenizer model file not found"),
+    ({"data.tokenizer": "/nonexistent/tok.model"}, DataError, r"Tokenizer file not found"),
     ({"train.seq_len": 4_000_000}, DataError, r"fewer than seq_len \+ 1"),
     ({"eval.num_batches": 100_000}, DataError, r"Fix: lower num_batches"),
 ]

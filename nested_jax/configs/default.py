@@ -22,10 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.n_kv_heads = 0  # attention key/value heads (grouped-query attention; must divide n_heads); 0 = n_heads
     m.d_ff = 0  # SwiGLU hidden width F; 0 = 8/3·d_model rounded up to a multiple of 64
     m.rope_base = 10000.0  # RoPE frequency base
-    # RoPE context scaling: "none" | "llama3" (Llama 3.1's rule: wavelengths beyond
-    # rope_original_max_len / rope_low_freq_factor slowed by rope_factor, below
-    # rope_original_max_len / rope_high_freq_factor kept, blended in between)
-    m.rope_scaling = "none"
+    # llama3 = Llama 3.1's rule: wavelengths beyond rope_original_max_len / rope_low_freq_factor
+    # slowed by rope_factor, below rope_original_max_len / rope_high_freq_factor kept, blended between
+    m.rope_scaling = "none"  # RoPE context scaling: none | llama3
     m.rope_factor = 8.0  # llama3 scaling: slow-down of the low frequencies
     m.rope_low_freq_factor = 1.0  # llama3 scaling: low-frequency cut-off divisor
     m.rope_high_freq_factor = 4.0  # llama3 scaling: high-frequency cut-off divisor
@@ -33,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.attention_bias = False  # biases on the q, k, v projections (Qwen2); none on the output
     # Parameters the outer optimizer leaves untouched: patterns over dotted parameter paths
     # (fnmatch, e.g. ("embed.*", "blocks.attn.*", "blocks.attn_norm.*")); () = train all
-    m.freeze = ()
+    m.freeze = ()  # parameter-path patterns the outer optimizer never updates (see above)
     m.attention_window = 0  # 0 = full causal attention; > 0 = sliding window of this many tokens
     m.attention_impl = "auto"  # auto (cuDNN flash attention on a GPU where it applies: bf16/fp16; else XLA) | xla | cudnn
     m.tie_embeddings = True  # share the embedding matrix with the LM head
@@ -130,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Start from the params of another workdir's newest checkpoint (e.g. an import-hf or stack
     # output; "DIR@STEP" for a given step), with a fresh optimizer; "" = fresh init. Used only
     # when --workdir has no checkpoint yet (a rerun resumes its own).
-    t.init_from = ""
+    t.init_from = ""  # workdir (or DIR@STEP) whose params start the run; "" = fresh init
 
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adamw"  # outer optimizer: adamw | muon | m3 (2-D weights; AdamW for the rest)

@@ -3,9 +3,14 @@
   python -m nested_jax.data prepare --preset sample --output data/sample        # vendored mixture
   python -m nested_jax.data prepare --manifest my_corpus.json --output data/mine
   python -m nested_jax.data tokenizer --input my.txt --vocab-size 8000 --output tok/my_8k
+  python -m nested_jax.data tokenizer --input fineweb/000_00000.parquet --field text --output tok/fw_32k
 
-Bad input (a missing, empty or binary input file, an unknown preset, a malformed manifest, an
-output that cannot be written) is one `error: … Fix: …` paragraph and exit status 2.
+Inputs: .txt, .jsonl (.xz/.bz2/.gz/.zst compressed ok), .parquet (the --field column), folders;
+.parquet and .zst need the corpora extra (pip install 'nested_jax[corpora]').
+
+Bad input (a missing, empty, binary, truncated or corrupt input file, a missing text column, an
+unknown preset, a malformed manifest, an output that cannot be written, a missing optional reader
+package) is one `error: … Fix: …` paragraph and exit status 2.
 """
 
 import json
@@ -38,8 +43,11 @@ def _sources_from_args(args) -> list:
 def cmd_tokenizer(args) -> None:
     from nested_jax.data import spm_train
     check_output_file(args.output, "--output")  # the prefix of .model/.vocab/.json
+    srcs = _sources_from_args(args)
+    for src in srcs:
+        src.check_readers()  # a missing optional reader (pyarrow, zstandard) fails before any work
     stats = spm_train.train_tokenizer(
-        _sources_from_args(args), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
+        srcs, args.output, vocab_size=args.vocab_size, model_type=args.model_type,
         character_coverage=args.character_coverage, sample_limit=args.sample_limit,
         input_sentence_size=args.input_sentence_size, split=None if args.split == "all" else args.split,
         seed=args.seed, num_threads=args.threads, command="python -m nested_jax.data " + shlex.join(sys.argv[1:]))
@@ -70,10 +78,13 @@ def build_parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer (+ coverage stats JSON)")
-    t.add_argument("--input", action="append", help="text/jsonl file (.xz/.bz2/.gz ok) or directory; repeatable")
-    t.add_argument("--format", default="auto", help="txt | jsonl | dir | wikitext (default: from the name)")
-    t.add_argument("--field", default="text", help="jsonl field holding the text")
-    t.add_argument("--split-field", default="", help="jsonl field naming each record's split (train/valid)")
+    t.add_argument("--input", action="append",
+                   help="text/jsonl file (.xz/.bz2/.gz/.zst ok), .parquet file or directory; repeatable")
+    t.add_argument("--format", default="auto",
+                   help="txt | jsonl | dir | wikitext | parquet (default: from the name)")
+    t.add_argument("--field", default="text", help="jsonl field / parquet column holding the text")
+    t.add_argument("--split-field", default="",
+                   help="jsonl field / parquet column naming each record's split (train/valid)")
     t.add_argument("--manifest", default="", help="a manifest file or preset name instead of --input")
     t.add_argument("--split", default="train", help="train on this split only: train | valid | all")
     t.add_argument("--output", "--out", dest="output", required=True,

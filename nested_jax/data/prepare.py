@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from nested_jax.data import packing
@@ -16,6 +17,7 @@ from nested_jax.data.text import content_hash, is_english, normalize
 from nested_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 _CHARS_PER_CHUNK = 8_000_000  # texts handed to the tokeniser at once
+_READ_CHARS = 64_000_000      # raw text read and cleaned at once (a source is read in such batches)
 
 
 def clean(args: tuple) -> tuple[str, str, str]:
@@ -38,15 +40,30 @@ def _clean_all(src: Source, docs: list, pool) -> list:
     return list(pool.imap(clean, jobs, chunksize=max(1, len(jobs) // 64)))
 
 
-def _tokenize(tok: Tokenizer, texts: list[str], threads: int, bar) -> list[list[int]]:
-    """Encode texts (EOS appended) in chunks of about _CHARS_PER_CHUNK characters."""
+def _batches(docs, max_chars: int = _READ_CHARS):
+    """Consecutive lists of documents of about max_chars characters (a source is not held whole)."""
+    batch, size = [], 0
+    for d in docs:
+        batch.append(d)
+        size += len(d.text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _tokenize(tok: Tokenizer, texts: list[str], threads: int, bar) -> list[np.ndarray]:
+    """Encode texts (EOS appended) in chunks of about _CHARS_PER_CHUNK characters; one int32
+    array per text (a tenth of the memory of Python lists of ints)."""
     out, chunk, size = [], [], 0
     for t in texts + [None]:
         if t is not None:
             chunk.append(t)
             size += len(t)
         if chunk and (t is None or size >= _CHARS_PER_CHUNK):
-            out.extend(tok.encode_batch(chunk, add_eos=True, num_threads=threads))
+            out.extend(np.asarray(ids, dtype=np.int32)
+                       for ids in tok.encode_batch(chunk, add_eos=True, num_threads=threads))
             bar.update(size)
             chunk, size = [], 0
     return out
@@ -72,6 +89,8 @@ def prepare(manifest: Manifest, out_dir: str | os.PathLike, *, tokenizer: str | 
     t0 = time.time()
 
     # 1) Read, clean, filter and deduplicate (first occurrence wins, in manifest order).
+    for src in manifest.sources:
+        src.check_readers()  # a missing optional reader (pyarrow, zstandard) fails before any work
     seen: set[str] = set()
     groups: dict[tuple[str, str], list[str]] = {}
     filtering = []
@@ -79,15 +98,16 @@ def prepare(manifest: Manifest, out_dir: str | os.PathLike, *, tokenizer: str | 
     pool = ctx.Pool(workers) if workers > 1 else None
     try:
         for src in tqdm(manifest.sources, desc="read+clean", unit="source", disable=not progress):
-            docs = list(read_docs(src))
-            counts = {"read": len(docs), "too_short": 0, "too_long": 0, "not_english": 0, "duplicate": 0, "kept": 0}
-            for doc, (text, h, verdict) in zip(docs, _clean_all(src, docs, pool)):
-                if verdict == "kept" and h in seen:
-                    verdict = "duplicate"
-                counts[verdict] += 1
-                if verdict == "kept":
-                    seen.add(h)
-                    groups.setdefault((src.domain, doc.split), []).append(text)
+            counts = {"read": 0, "too_short": 0, "too_long": 0, "not_english": 0, "duplicate": 0, "kept": 0}
+            for docs in _batches(read_docs(src)):
+                counts["read"] += len(docs)
+                for doc, (text, h, verdict) in zip(docs, _clean_all(src, docs, pool)):
+                    if verdict == "kept" and h in seen:
+                        verdict = "duplicate"
+                    counts[verdict] += 1
+                    if verdict == "kept":
+                        seen.add(h)
+                        groups.setdefault((src.domain, doc.split), []).append(text)
             filtering.append({"domain": src.domain, "path": src.path, **counts})
     finally:
         if pool is not None:

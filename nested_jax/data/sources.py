@@ -3,7 +3,9 @@
 import dataclasses
 import fnmatch
 import hashlib
+import importlib
 import importlib.util
+import io
 import json
 import lzma
 import os
@@ -17,7 +19,11 @@ from nested_jax.data import assets
 from nested_jax.data.text import stable_fraction
 
 SPLITS = ("train", "valid")
-FORMATS = ("txt", "jsonl", "dir", "wikitext")
+FORMATS = ("txt", "jsonl", "dir", "wikitext", "parquet")
+COMPRESSIONS = (".xz", ".bz2", ".gz", ".zst")  # read directly (streaming); .zst needs the corpora extra
+FIELD_SPLIT_FORMATS = ("jsonl", "parquet")     # formats whose records can carry a split field
+PARQUET_BATCH_ROWS = 1024                      # rows per record batch read from a Parquet file
+ZSTD_READ_BYTES = 1 << 20                      # compressed bytes read from a .zst file at a time
 STDLIB_EXCLUDE = ("test/*", "*/test/*", "tests/*", "*/tests/*", "*/idle_test/*", "test_*.py", "*/test_*.py",
                   "site-packages/*", "dist-packages/*", "*/__pycache__/*", "lib2to3/tests/*")
 
@@ -28,8 +34,8 @@ class Source:
 
     domain: str                       # domain name (a mixture component), e.g. "novels"
     path: str                         # input file or directory
-    format: str = "auto"              # txt | jsonl | dir | wikitext; auto = from the file name
-    field: str | tuple = "text"       # jsonl: field holding the text, or a list of fields joined by "\n"
+    format: str = "auto"              # txt | jsonl | dir | wikitext | parquet; auto = from the file name
+    field: str | tuple = "text"       # jsonl field / parquet column holding the text, or a list joined by "\n"
     doc_per: str = "line"             # txt: one document per "line", per "blank"-line block, or per "file"
     glob: str = "**/*.txt"            # dir: which files (relative glob); each file is one document
     exclude: tuple = ()               # dir: fnmatch patterns (relative paths) to skip
@@ -63,8 +69,10 @@ class Source:
         if self.path == "stdlib:" or Path(str(assets.resolve(self.path))).is_dir():
             return "dir"
         name = str(self.path).lower()
-        for ext in (".xz", ".bz2", ".gz"):
+        for ext in COMPRESSIONS:
             name = name.removesuffix(ext)
+        if name.endswith(".parquet"):
+            return "parquet"
         if name.endswith((".jsonl", ".json")):
             return "jsonl"
         if name.endswith(".txt"):
@@ -86,8 +94,8 @@ class Source:
         elif isinstance(self.split, dict):
             if set(self.split) - {"field", "map", "valid_fraction"}:
                 raise ValueError(f"Unknown split rule {self.split} for {self.path!r}; keys: field, map, valid_fraction.")
-            if "field" in self.split and fmt != "jsonl":
-                raise ValueError(f"Split rule {{'field': ...}} needs a jsonl source; {self.path!r} is {fmt}.")
+            if "field" in self.split and fmt not in FIELD_SPLIT_FORMATS:
+                raise ValueError(f"Split rule {{'field': ...}} needs a jsonl or parquet source; {self.path!r} is {fmt}.")
             f = self.split.get("valid_fraction")
             if f is not None and not 0.0 <= f < 1.0:
                 raise ValueError(f"valid_fraction must be in [0, 1); got {f} for {self.path!r}.")
@@ -112,7 +120,9 @@ class Source:
         p = self.input_path()
         if self.resolved_format() != "dir":
             if p.is_dir():
-                raise ValueError(f"{p} is a directory but format is {self.resolved_format()!r}; use format 'dir'.")
+                raise ValueError(f"{p} is a directory but format is {self.resolved_format()!r}; use format "
+                                 "'dir' (a folder of text files), or list each file as a source of the "
+                                 "same domain and weight.")
             return [p]
         if not p.is_dir():
             raise ValueError(f"Format 'dir' needs a directory; {p} is not one.")
@@ -124,6 +134,18 @@ class Source:
             if f.is_file() and not any(fnmatch.fnmatch(rel, pat) for pat in exclude):
                 out.append(f)
         return out
+
+    def check_readers(self) -> None:
+        """Raise (a ValueError naming the file and the extra) if reading this source needs an optional
+        package that is not installed: pyarrow for Parquet, zstandard for .zst."""
+        fmt = self.resolved_format()
+        if fmt == "dir":
+            return  # a folder's documents are plain UTF-8 files
+        for f in self.files():
+            if fmt == "parquet":
+                _require("pyarrow.parquet", f)
+            elif f.suffix == ".zst":
+                _require("zstandard", f)
 
     def split_of(self, key: str, record: dict | None = None) -> str:
         """The split ('train'/'valid') of one document."""
@@ -158,6 +180,157 @@ def _field_text(rec: dict, field, where: str) -> str:
     return "\n".join(str(rec[f]) for f in fields)
 
 
+_PACKAGES = {"pyarrow": "pyarrow>=15", "zstandard": "zstandard>=0.22"}
+
+
+def _require(module: str, path):
+    """Import an optional reader package; if it is missing, a ValueError naming the file and the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pkg = module.split(".")[0]
+        raise ValueError(
+            f"Reading {path} needs the {pkg!r} package, which is not installed. Fix: install the "
+            f"'corpora' extra: pip install 'nested_jax[corpora]' (in a checkout: "
+            f".venv/bin/pip install '{_PACKAGES[pkg]}', or EXTRAS=dev,corpora bash launch/setup.sh)."
+        ) from None
+
+
+class _Corrupt(Exception):
+    """A compressed or Parquet input that cannot be decoded; read_docs turns it into a ValueError naming the file."""
+
+
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd decompression of a file (every frame), ZSTD_READ_BYTES of input at a time. Unlike
+    zstandard's stream_reader, a file that ends inside a frame (truncated) is an error, not a
+    silently shorter text."""
+
+    def __init__(self, path, zstd):
+        self._fh = open(path, "rb")
+        self._zstd = zstd
+        self._dctx = zstd.ZstdDecompressor()
+        self._obj = None          # the decompressor of the current frame
+        self._out = b""           # decompressed bytes not yet handed out
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._out):
+            block = self._fh.read(ZSTD_READ_BYTES)
+            if not block:
+                if self._obj is not None and not self._obj.eof:
+                    raise _Corrupt("zstd: the file ends inside a frame; it is truncated")
+                return 0
+            out = []
+            try:
+                while block:
+                    if self._obj is None or self._obj.eof:
+                        self._obj = self._dctx.decompressobj()
+                    out.append(self._obj.decompress(block))
+                    block = self._obj.unused_data if self._obj.eof else b""
+            except self._zstd.ZstdError as e:
+                raise _Corrupt(f"zstd: {e}") from None
+            self._out, self._pos = b"".join(out), 0
+        n = min(len(b), len(self._out) - self._pos)
+        b[:n] = memoryview(self._out)[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def open_text(path) -> io.TextIOBase:
+    """`assets.open_text` (plain, .xz, .bz2, .gz) plus .zst, decompressed as a stream (needs zstandard)."""
+    p = assets.resolve(path)
+    if p.suffix != ".zst":
+        return assets.open_text(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"Input file not found: {p}. Fix: check the path (or use 'assets:<relpath>').")
+    raw = _ZstdReader(p, _require("zstandard", p))
+    return io.TextIOWrapper(io.BufferedReader(raw, buffer_size=1 << 16), encoding="utf-8", newline="")
+
+
+def _read_jsonl(path) -> Iterator[dict]:
+    """One value per non-empty line of a (compressed) JSON-lines file, streamed line by line."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from None
+
+
+def _is_string_type(pa, t) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t)
+            or getattr(pa.types, "is_string_view", lambda _: False)(t))
+
+
+def _parquet_records(src: Source, path: Path) -> Iterator[tuple[str, str, dict | None]]:
+    """(key, text, record for the split rule) per row of a Parquet file, read one record batch
+    (PARQUET_BATCH_ROWS rows of the needed columns) at a time. The text column(s) must exist and
+    hold strings; a null text is an empty document. The key is the 'id' column if there is one."""
+    pa = _require("pyarrow", path)
+    pq = _require("pyarrow.parquet", path)
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise _Corrupt(f"parquet: {e}") from None
+    try:
+        names = list(schema.names)
+        fields = (src.field,) if isinstance(src.field, str) else tuple(src.field)
+        text_cols = [n for n in names if _is_string_type(pa, schema.field(n).type)]
+        for f in fields:
+            if f not in names:
+                raise ValueError(f"{path} has no column {f!r}; its columns are {names} (string columns: "
+                                 f"{text_cols}). Fix: set 'field' (--field) to the text column.")
+            t = schema.field(f).type
+            if not _is_string_type(pa, t):
+                raise ValueError(f"{path}: column {f!r} holds {t}, not strings; its string columns are "
+                                 f"{text_cols}. Fix: set 'field' (--field) to the text column.")
+        split_col = src.split.get("field") if isinstance(src.split, dict) else None
+        if split_col is not None and split_col not in names:
+            raise ValueError(f"{path} has no column {split_col!r} for the split rule; its columns are "
+                             f"{names}. Fix: set the split rule's 'field' to an existing column.")
+        key_col = "id" if "id" in names else None
+        cols = list(dict.fromkeys([*fields, *(c for c in (split_col, key_col) if c)]))
+        i = 0
+        for batch in _parquet_batches(pa, pf, cols):
+            data = {c: batch.column(c).to_pylist() for c in cols}
+            for j in range(batch.num_rows):
+                key_value = data[key_col][j] if key_col else None
+                key = str(key_value) if key_value is not None else f"{path.name}:{i}"
+                text = "\n".join(data[f][j] or "" for f in fields)
+                yield key, text, ({split_col: data[split_col][j]} if split_col else None)
+                i += 1
+    finally:
+        pf.close()
+
+
+def _parquet_batches(pa, pf, cols: list) -> Iterator:
+    """pf.iter_batches, with pyarrow's decoding errors (a corrupt or truncated file) as _Corrupt."""
+    it = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=cols)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise
+            raise _Corrupt(f"parquet: {e}") from None
+        yield batch
+
+
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")
 
 
@@ -184,61 +357,75 @@ def read_docs(src: Source) -> Iterator[Doc]:
     except UnicodeDecodeError as e:
         raise ValueError(
             f"{current[0]} is not UTF-8 text (byte {e.start}: {e.reason}); is it a binary file? "
-            "Fix: pass text files (.txt, .jsonl; .xz/.bz2/.gz compressed ok) or convert it to "
-            "UTF-8.") from None
+            "Fix: pass text files (.txt, .jsonl; .xz/.bz2/.gz/.zst compressed ok) or Parquet, or "
+            "convert it to UTF-8.") from None
+    except _Corrupt as e:
+        what = "is not a readable Parquet file" if str(e).startswith("parquet:") else "cannot be decompressed"
+        raise ValueError(f"{current[0]} {what} ({str(e).rstrip('.')}). Fix: check that the file is complete (download "
+                         "it again) and that its extension matches its contents (.parquet, .zst), "
+                         "or set the source's 'format'.") from None
     except (EOFError, lzma.LZMAError, zlib.error, OSError) as e:
         if isinstance(e, FileNotFoundError) or (isinstance(e, OSError) and e.errno is not None):
             raise  # a missing file or a file-system refusal, reported as such
         raise ValueError(f"{current[0]} cannot be decompressed ({type(e).__name__}: {e}). Fix: "
                          "check that the file is complete and that its extension matches its "
-                         "compression (.xz, .bz2, .gz), or pass it uncompressed.") from None
+                         "compression (.xz, .bz2, .gz, .zst), or pass it uncompressed.") from None
 
 
 def _binary(path, text: str) -> None:
     if "\x00" in text:
         raise ValueError(f"{path} holds NUL bytes: it is a binary file, not text. Fix: pass text "
-                         "files (.txt, .jsonl; .xz/.bz2/.gz compressed ok).")
+                         "files (.txt, .jsonl; .xz/.bz2/.gz/.zst compressed ok) or Parquet.")
 
 
 def _read_docs(src: Source, current: list) -> Iterator[Doc]:
-    fmt = src.resolved_format()
+    """The documents of `_all_docs`, at most `src.limit` per split; reading stops once every split
+    the source can produce is full (a few documents of a large Parquet file are quick to take)."""
+    if not src.limit:
+        yield from _all_docs(src, current)
+        return
     counts = {s: 0 for s in SPLITS}
+    rule = src.split
+    if isinstance(rule, str):
+        splits = (rule,)
+    else:
+        splits = SPLITS if "field" in rule or rule.get("valid_fraction", 0.0) > 0 else ("train",)
+    for doc in _all_docs(src, current):
+        if counts[doc.split] < src.limit:
+            counts[doc.split] += 1
+            yield doc
+        if all(counts[s] >= src.limit for s in splits):
+            return
 
-    def take(doc: Doc) -> bool:
-        if src.limit and counts[doc.split] >= src.limit:
-            return False
-        counts[doc.split] += 1
-        return True
 
+def _all_docs(src: Source, current: list) -> Iterator[Doc]:
+    fmt = src.resolved_format()
     for path in src.files():
         current[0] = path
         name = path.name
         if fmt == "jsonl":
-            for i, rec in enumerate(assets.read_jsonl(path)):
+            for i, rec in enumerate(_read_jsonl(path)):
                 if not isinstance(rec, dict):
                     raise ValueError(f"{path} record {i} is {type(rec).__name__}, not a JSON "
                                      "object. Fix: write one {\"text\": ...} object per line.")
                 key = str(rec.get("id", f"{name}:{i}"))
-                doc = Doc(key, _field_text(rec, src.field, f"{path} record {i}"), src.split_of(key, rec))
-                if take(doc):
-                    yield doc
+                yield Doc(key, _field_text(rec, src.field, f"{path} record {i}"), src.split_of(key, rec))
+        elif fmt == "parquet":
+            for key, text, rec in _parquet_records(src, path):
+                yield Doc(key, text, src.split_of(key, rec))
         elif fmt == "wikitext":
-            with assets.open_text(path) as f:
+            with open_text(path) as f:
                 for title, article in _wikitext_articles(f.read()):
-                    doc = Doc(title, article, src.split_of(title))
-                    if take(doc):
-                        yield doc
+                    yield Doc(title, article, src.split_of(title))
         elif fmt == "dir":
             rel = path.relative_to(src.input_path()).as_posix()
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 continue  # binary or non-UTF-8 file: skipped, as a text corpus cannot use it
-            doc = Doc(rel, text, src.split_of(rel))
-            if take(doc):
-                yield doc
+            yield Doc(rel, text, src.split_of(rel))
         else:  # txt
-            with assets.open_text(path) as f:
+            with open_text(path) as f:
                 text = f.read()
             _binary(path, text)
             if src.doc_per == "file":
@@ -250,9 +437,7 @@ def _read_docs(src: Source, current: list) -> Iterator[Doc]:
             for i, chunk in enumerate(chunks):
                 if chunk.strip():
                     key = f"{name}:{i}"
-                    doc = Doc(key, chunk, src.split_of(key))
-                    if take(doc):
-                        yield doc
+                    yield Doc(key, chunk, src.split_of(key))
 
 
 @dataclasses.dataclass(frozen=True)
