@@ -2,9 +2,9 @@
 
 A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
 {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the
-raw little-endian tensor bytes (offsets relative to the end of the header). Reading memory-
-maps the file and returns one tensor at a time as a NumPy view (bfloat16 through ml_dtypes),
-so converting a model needs about one tensor of extra host memory, not the whole file.
+raw little-endian tensor bytes (offsets relative to the end of the header). Reading returns
+one tensor at a time, read from its own byte range (bfloat16 through ml_dtypes), so
+converting a model needs about one tensor of extra host memory, not the whole file.
 A sharded checkpoint is `model.safetensors.index.json` {"weight_map": {name: file}}.
 """
 
@@ -61,7 +61,6 @@ class SafetensorsFile:
             if v["dtype"] not in DTYPES:
                 raise SafetensorsError(f"{self.path}: tensor {name} has dtype {v['dtype']}, "
                                        f"which this reader does not know ({sorted(DTYPES)}).")
-        self._map = np.memmap(self.path, np.uint8, "r") if size else None
 
     @property
     def names(self) -> list[str]:
@@ -71,12 +70,16 @@ class SafetensorsFile:
         return tuple(self.header[name]["shape"])
 
     def get(self, name: str) -> np.ndarray:
-        """The tensor as a read-only array backed by the file (no copy)."""
+        """The tensor, read from its byte range alone (one positioned read: no memory map, so
+        the file's pages do not stay resident in this process once the tensor is dropped)."""
         v = self.header[name]
         lo, hi = v["data_offsets"]
-        dt = np.dtype(DTYPES[v["dtype"]])
-        flat = self._map[self.start + lo:self.start + hi].view(dt)
-        return flat.reshape(v["shape"])
+        with open(self.path, "rb") as f:
+            f.seek(self.start + lo)
+            raw = f.read(hi - lo)
+        if len(raw) != hi - lo:
+            raise SafetensorsError(f"{self.path} is truncated inside tensor {name}.")
+        return np.frombuffer(raw, DTYPES[v["dtype"]]).reshape(v["shape"])
 
 
 class SafetensorsModel:
