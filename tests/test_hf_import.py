@@ -106,6 +106,12 @@ def test_export_import_is_bitwise(imported, tmp_path):
                      a, b)
 
 
+def test_imported_workdir_verifies(imported, capsys):
+    from nested_jax.checkpoint.verify import verify
+
+    assert verify(str(imported["qwen2_tied"])) == 0, capsys.readouterr().out
+
+
 def test_init_from_restores_the_imported_params(imported):
     from nested_jax.model.lm import abstract_model
     from nested_jax.train.loop import params_from

@@ -132,7 +132,8 @@ def stack(checkpoint: str, output: str | os.PathLike, *, variant: str = "hope_at
     }
     meta = {"tokenizer_sha256": src.tokenizer.sha256, "package_version": nested_jax.__version__,
             "git_commit": "", "variant": variant, "process_count": 1,
-            "config": cfg.to_json_best_effort(), "step": 0, "provenance": provenance}
+            "config": cfg.to_json_best_effort(), "step": 0, "tokens_seen": 0,
+            "provenance": provenance}
     settings.update({k: v for k, v in _model_settings(m).items() if k not in settings})
     settings.update({"data.tokenizer": cfg.data.tokenizer, "train.seq_len": cfg.train.seq_len})
     write_workdir(out, params=params, config=cfg, meta=meta, provenance=provenance,

@@ -192,7 +192,7 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
     }
     meta = {"tokenizer_sha256": tok_sha, "package_version": nested_jax.__version__,
             "git_commit": "", "variant": "transformer", "process_count": 1,
-            "config": config.to_json_best_effort(), "step": 0,
+            "config": config.to_json_best_effort(), "step": 0, "tokens_seen": 0,
             "provenance": {"kind": "import-hf", **provenance}}
     settings = {f"model.{k}": v for k, v in overrides.items()}
     settings.update({"data.tokenizer": tok_path, "train.seq_len": config.train.seq_len})
