@@ -154,7 +154,15 @@ def test_every_segment_shortcut_equals_the_general_path(threshold):
     assert np.asarray(a_static).max() == 1.0
 
 
-def test_level_read_with_per_row_weights_matches_the_plain_read_values_and_grads():
+def _swiglu(meta, delta):
+    """The level with an up projection w3 (the SwiGLU form): meta and delta gain one."""
+    k = jax.random.key(7)
+    return ({**meta, "w3": 0.3 * jax.random.normal(k, meta["w1"].shape)},
+            {**delta, "w3": 3.0 * jax.random.normal(k, delta["w1"].shape)})
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_level_read_with_per_row_weights_matches_the_plain_read_values_and_grads(mlp):
     """`level_apply_rows(meta, delta, x)` (the model's read, custom backward in
     `rows_matmul`) = `level_apply(meta + delta, x)` by plain autodiff: values and gradients
     wrt x, meta and delta, and the outer gradient through an inner vjp wrt delta (how the
@@ -162,6 +170,8 @@ def test_level_read_with_per_row_weights_matches_the_plain_read_values_and_grads
     meta = jax.tree.map(lambda a: a[0], _meta(jax.random.key(0)))
     delta = jax.tree.map(lambda a: 30.0 * a[0],
                          _level(cms.inner_optimizer("gd", 0.1, 0.9, 0.99))["delta"])
+    if mlp == "swiglu":
+        meta, delta = _swiglu(meta, delta)
     x = jax.random.normal(jax.random.key(3), (B, S, D))
     ct = jax.random.normal(jax.random.key(4), (B, S, D))
     plain = lambda m, d, x: cms.level_apply(  # noqa: E731
@@ -179,3 +189,18 @@ def test_level_read_with_per_row_weights_matches_the_plain_read_values_and_grads
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(got_vjp[0], want_vjp[0], rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(got_vjp[1](ct), want_vjp[1](ct), rtol=1e-5, atol=1e-5)
+
+
+def test_swiglu_level_equals_a_numpy_transcription():
+    """level_apply with an up projection W3 = x + (silu(n(x)·W1) ⊙ n(x)·W3)·W2 with
+    n(x) = scale · x / sqrt(mean x² + eps), written out in NumPy (float64): the form of a
+    transformer's MLP that level stacking copies into the CMS (docs/pretrained.md)."""
+    meta = jax.tree.map(lambda a: a[0], _meta(jax.random.key(0)))
+    meta, _ = _swiglu(meta, meta)
+    x = jax.random.normal(jax.random.key(3), (B, S, D))
+    p = {k: np.asarray(v, np.float64) for k, v in meta.items()}
+    xn = np.asarray(x, np.float64)
+    n = p["scale"] * xn / np.sqrt(np.mean(xn * xn, -1, keepdims=True) + 1e-6)
+    g = n @ p["w1"]
+    want = xn + ((g / (1 + np.exp(-g))) * (n @ p["w3"])) @ p["w2"]
+    np.testing.assert_allclose(np.asarray(cms.level_apply(meta, x)), want, rtol=1e-5, atol=1e-5)

@@ -104,6 +104,8 @@ def model_overrides(hf: dict) -> dict:
 def hf_config(model_cfg, *, bos_id, eos_id, max_len: int) -> dict:
     """The config.json of an export: the inverse of `model_overrides` (Llama, or Qwen2 when
     the model has q/k/v biases)."""
+    from nested_jax.model.blocks import ffn_width
+
     m = model_cfg
     kind = "qwen2" if m.attention_bias else "llama"
     arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[kind]
@@ -111,7 +113,7 @@ def hf_config(model_cfg, *, bos_id, eos_id, max_len: int) -> dict:
         "architectures": [arch], "model_type": kind, "vocab_size": m.vocab_size,
         "hidden_size": m.d_model, "num_hidden_layers": m.n_layers,
         "num_attention_heads": m.n_heads, "num_key_value_heads": m.n_kv_heads or m.n_heads,
-        "head_dim": m.head_dim or m.d_model // m.n_heads, "intermediate_size": m.d_ff,
+        "head_dim": m.head_dim or m.d_model // m.n_heads, "intermediate_size": ffn_width(m.d_model, m.d_ff),
         "rms_norm_eps": m.norm_eps, "rope_theta": m.rope_base, "hidden_act": "silu",
         "tie_word_embeddings": bool(m.tie_embeddings), "max_position_embeddings": max_len,
         "torch_dtype": "float32", "bos_token_id": bos_id, "eos_token_id": eos_id,

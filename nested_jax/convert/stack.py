@@ -20,16 +20,14 @@ in context from the teach signal, the zero-W2 levels first through W2 (its gradi
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
-from pathlib import Path
 
 import jax
 import numpy as np
 
 import nested_jax
-from nested_jax.convert.workdir import ConvertError, _fresh_output, preset_text, write_workdir
+from nested_jax.convert.workdir import ConvertError, fresh_output, preset_text, write_workdir
 
 STACKABLE = ("hope_attention",)
 DEFAULT_NAMES = ("fast", "mid", "slow", "ultra")
@@ -66,7 +64,7 @@ def stack(checkpoint: str, output: str | os.PathLike, *, variant: str = "hope_at
     from nested_jax.model.lm import abstract_model
     from nested_jax.train.validate import ConfigError, check_values
 
-    out = _fresh_output(output)
+    out = fresh_output(output)
     if variant not in STACKABLE:
         raise ConvertError(f"--variant {variant!r} cannot be stacked", fix=f"use one of {STACKABLE}.")
     if not periods or any(p <= 0 for p in periods):
@@ -151,9 +149,3 @@ def _model_settings(m) -> dict:
             "rope_high_freq_factor", "rope_original_max_len", "attention_bias",
             "tie_embeddings", "norm_eps", "attention_window")
     return {f"model.{k}": m[k] for k in keys}
-
-
-def provenance_of(path: str | Path) -> dict | None:
-    """A converted workdir's provenance.json (None for a trained-from-scratch one)."""
-    p = Path(path) / "provenance.json"
-    return json.loads(p.read_text()) if p.is_file() else None

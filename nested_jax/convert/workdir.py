@@ -37,7 +37,7 @@ class ConvertError(UserError, ValueError):
     """Bad input to a conversion (missing files, unsupported model, existing output)."""
 
 
-def _fresh_output(output: str | os.PathLike) -> Path:
+def fresh_output(output: str | os.PathLike) -> Path:
     out = Path(output).expanduser().resolve()
     if out.exists():
         raise ConvertError(f"--output {out} already exists", fix="pick a new folder or delete it "
@@ -127,7 +127,7 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
     src = Path(input_dir).expanduser().resolve()
     if not src.is_dir():
         raise ConvertError(f"--input {src} is not a folder", fix="pass a Hugging Face model folder.")
-    out = _fresh_output(output)
+    out = fresh_output(output)
     hf_cfg = _read_json(src / "config.json", "the model's configuration")
     try:
         overrides = hf_map.model_overrides(hf_cfg)
@@ -164,7 +164,7 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
     except ConfigError as e:
         raise ConvertError(f"the imported configuration is not valid here: {e}") from None
 
-    abstract = nnx_abstract_params(abstract_model(config.model))
+    abstract = abstract_model(config.model).params()  # ShapeDtypeStruct leaves
     n_layers = config.model.n_layers
     params, leaves = {}, _leaf_paths(abstract)
     for i, (path, want) in enumerate(leaves):
@@ -210,7 +210,7 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
     from nested_jax.eval.errors import EvalError
     from nested_jax.eval.restore import load
 
-    out = _fresh_output(output)
+    out = fresh_output(output)
     try:
         loaded = load(checkpoint, step)
     except EvalError as e:
@@ -220,14 +220,9 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
         raise ConvertError(f"the checkpoint is a {m.variant!r} model; export-hf writes "
                            "transformers (variant 'transformer') only",
                            fix="export a transformer workdir.")
-    if m.attention_window or m.rope_scaling not in ("none", "llama3"):
+    if m.attention_window:
         raise ConvertError("sliding-window attention has no Llama/Qwen2 counterpart in "
                            "transformers; only full causal attention exports.")
-    if not m.d_ff:
-        from nested_jax.model.blocks import ffn_width
-
-        m.unlock()
-        m.d_ff = ffn_width(m.d_model, 0)
     tok = loaded.tokenizer
     params = jax.tree.map(np.asarray, loaded.params)
     tensors = dict(hf_map.hf_tensors(params, m.n_layers, bool(m.tie_embeddings)))
@@ -250,11 +245,6 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
                "newline convention and is not exported; encode with nested_jax.\n"))
     return {"output": str(out), "architecture": cfg["architectures"][0],
             "tensors": len(tensors), "tokenizer_files": tok_files, "step": loaded.step}
-
-
-def nnx_abstract_params(fn) -> dict:
-    """The pure-dict parameter tree (ShapeDtypeStructs) of a Functional model."""
-    return fn.params()
 
 
 def _leaf_paths(tree: dict, prefix: tuple = ()) -> list:

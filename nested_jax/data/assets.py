@@ -81,9 +81,10 @@ def open_text(path: str | os.PathLike) -> io.TextIOBase:
     return opener(p, "rt", encoding="utf-8", newline="")
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield one dict per non-empty line of a (compressed) JSON-lines file."""
-    with open_text(path) as f:
+def read_jsonl(path: str | os.PathLike, opener=None) -> Iterator[dict]:
+    """Yield one dict per non-empty line of a (compressed) JSON-lines file, streamed line by
+    line; `opener` (default `open_text`) opens it as text."""
+    with (opener or open_text)(path) as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:

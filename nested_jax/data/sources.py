@@ -254,17 +254,6 @@ def open_text(path) -> io.TextIOBase:
     return io.TextIOWrapper(io.BufferedReader(raw, buffer_size=1 << 16), encoding="utf-8", newline="")
 
 
-def _read_jsonl(path) -> Iterator[dict]:
-    """One value per non-empty line of a (compressed) JSON-lines file, streamed line by line."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from None
-
-
 def _is_string_type(pa, t) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
@@ -404,7 +393,7 @@ def _all_docs(src: Source, current: list) -> Iterator[Doc]:
         current[0] = path
         name = path.name
         if fmt == "jsonl":
-            for i, rec in enumerate(_read_jsonl(path)):
+            for i, rec in enumerate(assets.read_jsonl(path, opener=open_text)):
                 if not isinstance(rec, dict):
                     raise ValueError(f"{path} record {i} is {type(rec).__name__}, not a JSON "
                                      "object. Fix: write one {\"text\": ...} object per line.")

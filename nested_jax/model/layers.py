@@ -104,7 +104,6 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.window, self.rope_base, self.dtype, self.impl = window, rope_base, dtype, impl
         self.rope_scaling = tuple(sorted((rope_scaling or {}).items()))  # hashable, static
-        attn_ops.rope_frequencies(head_dim, rope_base, **dict(self.rope_scaling))  # validate
         # Same draws in the same order as before GQA: n_kv_heads = n_heads gives the same
         # parameters (checkpoints stay valid).
         self.wq = Dense(d, n_heads * head_dim, std=d**-0.5, rngs=rngs, dtype=dtype, bias=qkv_bias)
