@@ -23,6 +23,7 @@ would change this math and that we do not implement is refused by name (`Unsuppo
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 SUPPORTED = ("llama", "qwen2", "mistral")
@@ -185,16 +186,8 @@ def leaf_value(get, path: tuple, n_layers: int, dtype=np.float32) -> np.ndarray:
 
 def hf_tensors(params: dict, n_layers: int, tied: bool):
     """Yield (HF name, array) for every leaf of our transformer params (export)."""
-    flat = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, prefix + (k,))
-            else:
-                flat[prefix + (k,)] = np.asarray(v)
-
-    walk(params, ())
+    flat = {tuple(k.key for k in keys): np.asarray(v)
+            for keys, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     for path, value in sorted(flat.items()):
         if path == ("head", "kernel") and tied:
             continue

@@ -128,13 +128,10 @@ def stack(checkpoint: str, output: str | os.PathLike, *, variant: str = "hope_at
         "made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "package_version": nested_jax.__version__,
     }
-    meta = {"tokenizer_sha256": src.tokenizer.sha256, "package_version": nested_jax.__version__,
-            "git_commit": "", "variant": variant, "process_count": 1,
-            "config": cfg.to_json_best_effort(), "step": 0, "tokens_seen": 0,
-            "provenance": provenance}
     settings.update({k: v for k, v in _model_settings(m).items() if k not in settings})
     settings.update({"data.tokenizer": cfg.data.tokenizer, "train.seq_len": cfg.train.seq_len})
-    write_workdir(out, params=params, config=cfg, meta=meta, provenance=provenance,
+    write_workdir(out, params=params, config=cfg, tokenizer_sha256=src.tokenizer.sha256,
+                  provenance=provenance,
                   preset=preset_text(f"{src.directory} step {src.step}", "stack", settings,
                                      str(out)))
     return {"output": str(out), "variant": variant, "levels": list(names),

@@ -93,11 +93,18 @@ def get_config():
 '''
 
 
-def write_workdir(out: Path, *, params: dict, config, meta: dict, preset: str,
+def write_workdir(out: Path, *, params: dict, config, tokenizer_sha256: str, preset: str,
                   provenance: dict, tokenizer_src: Path | None = None) -> None:
-    """Stage and publish a converted workdir (module docstring): checkpoints/0, config.json,
-    config.py, provenance.json and (if given) the tokenizer files from `tokenizer_src`."""
+    """Stage and publish a converted workdir (module docstring): checkpoints/0 (params and
+    the metadata training writes, plus the provenance), config.json, config.py,
+    provenance.json and (if given) the tokenizer files from `tokenizer_src`."""
     from nested_jax.checkpoint import Checkpointer
+    from nested_jax.train.loop import git_commit
+
+    meta = {"tokenizer_sha256": tokenizer_sha256, "package_version": nested_jax.__version__,
+            "git_commit": git_commit(), "variant": config.model.variant, "process_count": 1,
+            "config": config.to_json_best_effort(), "step": 0, "tokens_seen": 0,
+            "provenance": provenance}
 
     with _staging(out) as tmp:
         if tokenizer_src is not None:
@@ -166,8 +173,10 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
 
     abstract = abstract_model(config.model).params()  # ShapeDtypeStruct leaves
     n_layers = config.model.n_layers
-    params, leaves = {}, _leaf_paths(abstract)
-    for i, (path, want) in enumerate(leaves):
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    values = []
+    for i, (keys, want) in enumerate(leaves):
+        path = tuple(k.key for k in keys)
         try:
             value = hf_map.leaf_value(weights.get, path, n_layers)
         except SafetensorsError as e:
@@ -176,27 +185,24 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
             raise ConvertError(
                 f"{'.'.join(path)}: the weights give shape {value.shape}, the config.json's "
                 f"sizes need {tuple(want.shape)} (weights and config.json from different models?)")
-        _set(params, path, jax.device_put(value))
+        values.append(jax.device_put(value))
         del value
         if progress:
             progress(i + 1, len(leaves), ".".join(path))
+    params = jax.tree_util.tree_unflatten(treedef, values)
 
-    tok_sha = tok.sha256
     provenance = {
-        "source": str(src), "model_type": hf_cfg.get("model_type"),
+        "kind": "import-hf", "source": str(src), "model_type": hf_cfg.get("model_type"),
         "architectures": hf_cfg.get("architectures"), "imported": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds"),
         "files": {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
                   for p in [src / "config.json", *weights.files]},
-        "tokenizer_sha256": tok_sha, "package_version": nested_jax.__version__,
+        "tokenizer_sha256": tok.sha256, "package_version": nested_jax.__version__,
     }
-    meta = {"tokenizer_sha256": tok_sha, "package_version": nested_jax.__version__,
-            "git_commit": "", "variant": "transformer", "process_count": 1,
-            "config": config.to_json_best_effort(), "step": 0, "tokens_seen": 0,
-            "provenance": {"kind": "import-hf", **provenance}}
     settings = {f"model.{k}": v for k, v in overrides.items()}
     settings.update({"data.tokenizer": tok_path, "train.seq_len": config.train.seq_len})
-    write_workdir(out, params=params, config=config, meta=meta, provenance=provenance,
+    write_workdir(out, params=params, config=config, tokenizer_sha256=tok.sha256,
+                  provenance=provenance,
                   preset=preset_text(str(src), "import-hf", settings, str(out)),
                   tokenizer_src=src)
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
@@ -245,19 +251,3 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
                "newline convention and is not exported; encode with nested_jax.\n"))
     return {"output": str(out), "architecture": cfg["architectures"][0],
             "tensors": len(tensors), "tokenizer_files": tok_files, "step": loaded.step}
-
-
-def _leaf_paths(tree: dict, prefix: tuple = ()) -> list:
-    out = []
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.extend(_leaf_paths(v, prefix + (k,)))
-        else:
-            out.append((prefix + (k,), v))
-    return out
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
