@@ -117,6 +117,41 @@ def test_stack_refuses_non_transformers_and_existing_output(dirs, capsys):
     assert rc == 2 and "--periods" in capsys.readouterr().err
 
 
+def test_export_of_a_stacked_model(dirs, tmp_path):
+    """export-hf of HOPE-Attention: collapsed to the source when only one level has a down
+    projection (export(stack(x)) is x), expanded to one layer per level (zero attention in
+    the extra layers) otherwise; either way the exported transformer, imported back, gives
+    the stacked model's logits at inner learning rate 0."""
+    from nested_jax.convert.safetensors_io import SafetensorsFile
+
+    out = workdir.export_hf(dirs["zero"], tmp_path / "collapsed")
+    assert out["stacked_layout"] == "collapsed" and out["layers"] == 2
+    src_out = workdir.export_hf(dirs["src"], tmp_path / "src_hf")
+    a = SafetensorsFile(Path(out["output"]) / "model.safetensors")
+    b = SafetensorsFile(Path(src_out["output"]) / "model.safetensors")
+    assert sorted(a.names) == sorted(b.names)
+    assert all(np.array_equal(a.get(n), b.get(n)) for n in a.names)
+
+    st = _load(dirs["zero"])
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(np.asarray, st.params)
+    for n, lv in params["blocks"]["cms"]["levels"].items():  # every level "learned"
+        lv["w2"] = lv["w2"] + rng.normal(0, 0.05, lv["w2"].shape).astype(np.float32)
+    workdir.write_workdir(tmp_path / "trained", params=params, config=st.cfg,
+                          tokenizer_sha256=st.tokenizer.sha256, preset="", provenance={},
+                          tokenizer_src=Path(dirs["zero"]) / "tokenizer")
+    out = workdir.export_hf(str(tmp_path / "trained"), tmp_path / "expanded")
+    assert out["stacked_layout"] == "expanded" and out["layers"] == 4
+    note = (Path(out["output"]) / "EXPORT_NOTE.md").read_text()
+    assert "test-time learning" in note and "4 layers" in note
+    back = _load(workdir.import_hf(out["output"], tmp_path / "back")["output"])
+    assert back.cfg.model.variant == "transformer" and back.cfg.model.n_layers == 4
+    toks = _tokens()[:, :-1]
+    want = st.fn.bind(jax.tree.map(jnp.asarray, params))(toks)
+    got = back.fn.bind(back.params)(toks)
+    assert float(jnp.abs(want - got).max()) <= 1e-4 * float(jnp.abs(want).max())
+
+
 def test_freeze_leaves_frozen_parameters_bitwise_unchanged():
     import functools
 

@@ -6,7 +6,7 @@ import-hf: a local Hugging Face model folder of the Llama family (Llama 2/3/3.x,
 TinyLlama, SmolLM, Mistral without sliding window: config.json, model.safetensors or its
 sharded index, tokenizer.json) → an ordinary workdir that train (--config WORKDIR/config.py),
 eval, generate, release and checkpoint verify take. export-hf: the inverse, for transformer
-workdirs. stack: a transformer workdir → HOPE-Attention whose CMS levels start from its
+workdirs and stacked HOPE-Attention ones (their meta weights). stack: a transformer workdir → HOPE-Attention whose CMS levels start from its
 MLPs (NL §7.3 ad-hoc level stacking; at inner learning rate 0 it is the source model). Exit status 0 done, 2 bad input (nothing is written then). See docs/pretrained.md.
 """
 
@@ -27,7 +27,7 @@ def build_parser() -> ArgumentParser:
     i = sub.add_parser("import-hf", help="Hugging Face model folder → workdir")
     i.add_argument("--input", required=True, help="the Hugging Face model folder")
     i.add_argument("--output", required=True, help="the new workdir (must not exist)")
-    e = sub.add_parser("export-hf", help="transformer workdir → Hugging Face folder")
+    e = sub.add_parser("export-hf", help="transformer (or stacked HOPE-Attention) workdir → Hugging Face folder")
     e.add_argument("--checkpoint", required=True, help="the workdir to export")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     e.add_argument("--output", required=True, help="the new folder (must not exist)")

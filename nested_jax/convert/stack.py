@@ -53,6 +53,43 @@ def stack_params(src: dict, names: tuple, mlp_level: str) -> dict:
     return jax.tree.map(lambda a: jax.device_put(np.asarray(a, np.float32)), out)
 
 
+def as_transformer(params: dict, names: tuple) -> tuple[dict, int, str]:
+    """A HOPE-Attention model's meta weights (the function it computes at inner learning rate
+    0) as transformer params: (params, layers per block, how). The inverse of `stack_params`.
+
+    A block x + Attn(n₁(x)) → x + MLP_fast(n(x)) → … → x + MLP_slow(n(x)) is a chain of
+    residual SwiGLU MLPs after one attention. When at most one level has W2 ≠ 0 the others are
+    identities and the block is one transformer layer with that level's MLP ("collapsed":
+    export(stack(x)) is x). Otherwise each level becomes a layer of its own: the first keeps
+    the block's attention, the others get attention with every projection 0 (it adds exactly
+    0 to the residual stream), so the exported L·K-layer transformer computes the same
+    function ("expanded")."""
+    b = params["blocks"]
+    levels = b["cms"]["levels"]
+    live = [n for n in names if np.any(np.asarray(levels[n]["w2"]) != 0)]
+
+    def mlp(n):
+        lv = levels[n]
+        return {"mlp_norm": {"scale": np.asarray(lv["scale"])},
+                "mlp": {"gate": {"kernel": np.asarray(lv["w1"])},
+                        "up": {"kernel": np.asarray(lv["w3"])},
+                        "down": {"kernel": np.asarray(lv["w2"])}}}
+
+    attn = {"attn": jax.tree.map(np.asarray, b["attn"]),
+            "attn_norm": {"scale": np.asarray(b["attn_norm"]["scale"])}}
+    out = {k: v for k, v in params.items() if k != "blocks"}
+    if len(live) <= 1:
+        out["blocks"] = {**attn, **mlp(live[0] if live else names[-1])}
+        return out, 1, "collapsed"
+    zero_attn = jax.tree.map(np.zeros_like, attn)
+    zero_attn["attn_norm"]["scale"] = np.ones_like(attn["attn_norm"]["scale"])
+    layers = [{**(attn if k == 0 else zero_attn), **mlp(n)} for k, n in enumerate(names)]
+    # [K][L, ...] → [L·K, ...] in the order block 0 level 0, block 0 level 1, …
+    out["blocks"] = jax.tree.map(
+        lambda *xs: np.stack(xs, 1).reshape((-1,) + xs[0].shape[1:]), *layers)
+    return out, len(names), "expanded"
+
+
 def stack(checkpoint: str, output: str | os.PathLike, *, variant: str = "hope_attention",
           periods: tuple[int, ...] = (128, 512), lr: float = 1e-2, step: int | None = None,
           mlp_level: str | None = None, segment_len: int = 0) -> dict:

@@ -212,7 +212,8 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
 
 
 def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = None) -> dict:
-    """Write the transformer at `checkpoint` (a workdir) as a Hugging Face folder."""
+    """Write the transformer at `checkpoint` (a workdir) as a Hugging Face folder; a
+    HOPE-Attention model with SwiGLU levels as its meta weights (`_stacked_as_transformer`)."""
     from nested_jax.eval.errors import EvalError
     from nested_jax.eval.restore import load
 
@@ -222,15 +223,19 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
     except EvalError as e:
         raise ConvertError(str(e)) from None
     m = loaded.cfg.model
-    if m.variant != "transformer":
-        raise ConvertError(f"the checkpoint is a {m.variant!r} model; export-hf writes "
-                           "transformers (variant 'transformer') only",
-                           fix="export a transformer workdir.")
     if m.attention_window:
         raise ConvertError("sliding-window attention has no Llama/Qwen2 counterpart in "
                            "transformers; only full causal attention exports.")
     tok = loaded.tokenizer
     params = jax.tree.map(np.asarray, loaded.params)
+    stacked = None
+    if m.variant == "hope_attention":
+        params, m, stacked = _stacked_as_transformer(params, m)
+    elif m.variant != "transformer":
+        raise ConvertError(f"the checkpoint is a {m.variant!r} model; export-hf writes "
+                           "transformers and HOPE-Attention models with SwiGLU CMS levels "
+                           "(level-stacked ones)",
+                           fix="export a transformer or a `convert stack` workdir.")
     tensors = dict(hf_map.hf_tensors(params, m.n_layers, bool(m.tie_embeddings)))
     cfg = hf_map.hf_config(m, bos_id=tok.bos_id, eos_id=tok.eos_id,
                            max_len=max(loaded.cfg.train.seq_len, m.rope_original_max_len
@@ -248,6 +253,40 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
             f"Exported by `python -m nested_jax.convert export-hf` from {loaded.directory} "
             f"step {loaded.step} ({m.n_layers} layers, d_model {m.d_model}).\n"
             + ("" if tok_files else "The tokenizer is a SentencePiece model with nested_jax's "
-               "newline convention and is not exported; encode with nested_jax.\n"))
-    return {"output": str(out), "architecture": cfg["architectures"][0],
-            "tensors": len(tensors), "tokenizer_files": tok_files, "step": loaded.step}
+               "newline convention and is not exported; encode with nested_jax.\n")
+            + (stacked["note"] if stacked else ""))
+    out_doc = {"output": str(out), "architecture": cfg["architectures"][0],
+               "tensors": len(tensors), "tokenizer_files": tok_files, "step": loaded.step}
+    if stacked:
+        out_doc.update({k: v for k, v in stacked.items() if k != "note"})
+    return out_doc
+
+
+def _stacked_as_transformer(params: dict, m):
+    """A HOPE-Attention model's attention and CMS MLPs as transformer params and model
+    config (convert.stack.as_transformer), with the note of what transformers cannot hold."""
+    from nested_jax.convert.stack import as_transformer
+
+    if m.cms.mlp != "swiglu":
+        raise ConvertError(f"this HOPE-Attention model's CMS levels are {m.cms.mlp!r} MLPs; "
+                           "only SwiGLU levels (model.cms.mlp='swiglu', as `convert stack` "
+                           "makes) have a Llama/Qwen2 counterpart.")
+    names = tuple(m.cms.names)
+    params, per_block, how = as_transformer(params, names)
+    t = m.copy_and_resolve_references()
+    t.unlock()
+    t.variant, t.n_layers, t.d_ff = "transformer", m.n_layers * per_block, int(m.cms.hidden)
+    periods = ", ".join(f"{n} every {p} tokens (lr {lr:g})"
+                        for n, p, lr in zip(names, m.cms.periods, m.cms.lrs))
+    layout = ("one layer per block: only one level has a nonzero down projection, the "
+              "others are identities" if how == "collapsed" else
+              f"{per_block} layers per block, one per level (fast → slow); the first keeps "
+              "the block's attention, the others have every attention projection set to 0, "
+              "which adds exactly 0 to the residual stream")
+    note = (f"\nThis model was a HOPE-Attention model ({len(names)} CMS levels: {periods}). "
+            f"It is exported as its meta weights, {layout}: {t.n_layers} layers. transformers "
+            "computes what nested_jax computes with every level's inner learning rate 0. "
+            "What it cannot express: the levels' updates while reading (test-time learning "
+            "from the teach signal every period), the online segment scan and any fast state; "
+            "a generation there never adapts its MLPs to the context.\n")
+    return params, t, {"stacked_layout": how, "layers": t.n_layers, "note": note}
