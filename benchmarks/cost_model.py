@@ -7,7 +7,8 @@ and a time projection on a named GPU. A projection, not a GPU measurement.
     presets: smoke, pilot, mid (configs/smoke.py, pilot.py, mid_stage2.py), pilot_smoke
     (the shape `train_throughput --preset smoke` measures), paper_760m, paper_1p3b;
     --device h100 | h200 | cpu; --flags default,while_graphs (XLA flag sets to compare,
-    benchmarks.gpu_aot.FLAG_SETS); --compile-on gpu | cpu
+    benchmarks.gpu_aot.FLAG_SETS); --compile-on gpu | cpu; --devices N (the step of an
+    N-GPU host with the preset's mesh, e.g. FSDP: `--preset stack_3b --devices 8`)
 
 For every variant: build the preset's config exactly as `python -m nested_jax.train` does
 (tokenizer vocabulary, `finalize_config`), lower the train step that
@@ -30,7 +31,9 @@ Projection (device peaks in `benchmarks.gpu_aot.PEAKS`: dense bf16 FLOP/s, HBM b
     launch   = host-launched ops × LAUNCH_US + graph launches × GRAPH_LAUNCH_US
                + ops inside graphs × GRAPH_NODE_US          (benchmarks.gpu_aot; CPU
                compile: every kernel × LAUNCH_US)
-    time/step = roofline + launch;  projected tokens/s = tokens/step ÷ time/step
+    comm     = collective bytes per device × (n−1)/n ÷ link bandwidth (`--devices n` > 1:
+               the all-gathers / reduce-scatters of FSDP; NVLink, no overlap assumed)
+    time/step = roofline + launch + comm;  projected tokens/s = tokens/step ÷ time/step
     projected_mfu = model FLOPs (6·N + attention, benchmarks.train_throughput) ÷ (time · peak)
 Both terms are reported. The launch constants are estimates (see benchmarks/gpu_aot.py);
 `launch/gpu_check.sh` compares with a measured step when a GPU is lent.
@@ -59,7 +62,9 @@ from benchmarks.train_throughput import (VARIANTS, apply_override, model_flops_p
 
 PRESETS = {"smoke": "configs.smoke", "pilot": "configs.pilot", "mid": "configs.mid_stage2",
            "pilot_smoke": "configs.pilot_smoke",  # pilot_smoke: train_throughput's smoke shape
-           "paper_760m": "configs.paper_760m", "paper_1p3b": "configs.paper_1p3b"}
+           "paper_760m": "configs.paper_760m", "paper_1p3b": "configs.paper_1p3b",
+           # a Llama-3.2-3B / -1B turned into HOPE-Attention by level stacking (no weights needed)
+           "stack_3b": "configs.stack_llama", "stack_1b": "configs.stack_llama:1b"}
 DEVICES = gpu_aot.PEAKS  # dense bf16 matmul FLOP/s (no sparsity), HBM bytes/s, memory
 LAUNCH_US = gpu_aot.LAUNCH_US
 NOTES = {
@@ -71,9 +76,10 @@ NOTES = {
 
 
 def preset_config(preset: str, variant: str, dtype: str | None = None,
-                  batch_size: int | None = None):
+                  batch_size: int | None = None, devices: int = 1):
     """The preset's config with `variant` (and `dtype`, per-device `batch_size`), finalized
-    like the train CLI does. A variant may carry `+`-separated overrides, as in
+    like the train CLI does (`batch_size` per device: the global batch is batch_size × devices;
+    without it, the preset's global train.batch_size). A variant may carry `+`-separated overrides, as in
     `benchmarks.train_throughput` (`hope+model.selfmod.chunk_size=32`). The paper presets take
     the variant as an argument (like `--config configs/paper_760m.py:titans`: matched d_ff,
     Titans' window)."""
@@ -81,16 +87,19 @@ def preset_config(preset: str, variant: str, dtype: str | None = None,
     from nested_jax.train.validate import finalize_config
 
     variant, *overrides = variant.split("+")
-    mod = importlib.import_module(PRESETS[preset])
-    c = mod.get_config(variant) if preset.startswith("paper_") else mod.get_config()
+    module, _, arg = PRESETS[preset].partition(":")
+    mod = importlib.import_module(module)
+    c = mod.get_config(variant) if preset.startswith("paper_") else (
+        mod.get_config(arg) if arg else mod.get_config())
     c.model.variant = variant
     for o in overrides:
         apply_override(c, *o.split("=", 1))
     if dtype:
         c.model.dtype = dtype
     if batch_size:
-        c.train.batch_size = batch_size
-    finalize_config(c, loader.tokenizer_for(c.data).vocab_size)
+        c.train.batch_size = batch_size * devices
+    # a preset that states its vocabulary (a converted model's) needs no tokenizer here
+    finalize_config(c, c.model.vocab_size or loader.tokenizer_for(c.data).vocab_size)
     return c
 
 
@@ -170,37 +179,48 @@ def measured_cpu(dtype) -> dict:
             "peak_flops": peak["flops_per_sec"], "bandwidth": 2 * x.nbytes / best}
 
 
+def comm_seconds(costs: dict, dev: dict, n_devices: int) -> float:
+    """Time of the step's collectives on the GPUs' links: each device sends (n−1)/n of every
+    collective's result bytes (ring all-gather / reduce-scatter / all-reduce), no overlap."""
+    if n_devices <= 1:
+        return 0.0
+    sent = sum(costs.get("collective_bytes", {}).values()) * (n_devices - 1) / n_devices
+    return sent / dev.get("link_bandwidth", 450e9)
+
+
 def project(costs: dict, tokens: int, model_fpt: float, dev: dict,
-            launch_s: float | None = None) -> dict:
-    """Roofline + launch time of one step (module docstring). `costs` has flops, bytes and
-    kernels; launch_s defaults to kernels × LAUNCH_US (no command buffers)."""
+            launch_s: float | None = None, n_devices: int = 1) -> dict:
+    """Roofline + launch (+ communication) time of one step (module docstring). `costs` has
+    flops, bytes and kernels of ONE device's program; launch_s defaults to kernels × LAUNCH_US
+    (no command buffers); `tokens` is the step's global tokens (all devices)."""
     t_compute = costs["flops"] / dev["peak_flops"]
     t_memory = costs["bytes"] / dev["bandwidth"]
     roof = max(t_compute, t_memory)
     launch = costs["kernels"] * LAUNCH_US * 1e-6 if launch_s is None else launch_s
-    t = roof + launch
+    comm = comm_seconds(costs, dev, n_devices)
+    t = roof + launch + comm
     return {"flops_per_token": costs["flops"] / tokens, "bytes_per_token": costs["bytes"] / tokens,
             "arithmetic_intensity": costs["flops"] / max(costs["bytes"], 1.0),
-            "roofline_s": roof, "launch_s": launch, "step_time_s": t,
+            "roofline_s": roof, "launch_s": launch, "comm_s": comm, "step_time_s": t,
             "compute_time_s": t_compute, "memory_time_s": t_memory,
-            "bound": ("launch" if launch > roof else
-                      "compute" if t_compute >= t_memory else "memory"),
+            "bound": ("launch" if launch > max(roof, comm) else "communication" if comm > roof
+                      else "compute" if t_compute >= t_memory else "memory"),
             "projected_tokens_per_sec": tokens / t,
             "roofline_tokens_per_sec": tokens / roof,
-            "projected_mfu": model_fpt * tokens / (t * dev["peak_flops"]),
+            "projected_mfu": model_fpt * tokens / (t * dev["peak_flops"] * n_devices),
             "kernels_per_step": costs["kernels"],
             "launch_floor_s": costs["kernels"] * LAUNCH_US * 1e-6}
 
 
 def compile_counts(c, device: str, compile_on: str, flags: str = "default",
-                   dump_dir: str | None = None) -> dict:
+                   dump_dir: str | None = None, n_devices: int = 1) -> dict:
     """Compile config `c`'s train step (for the GPU deviceless, or for this CPU) and count
     it: {"costs" (flops, bytes, kernels, loops, ...), "thunks" (GPU only), "launch_s",
     "memory", "compile_s", "params"}."""
     t0 = time.perf_counter()
     frac = cms_taken_fraction(c)
     if compile_on == "gpu":
-        lowered, params = lower_train_step(c, gpu_aot.gpu_devices(device))
+        lowered, params = lower_train_step(c, gpu_aot.gpu_devices(device, n_devices))
         keep = dump_dir is not None
         dump_dir = dump_dir or os.path.join(
             os.environ.get("TMPDIR", "/tmp"), f"nested_jax_gpu_aot_{os.getpid()}")
@@ -225,9 +245,10 @@ def compile_counts(c, device: str, compile_on: str, flags: str = "default",
 
 
 def analyse(c, dev: dict, device: str = "h100", compile_on: str = "cpu",
-            flags: str = "default", dump_dir: str | None = None) -> tuple[dict, dict]:
+            flags: str = "default", dump_dir: str | None = None,
+            n_devices: int = 1) -> tuple[dict, dict]:
     """(row, detail) of one config: compile, count, project."""
-    r = compile_counts(c, device, compile_on, flags, dump_dir)
+    r = compile_counts(c, device, compile_on, flags, dump_dir, n_devices)
     costs, params = r["costs"], r["params"]
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     tokens = c.train.batch_size * c.train.seq_len
@@ -240,7 +261,10 @@ def analyse(c, dev: dict, device: str = "h100", compile_on: str = "cpu",
            "transcendentals_per_step": costs["transcendentals"],
            "model_flops_per_token": model_fpt,
            "analytic_flops_per_token": analytic_flops_per_token(c, params),
-           **project(costs, tokens, model_fpt, dev, r["launch_s"]),
+           "devices": n_devices, "mesh": {"data": c.mesh.data, "fsdp": c.mesh.fsdp,
+                                          "mode": c.mesh.mode},
+           "collective_bytes_per_step": sum(costs.get("collective_bytes", {}).values()),
+           **project(costs, tokens, model_fpt, dev, r["launch_s"], n_devices),
            "while_loops": costs["while_loops"], "compile_s": r["compile_s"],
            "temp_bytes": r["memory"].get("temp"), "device_bytes": r["memory"].get("peak")}
     th = r["thunks"]
@@ -271,6 +295,7 @@ COLUMNS = [("variant", "variant", ""), ("flags", "flags", ""), ("params_M", "par
            ("kernels_per_step", "kernels/step", ",.0f"), ("graph_launches", "graphs/step", ",.0f"),
            ("host_loop_iterations", "host iters", ",.0f"),
            ("roof_ms", "roofline ms", ".1f"), ("launch_ms", "launch ms", ".1f"),
+           ("comm_ms", "comm ms", ".1f"),
            ("step_ms", "step ms", ".1f"), ("device_gib", "GiB/device", ".1f"),
            ("compile_s", "compile s", ".0f")]
 
@@ -284,6 +309,7 @@ def print_report(rows, details, dev, preset, note):
     view = [dict(r, params_M=r["params"] / 1e6, mflops_per_token=r["flops_per_token"] / 1e6,
                  model_mflops=r["model_flops_per_token"] / 1e6, kb_per_token=r["bytes_per_token"] / 1e3,
                  roof_ms=r["roofline_s"] * 1e3, launch_ms=r["launch_s"] * 1e3,
+                 comm_ms=r.get("comm_s", 0.0) * 1e3,
                  step_ms=r["step_time_s"] * 1e3, device_gib=gib(r.get("device_bytes")))
             for r in rows]
     print(common.format_table(view, COLUMNS))
@@ -368,8 +394,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--batch-size", type=int, default=None,
                     help="sequences per device (default: the preset's train.batch_size); the "
                          "step compiled is one device's program of a data-parallel run")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="GPUs of one host the step runs on, with the preset's mesh (e.g. FSDP); "
+                         "the counts are one device's program, tokens/s the whole step's")
     ap.add_argument("--output", default="benchmarks/out/cost_model")
     args = ap.parse_args(argv)
+    if args.devices < 1:
+        ap.error(f"--devices {args.devices}: give a positive number of GPUs")
     variants = split_variants(args.variants)
     flag_sets = args.flags.split(",")
     bad = [f for f in flag_sets if f not in gpu_aot.FLAG_SETS]
@@ -391,9 +422,11 @@ def main(argv=None) -> list[dict]:
             jax.config.update("jax_platforms", "cpu")
     elif flag_sets != ["default"]:
         ap.error("--flags other than 'default' need the GPU compile (--compile-on gpu)")
+    if compile_on == "cpu" and args.devices > 1:
+        ap.error("--devices > 1 needs the GPU compile (the gpu-aot extra; --compile-on gpu)")
     note = NOTES[compile_on].format(device=args.device, why=why)
     if args.device == "cpu":
-        c0 = preset_config(args.preset, variants[0], args.dtype, args.batch_size)
+        c0 = preset_config(args.preset, variants[0], args.dtype, args.batch_size, args.devices)
         dev = measured_cpu(jnp.bfloat16 if c0.model.dtype == "bfloat16" else jnp.float32)
     else:
         dev = DEVICES[args.device]
@@ -402,9 +435,10 @@ def main(argv=None) -> list[dict]:
         for fl in flag_sets:
             dump = (os.path.join(args.dump_dir, re.sub(r"[^\w.-]", "_", f"{v}_{fl}"))
                     if args.dump_dir else None)
-            row, detail = analyse(preset_config(args.preset, v, args.dtype, args.batch_size), dev,
+            row, detail = analyse(preset_config(args.preset, v, args.dtype, args.batch_size,
+                                                args.devices), dev,
                                   device=args.device, compile_on=compile_on, flags=fl,
-                                  dump_dir=dump)
+                                  dump_dir=dump, n_devices=args.devices)
             row["variant"] = v  # with its overrides, if any
             details[_key(row)] = detail
             rows.append(row)

@@ -44,6 +44,10 @@ PEAKS = {"h100": {"name": "NVIDIA H100 SXM (80 GB)", "peak_flops": 989e12, "band
                   "memory_bytes": 84942979072},
          "h200": {"name": "NVIDIA H200 SXM (141 GB)", "peak_flops": 989e12, "bandwidth": 4.8e12,
                   "memory_bytes": 151397597184}}
+# NVLink 4 of the H100 / H200 SXM: 900 GB/s per GPU, both directions together (NVIDIA's
+# H100 datasheet), so 450e9 bytes/s each way: the rate of a ring collective's per-device sends.
+for _d in PEAKS.values():
+    _d["link_bandwidth"] = 450e9
 LAUNCH_US = 4.0        # per device op launched from the host stream (estimate, see docstring)
 GRAPH_LAUNCH_US = 8.0  # per command-buffer (CUDA graph) launch (estimate)
 GRAPH_NODE_US = 1.0    # per device op inside a command buffer (estimate)

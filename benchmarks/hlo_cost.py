@@ -24,6 +24,8 @@ Per instruction (close to XLA's HloCostAnalysis):
 - Kernels: every top-level instruction that does work (fusion, custom call, dot, copy, …),
   times the trip counts around it: an estimate of launches per step on a GPU (where
   XLA's fusion decisions differ from the CPU compiler's that produced the text).
+- Collectives (all-gather, reduce-scatter, all-reduce, …): their result bytes × executions,
+  per kind, as `collective_bytes` — the inputs of a communication-time estimate.
 - A `conditional` runs one branch: costed as the most expensive branch, or, with
   `cond_taken_fraction=f`, as f·(dearest) + (1-f)·(cheapest) (callers that know how often
   the expensive branch is taken, e.g. CMS updates every period, pass it).
@@ -52,6 +54,9 @@ FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while
         "conditional", "after-all", "opt-barrier", "partition-id", "replica-id",
         "add-dependency", "domain", "async-done", "async-update"}
 SLICING = {"dynamic-slice", "slice", "gather"}
+# Cross-device ops of a partitioned (FSDP / data-parallel) program: `hlo_costs` sums their
+# result bytes per step (× executions) as "collective_bytes" (what moves between devices).
+COLLECTIVES = {"all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute"}
 
 _SHAPE_RE = re.compile(r"\b(pred|token|bf16|[suf]\d+(?:e\d+m\d+\w*)?|c\d+)\[([\d,]*)\]")
 _HEADER_RE = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s*->\s*.*\{\s*$")
@@ -509,6 +514,16 @@ def hlo_costs(text: str, cond_taken_fraction: float | None = None, top: int = 12
             if inst.opcode == "custom-call":
                 m = re.search(r'custom_call_target="([^"]*)"', inst.attrs)
                 custom[m.group(1) if m else "?"] += mult.get(name, 0.0)
+    collectives = defaultdict(float)  # opcode -> result bytes per run (× executions)
+    for name, comp in mc.comps.items():
+        for inst in comp.insts:
+            kind = inst.opcode.removesuffix("-start")
+            if kind in COLLECTIVES and not inst.opcode.endswith("-done"):
+                shape = inst.shape
+                if kind in ("all-gather", "collective-permute") and inst.opcode.endswith(
+                        "-start") and shape.startswith("("):
+                    shape = _split_top(shape[1:-1])[1]  # (operand, result, ...): the result
+                collectives[kind] += shape_bytes(shape) * mult.get(name, 0.0)
     rows = [{"op": lab, **_cost_dict(c)} for lab, c in by_label.items()]
     by_source = defaultdict(Cost)  # "file function" (XLA's own additions by their loop)
     for lab, c in by_label.items():
@@ -517,7 +532,7 @@ def hlo_costs(text: str, cond_taken_fraction: float | None = None, top: int = 12
     sources = [{"source": k, **_cost_dict(c)} for k, c in by_source.items()]
     return {**_cost_dict(total), "while_loops": len(mc.loops), "loops": loops,
             "conditionals": mc.conditionals, "cond_taken_fraction": cond_taken_fraction,
-            "custom_calls": dict(custom),
+            "custom_calls": dict(custom), "collective_bytes": dict(collectives),
             "by_source": sorted(sources, key=lambda r: -r["bytes"])[:top],
             "top_bytes": sorted(rows, key=lambda r: -r["bytes"])[:top],
             "top_flops": sorted(rows, key=lambda r: -r["flops"])[:top]}

@@ -38,7 +38,8 @@ def test_every_preset_loads_with_required_groups(path):
     # Derived checks (heads divide width, CMS periods vs segment, ...) pass for every preset.
     from nested_jax.train.validate import finalize_config
 
-    finalize_config(c, 32000 if c.data.tokenizer == "novels_32k" else 2048)
+    # (a preset of a converted model states its vocabulary: stack_llama's shapes)
+    finalize_config(c, c.model.vocab_size or (32000 if c.data.tokenizer == "novels_32k" else 2048))
 
 
 def test_checkout_shortcuts_and_preset_names_load_the_shipped_presets(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,43 @@ def build_synthetic(root: Path) -> None:
                                       "what": "release verify", "rc": 0, "wall_s": 1.0},
                    "release_verify_tampered": {"command": "python -m nested_jax.release verify t",
                                                "what": "tamper", "rc": 1, "wall_s": 1.0}})
+    build_cpt(res)
+
+
+CPT_METHODS = {"finetune": "(a) fine-tune the transformer", "stacked": "(b) stacked",
+               "stacked_frozen": "(c) frozen backbone"}
+
+
+def _cpt_matrix(f):
+    """A forgetting-curve result over 4 checkpoints (before, after wikipedia, math, code) whose
+    mean forgetting over novels, wikipedia, math is 0.8·f."""
+    ce = {"novels": [5.0, 5 + 0.5 * f, 5 + 0.8 * f, 5 + f],
+          "wikipedia": [6.0, 4.0, 4 + 0.6 * f, 4 + 0.8 * f],
+          "math": [7.0, 6.5, 3.0, 3 + 0.6 * f], "code": [8.0, 7.5, 7.0, 3.0]}
+    return {"checkpoints": [{"step": s} for s in (300, 100, 100, 100)], "ce": ce,
+            "acc": {d: [0.1] * 4 for d in DOMAINS}}
+
+
+def build_cpt(res: Path) -> None:
+    s = res / "continual_pretraining"
+    runs = {"pretrain": _run(s, "pretrain", variant="transformer")}
+    evals = {}
+    for m, f in zip(CPT_METHODS, (1.0, 0.5, 0.25)):
+        for ph in ("wikipedia", "math", "code"):
+            runs[f"{m}_{ph}"] = _run(s, f"{m}_{ph}", variant="transformer" if m == "finetune"
+                                     else "hope_attention")
+        evals[f"{m}_matrix"] = _eval(s, f"{m}_matrix", "continual", _cpt_matrix(f))
+    for i, m in enumerate(["pretrain", *CPT_METHODS]):
+        for k in ("wikitext2", "heldout"):
+            evals[f"{m}_{k}"] = _eval(s, f"{m}_{k}", "perplexity",
+                                      {"overall": {"bits_per_byte": 3.0 + 0.1 * i + (k == "heldout")}})
+    _study(s, "continual_pretraining", runs=runs, evals=evals,
+           stack={"command": "python -m nested_jax.convert stack", "periods": [32, 64, 96],
+                  "inner_lr": 0.01},
+           protocol={"phases": ["wikipedia", "math", "code"], "domains": DOMAINS,
+                     "steps_per_phase": 100, "tokens_per_phase": 204800, "lr": 1e-3,
+                     "warmup_steps": 10, "manifest": "m.py", "frozen_backbone": ["embed.*"],
+                     "methods": CPT_METHODS})
 
 
 def test_report_experiments_synthetic(tmp_path):
@@ -264,6 +302,12 @@ def test_report_experiments_synthetic(tmp_path):
     assert "`12345`" in md
     # notes
     assert "synthetic note" in md
+    # continual pre-training: matrices, forgetting, bits per byte, the verdict
+    assert "| after math | 5.800 | 4.600 | 3.000 | 7.000 |" in md  # (a)'s CE matrix row
+    assert "| (a) fine-tune the transformer | +0.800 | 3.333 |" in md
+    assert "Least forgetting: (c) frozen backbone (mean forgetting +0.200" in md
+    assert "| pre-trained transformer (before the phases) |" in md and "| 4.000 |" in md
+    assert "continual_pretraining_ce.png" in md
     # figures: referenced from the markdown, exist, are PNGs
     figs = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
     assert len(figs) >= 8
@@ -280,7 +324,7 @@ def test_report_experiments_output_and_errors(tmp_path, capsys):
     build_synthetic(tmp_path / "exp")
     out = tmp_path / "elsewhere" / "R.md"
     res = report.generate(str(tmp_path / "exp"), str(out))
-    assert res["studies"] == 5 and out.exists()
+    assert res["studies"] == 6 and out.exists()
     assert all(f.startswith(str(tmp_path / "elsewhere" / "figures")) for f in res["figures"])
     # links are relative to the markdown
     assert "](../exp/results/hope_vs_titans/evals/hope_zeroshot.json)" in out.read_text()
@@ -403,6 +447,17 @@ def test_driver_skips_finished_commands(tmp_path, capsys):
     assert not forced.run("a", cmd("three"), creates=out)["reused"]
     assert not (out / "checkpoint").exists()
     assert [d.run("c", cmd("check", 1), ok=None)["reused"] for _ in range(2)] == [False, False]
+    # a step that names an input under the runs folder reruns once that input changes
+    inp = tmp_path / "runs" / "ckpt"
+    inp.mkdir()
+    (inp / "w").write_text("1")
+    with_input = [*cmd("four"), f"--config.train.init_from={inp}"]  # ignored by the script
+    assert not d.run("d", with_input, creates=out)["reused"]
+    assert d.run("d", with_input, creates=out)["reused"]
+    time.sleep(0.05)
+    os.utime(inp / "w")  # modified now: after the step finished
+    assert not d.run("d", with_input, creates=out)["reused"]
+    assert d.run("d", with_input, creates=out)["reused"]
     dry = driver.Driver(tmp_path / "dry", env=dict(os.environ), dry_run=True)
     dry.run("x", [sys.executable, "-m", "nested_jax.eval"], env={"XLA_FLAGS": "--n=2"})
     assert capsys.readouterr().out.endswith("XLA_FLAGS=--n=2 python -m nested_jax.eval\n")
@@ -420,12 +475,22 @@ def test_every_study_records_what_the_report_reads(tmp_path, monkeypatch):
             _run(wd.parents[1] / "fake", wd.name)
             (wd.parent).mkdir(parents=True, exist_ok=True)
             shutil.copytree(wd.parents[1] / "fake" / "train" / wd.name, wd, dirs_exist_ok=True)
+        elif "nested_jax.convert" in argv:  # stack: the workdir's config.py is what is read
+            out = ROOT / argv[argv.index("--output") + 1]
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.py").write_text(
+                "from nested_jax.configs.smoke import get_config as _g\n\n\ndef get_config():\n"
+                "    c = _g()\n    c.model.variant = 'hope_attention'\n    return c\n")
         elif "nested_jax.eval" in argv:
             kind, memo = argv[3], "--memorize" in argv
+            n_ck = len(argv[argv.index("--checkpoints") + 1:argv.index("--domains")]) \
+                if "--domains" in argv else 2
             m = {"zeroshot": _zs(0.5, 0.75 if memo else None, -10.0, -9.5),
                  "passkey": _needle(0.5, 1.0 if memo else None, 0.5, 0.9),
                  "niah": _needle(0.25),
-                 "continual": _curve([5.0] * 4) if "--checkpoints" in argv else _seq(5.0)}[kind]
+                 "perplexity": {"overall": {"bits_per_byte": 3.5}},
+                 "continual": (_cpt_matrix(1.0) if n_ck == 4 else _curve([5.0] * 4))
+                 if "--checkpoints" in argv else _seq(5.0)}[kind]
             _w(ROOT / argv[argv.index("--output") + 1], {"command": kind, "command_line": cmd,
                                                           "config": {"n_params": 1000},
                                                           "metrics": m})
@@ -450,6 +515,7 @@ def test_every_study_records_what_the_report_reads(tmp_path, monkeypatch):
     assert "HOPE has the lowest CE" in md and "Held-out loss minus the control" in md
     assert "ts0.10_m3_lr_div30" in md and "Multi-device vs one device" in md
     assert "applied" in md and "expected non-zero" in md and "**unexpected**" not in md
+    assert "Least forgetting:" in md and "--config.model.freeze=" in md
     sweep = json.loads((tmp_path / "exp" / "results" / "teach_scale_sweep-tiny" / "study.json")
                        .read_text())
     assert sweep["complete"] and len(sweep["runs"]) == 8 and len(sweep["sweep"]["rows"]) == 9

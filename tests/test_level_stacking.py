@@ -184,3 +184,33 @@ def test_freeze_leaves_frozen_parameters_bitwise_unchanged():
     assert n_frozen == 5  # embedding, wq, wk, wv, wo
     with pytest.raises(ValueError, match="matches no parameter"):
         optim.check_freeze(params, ("blocks.atn.*",))
+
+
+def test_stack_llama_preset_trains_a_stacked_model_with_fsdp(dirs, tmp_path):
+    """configs/stack_llama.py:WORKDIR (the GPU preset of launch/stack_llama.sh) rebuilds the
+    converted model exactly, starts from its weights and trains it with parameters sharded
+    over both (CPU) devices in the gspmd FSDP mode; the shape-only form (`3b`) is Llama-3.2-3B
+    stacked, and a non-stacked workdir is refused."""
+    from nested_jax import assets
+    from nested_jax.configs.stack_llama import get_config
+    from nested_jax.train.loop import train_and_evaluate
+
+    st = stack(dirs["src"], tmp_path / "st", periods=(16, 32), lr=1e-2, seq_len=64)["output"]
+    c = get_config(st)
+    assert c.train.init_from == str(Path(st).resolve()) and c.mesh.mode == "gspmd"
+    assert c.model.variant == "hope_attention" and c.model.cms.periods == (16, 32)
+    text = next(assets.novels("valid"))["text"][:20000]
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "m.json").write_text(json.dumps({"name": "t", "row_len": 64, "sources": [
+        {"domain": "d", "path": str(tmp_path / "a.txt"), "split": {"valid_fraction": 0.2}}]}))
+    c.data.dataset, c.data.cache_dir = str(tmp_path / "m.json"), str(tmp_path / "cache")
+    c.train.seq_len, c.train.batch_size, c.train.steps = 64, 2, 2
+    c.model.dtype = "float32"
+    c.optim.warmup_steps, c.eval.every_steps, c.eval.num_batches = 1, 2, 1
+    c.checkpoint.every_steps, c.logging.progress_bar = 2, False
+    summary = train_and_evaluate(c, str(tmp_path / "run"))
+    assert summary["final_step"] == 2 and np.isfinite(summary["eval_loss"])
+    cfg3 = get_config("3b")
+    assert (cfg3.model.d_model, cfg3.model.n_layers, cfg3.model.vocab_size) == (3072, 28, 128256)
+    with pytest.raises(ValueError, match="convert stack"):
+        get_config(dirs["src"])

@@ -58,7 +58,9 @@ class Driver:
         """Run argv (environment: ours plus `env`) unless it already finished.
 
         creates: the file or folder the command writes. The step is skipped when its record
-          holds this command line and `creates` exists; before a fresh run `creates` is
+          holds this command line, `creates` exists and none of its inputs changed since it
+          finished (inputs: the paths under the runs folder that argv names, as an argument
+          or a flag's `=value`: a checkpoint another step trained); before a fresh run `creates` is
           removed, unless the last run of this same command was interrupted (a trainer resumes
           from its checkpoints). None: the step always runs.
         ok: exit statuses that finish the step (others raise Failed); None accepts any status
@@ -74,8 +76,11 @@ class Driver:
         same = prev.get("command") == cmd and not self.force
         out = Path(creates) if creates else None
         if same and prev.get("status") == "finished" and out.exists():
-            self.say(f"{key}: reusing the finished run ({disp(out)})")
-            return {**prev, "reused": True}
+            changed = self._changed_inputs(argv, out, prev.get("finished_at"))
+            if not changed:
+                self.say(f"{key}: reusing the finished run ({disp(out)})")
+                return {**prev, "reused": True}
+            self.say(f"{key}: rerunning: {disp(changed)} changed since it finished")
         if out and out.exists() and not (same and prev.get("status") == "running"):
             shutil.rmtree(out) if out.is_dir() else out.unlink()  # leftovers of another run
         if out:
@@ -99,8 +104,37 @@ class Driver:
             raise Failed(f"{key}: exit {r.returncode} after {wall}s; `{shown(argv)}`; "
                          f"log {log}:\n{tail}")
         if out:
-            record.write_text(json.dumps({**res, "status": "finished"}))
+            record.write_text(json.dumps({**res, "status": "finished", "finished_at": time.time()}))
         return res
+
+    def _changed_inputs(self, argv: list[str], out: Path, finished_at) -> Path | None:
+        """The first input of argv (a path under the runs folder, not the output) modified
+        after `finished_at` (every input counts as changed when the record has no time)."""
+        runs = self.runs.resolve()
+        for a in argv:
+            for v in {a, a.partition("=")[2]} - {""}:
+                p = (ROOT / v) if not os.path.isabs(v) else Path(v)
+                try:
+                    p = p.resolve()
+                    inside = p.is_relative_to(runs) and p != out.resolve() and p.exists()
+                except (OSError, ValueError):
+                    continue
+                if inside and (finished_at is None or _newest_mtime(p) > finished_at):
+                    return p
+        return None
+
+
+def _newest_mtime(p: Path) -> float:
+    if not p.is_dir():
+        return p.stat().st_mtime
+    newest = p.stat().st_mtime
+    for d, _, files in os.walk(p):
+        for f in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(d, f)).st_mtime)
+            except OSError:
+                pass
+    return newest
 
 
 def git_commit() -> str | None:

@@ -36,7 +36,7 @@ from driver import ROOT, Driver, Failed, disp, shown
 
 HERE = Path(__file__).resolve().parent
 STUDIES = ("hope_vs_titans", "teach_scale_sweep", "multi_device_smoke", "memorisation_pilot",
-           "pilot_release")
+           "pilot_release", "continual_pretraining")
 VARIANTS = ("hope", "titans", "transformer")
 TEACH_SCALES = (0.0, 0.05, 0.10, 0.20)
 OPTIMIZER_ROW_SCALE = 0.10
@@ -224,17 +224,20 @@ class Study:
         self.doc["model_preset"] = {"config": self.config, "overrides": overrides(self.flags)}
 
     def train(self, run: str, extra: list[str], *, env: dict | None = None,
-              allow_diverge=False) -> dict:
+              allow_diverge=False, config: str | None = None,
+              base: list[str] | None = None) -> dict:
         """Train one run (or reuse it). allow_diverge: a run that stops on non-finite steps
-        (exit 3) is recorded as diverged instead of failing the study."""
-        flags = merge(self.flags, extra)
+        (exit 3) is recorded as diverged instead of failing the study. config/base: another
+        config file and the flags under `extra` (default: the study's model preset)."""
+        config = config or self.config
+        flags = merge(self.flags if base is None else base, extra)
         workdir = self.runs / "train" / run
-        argv = [sys.executable, "-m", "nested_jax.train", "--config", self.config,
+        argv = [sys.executable, "-m", "nested_jax.train", "--config", config,
                 "--workdir", disp(workdir), *flags]
         rec = {"command": self.drv.command(argv, env), "workdir": disp(workdir),
-               "config": self.config, "overrides": overrides(flags)}
+               "config": config, "overrides": overrides(flags)}
         if not self.dry:
-            rec["n_params"] = count_params(self.config, flags)
+            rec["n_params"] = count_params(config, flags)
         r = self.drv.run(f"train_{run}", argv, env=env, creates=workdir,
                          ok=(0, 3) if allow_diverge else (0,))
         self.doc["runs"][run] = rec
@@ -507,8 +510,121 @@ def pilot_release(st: Study) -> None:
     st.save()
 
 
+CPT_PHASES = ("wikipedia", "math", "code")
+CPT_DOMAINS = ("novels", *CPT_PHASES)
+CPT_MANIFEST = "launch/experiments/data/continual_domains.py"
+# (run prefix, label): the three ways of continuing the pre-trained transformer.
+CPT_METHODS = (("finetune", "(a) fine-tune the transformer"),
+               ("stacked", "(b) level-stacked HOPE-Attention, online CMS"),
+               ("stacked_frozen", "(c) (b) with the backbone frozen"))
+# The backbone of (c): everything but the CMS levels (the embedding is also the tied head).
+CPT_FROZEN = ("embed.*", "blocks.attn.*", "blocks.attn_norm.*", "final_norm.*")
+CPT_STEPS = {"cpu": 100, "gpu": 1000, "tiny": 2}  # optimizer steps per phase
+# Pre-training values every phase run repeats (the same for the three methods).
+CPT_SHARED = ("train.batch_size", "train.seq_len", "optim.name", "optim.weight_decay",
+              "optim.b1", "optim.b2", "optim.eps", "optim.grad_clip", "optim.min_lr_ratio",
+              "eval.batch_size", "eval.num_batches", "model.dtype")
+CPT_LR = 1e-3  # every phase: AdamW, warm-up CPT_WARMUP steps then cosine, fresh optimizer
+CPT_WARMUP = {"cpu": 10, "gpu": 50, "tiny": 1}
+
+
+def _heldout_wikipedia(st: Study) -> Path:
+    """The wikipedia domain's held-out articles (20 % of WikiText-2 valid by title hash, the
+    split no phase trains on) as a .jsonl for `eval perplexity`."""
+    path = st.runs / "wikitext2_heldout.jsonl"
+    if not st.dry and not path.exists():
+        sys.path.insert(0, str(ROOT))
+        from nested_jax.eval.domains import documents
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in documents("wikipedia", "valid")))
+        os.replace(tmp, path)
+    return path
+
+
+def continual_pretraining(st: Study) -> None:
+    """Pre-train a transformer on novels, then continue through wikipedia → math → code by
+    (a) fine-tuning it, (b) level-stacking it into HOPE-Attention (NL §7.3, `convert stack`)
+    and training that with online CMS updates, (c) (b) with the backbone frozen; the same
+    token budget per phase, every phase a `train` run from the previous one (train.init_from)."""
+    st.doc["title"] = ("Continual pre-training from a pre-trained transformer: fine-tuning vs "
+                       "level-stacked HOPE-Attention (NL §7.3), novels → wikipedia → math → code")
+    if st.preset == "cpu":  # the smoke shape (d 128, 2 layers, seq 128, batch 16)
+        st.set_flags([f"--config.train.steps={st.a.steps or 300}",
+                      "--config.logging.progress_bar=False"], config="configs/smoke.py")
+    base = load_config(st.config, st.flags)
+    pre_steps = int(base.train.steps)
+    st.set_flags([f"--config.checkpoint.every_steps={pre_steps}",
+                  f"--config.eval.every_steps={pre_steps}"])
+    pre = st.train("pretrain", ["--config.model.variant=transformer"])
+
+    periods = tuple(int(p) for p in base.model.cms.periods)
+    inner_lr = float(base.model.cms.lrs[0])
+    stacked_init = st.runs / "stacked_init"
+    argv = [sys.executable, "-m", "nested_jax.convert", "stack", "--checkpoint", pre["workdir"],
+            "--periods", ",".join(map(str, periods)), "--lr", str(inner_lr),
+            "--output", disp(stacked_init)]
+    r = st.drv.run("stack", argv, creates=stacked_init)
+    st.doc["stack"] = {"command": shown(argv), "workdir": disp(stacked_init), "periods": periods,
+                       "inner_lr": inner_lr, "wall_s": r.get("wall_s")}
+    steps = CPT_STEPS[st.preset]
+    tokens = steps * int(base.train.batch_size) * int(base.train.seq_len)
+    st.doc["protocol"] = {
+        "phases": list(CPT_PHASES), "domains": list(CPT_DOMAINS), "steps_per_phase": steps,
+        "tokens_per_phase": tokens, "lr": CPT_LR, "warmup_steps": CPT_WARMUP[st.preset],
+        "manifest": CPT_MANIFEST, "frozen_backbone": list(CPT_FROZEN),
+        "methods": {m: lab for m, lab in CPT_METHODS}}
+    # the run-shaping flags only: the stacked runs take their model from the stacked config.py
+    run_flags = [f for f in st.flags if not f.startswith("--config.model.")]
+    # Every run-shaping value stated explicitly: the stacked config.py starts from the
+    # default config (batch 32, weight decay 0.1, ...), not from the pre-training preset.
+    same = [f"--config.{k}={base[g][f]}" for k in CPT_SHARED for g, f in [k.split(".")]]
+    phase_common = [*same, f"--config.data.dataset={CPT_MANIFEST}", f"--config.train.steps={steps}",
+                    f"--config.optim.lr={CPT_LR}", f"--config.optim.warmup_steps={CPT_WARMUP[st.preset]}",
+                    f"--config.checkpoint.every_steps={steps}", f"--config.eval.every_steps={steps}"]
+    chains = {}
+    for method, _ in CPT_METHODS:
+        prev = pre["workdir"] if method == "finetune" else disp(stacked_init)
+        chain = [prev]
+        for dom in CPT_PHASES:
+            mix = ",".join(f"{d}={int(d == dom)}" for d in CPT_PHASES)
+            extra = [*phase_common, f"--config.data.mixture={mix}", f"--config.train.init_from={prev}"]
+            if method == "finetune":
+                rec = st.train(f"{method}_{dom}", ["--config.model.variant=transformer", *extra])
+            else:
+                if method == "stacked_frozen":
+                    extra.append("--config.model.freeze=" + repr(CPT_FROZEN).replace(" ", ""))
+                rec = st.train(f"{method}_{dom}", extra, config=disp(stacked_init / "config.py"),
+                               base=run_flags)
+            prev = rec["workdir"]
+            chain.append(prev)
+        chains[method] = chain
+
+    heldout = _heldout_wikipedia(st)
+    windows = {"cpu": 16, "gpu": 32, "tiny": 2}[st.preset]
+    for method, label in CPT_METHODS:
+        st.evaluate(f"{method}_matrix", method, "continual",
+                    ["--checkpoints", *chains[method], "--domains", ",".join(CPT_DOMAINS),
+                     "--windows", str(windows), "--batch-size", "16"], checkpoint=False,
+                    label=f"{label}: CE per domain after each phase")
+    finals = {"pretrain": (pre["workdir"], [])}
+    for method, _ in CPT_METHODS:  # HOPE: read as trained (levels learn while reading)
+        finals[method] = (chains[method][-1], [] if method == "finetune" else ["--memorize"])
+    for name, (wd, more) in finals.items():
+        for key, text in (("wikitext2", "wikitext2"), ("heldout", disp(heldout))):
+            st.evaluate(f"{name}_{key}", name, "perplexity", ["--checkpoint", wd, "--text", text, *more],
+                        checkpoint=False, label=f"{name}: bits per byte, {key}")
+    st.doc["notes"].append(
+        "WikiText-2 is the wikipedia domain's source: the wikipedia phase trains on 80 % of its "
+        "articles (by title hash), so the full-WikiText-2 bits per byte after that phase is not "
+        "held out; the held-out column scores the other 20 %, which no phase trains on.")
+    st.save()
+
+
 RUNNERS = {f.__name__: f for f in (hope_vs_titans, teach_scale_sweep, multi_device_smoke,
-                                   memorisation_pilot, pilot_release)}
+                                   memorisation_pilot, pilot_release,
+                                   continual_pretraining)}
 
 
 def parse(argv):

@@ -43,6 +43,9 @@ def build_parser() -> ArgumentParser:
                    help="the level that carries the MLP's down projection (default: slowest)")
     s.add_argument("--segment-len", type=int, default=0,
                    help="online segment length (default: gcd of the periods)")
+    s.add_argument("--seq-len", type=int, default=0,
+                   help="training sequence length of the stacked model (default: the source's "
+                        "train.seq_len); every level's period must be shorter, so it is read")
     s.add_argument("--output", required=True, help="the new workdir (must not exist)")
     return p
 
@@ -84,7 +87,7 @@ def _body(args) -> int:
 
         out = stack(args.checkpoint, args.output, variant=args.variant, periods=args.periods,
                     lr=args.lr, step=args.step, mlp_level=args.mlp_level,
-                    segment_len=args.segment_len)
+                    segment_len=args.segment_len, seq_len=args.seq_len)
     else:
         out = workdir.export_hf(args.checkpoint, args.output, step=args.step)
     print(json.dumps(out, indent=2))

@@ -92,9 +92,9 @@ def as_transformer(params: dict, names: tuple) -> tuple[dict, int, str]:
 
 def stack(checkpoint: str, output: str | os.PathLike, *, variant: str = "hope_attention",
           periods: tuple[int, ...] = (128, 512), lr: float = 1e-2, step: int | None = None,
-          mlp_level: str | None = None, segment_len: int = 0) -> dict:
+          mlp_level: str | None = None, segment_len: int = 0, seq_len: int = 0) -> dict:
     """Convert the transformer at `checkpoint` into `variant` (module docstring) in the new
-    workdir `output`; returns a summary."""
+    workdir `output` (training length `seq_len`, default the source's); returns a summary."""
     from nested_jax.eval.errors import EvalError
     from nested_jax.eval.restore import load
     from nested_jax.model.blocks import ffn_width
@@ -135,6 +135,8 @@ def stack(checkpoint: str, output: str | os.PathLike, *, variant: str = "hope_at
             node = node[g]
         node[key] = v
     cfg.train.init_from = str(out)
+    if seq_len:  # the training length the periods are checked against (every level read)
+        cfg.train.seq_len = seq_len
     try:
         check_values(cfg)
         from nested_jax.model.online import OnlineConfigError, check_online_config
