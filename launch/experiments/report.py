@@ -904,6 +904,9 @@ def section_release(sec: Section) -> None:
         sec.add(*_table(["step", "exit status", "expectation", "verdict", "command"], rows))
 
 
+CPT_SAME = 0.05  # nats/token: differences below this are called "the same" (one seed)
+
+
 def cpt_numbers(st: Study) -> dict:
     """Per method of the continual-pretraining study: its CE matrix (rows: the model before
     the phases, then after each; columns: domains), forgetting, bits per byte and speed."""
@@ -1038,30 +1041,41 @@ def section_continual_pretraining(sec: Section) -> None:
     ft = nums.get("finetune")
     best = min(nums, key=lambda k: nums[k]["mean_forgetting"])
     b = nums[best]
-    verdict = (f"Least forgetting: {b['label']} (mean forgetting {_signed(b['mean_forgetting'], 3)} "
-               "nats/token")
-    others = [f"{n['label']} {_signed(n['mean_forgetting'], 3)}" for k, n in nums.items() if k != best]
-    verdict += f"; {', '.join(others)})." if others else ")."
-    if b.get("mean_learned") is not None:
-        more = [k for k, n in nums.items() if k != best and n.get("mean_learned") is not None
-                and n["mean_learned"] < b["mean_learned"]]
-        if more:
-            verdict += (f" It also learned each phase less: mean CE right after a domain's own "
-                        f"phase {_f(b['mean_learned'], 3)} against " + ", ".join(
-                            f"{_f(nums[k]['mean_learned'], 3)} ({nums[k]['label']})" for k in more)
-                        + "; part of its smaller forgetting is less to forget.")
-    if ft and ft.get("tokens_per_sec"):
-        cost = [f"{n['label']} {_f(n['tokens_per_sec'], 0)} tokens/s "
-                f"({_f(ft['tokens_per_sec'] / n['tokens_per_sec'], 2)}× the fine-tune's time per "
-                "token)" for k, n in nums.items() if k != "finetune" and n.get("tokens_per_sec")]
-        verdict += (f" Cost per token: the fine-tuned transformer trains at "
-                    f"{_f(ft['tokens_per_sec'], 0)} tokens/s; " + "; ".join(cost) + ".")
-        stacked = [n["mean_forgetting"] for k, n in nums.items() if k != "finetune"]
-        if stacked and min(stacked) >= ft["mean_forgetting"]:
-            verdict += " At this scale level stacking does not reduce forgetting."
-        best_final = min(nums, key=lambda k: nums[k]["mean_final"])
-        verdict += (f" Lowest mean final CE over the four domains: {nums[best_final]['label']} "
-                    f"({_f(nums[best_final]['mean_final'], 3)}).")
+    verdict = [f"Least forgetting: {b['label']} (mean forgetting "
+               f"{_signed(b['mean_forgetting'], 3)} nats/token; " + ", ".join(
+                   f"{n['label']} {_signed(n['mean_forgetting'], 3)}"
+                   for k, n in nums.items() if k != best) + ")."]
+    if ft:
+        for k, n in nums.items():
+            if k == "finetune":
+                continue
+            df = n["mean_forgetting"] - ft["mean_forgetting"]
+            dl = (n["mean_learned"] - ft["mean_learned"]
+                  if n.get("mean_learned") is not None and ft.get("mean_learned") is not None else None)
+            how = ("forgets less than" if df < -CPT_SAME else "forgets more than" if df > CPT_SAME
+                   else f"forgets as much as (within {CPT_SAME} nats, which one seed cannot "
+                        "separate)")
+            line = (f"{n['label']} {how} fine-tuning (mean forgetting {_signed(df, 3)} vs (a))")
+            if dl is not None:
+                line += (f", {'learns each phase better' if dl < -CPT_SAME else 'learns each phase less' if dl > CPT_SAME else 'learns each phase as well'}"
+                         f" (CE after own phase {_signed(dl, 3)})")
+            line += f" and ends at mean final CE {_signed(n['mean_final'] - ft['mean_final'], 3)}"
+            if n.get("tokens_per_sec") and ft.get("tokens_per_sec"):
+                line += (f"; it costs {_f(ft['tokens_per_sec'] / n['tokens_per_sec'], 2)}× the "
+                         f"fine-tune's time per token ({_f(n['tokens_per_sec'], 0)} vs "
+                         f"{_f(ft['tokens_per_sec'], 0)} tokens/s on this machine)")
+            verdict.append(line + ".")
+        stacked = {k: n for k, n in nums.items() if k == "stacked"}
+        if stacked and stacked["stacked"]["mean_forgetting"] >= ft["mean_forgetting"] - CPT_SAME:
+            fr = nums.get("stacked_frozen")
+            tail = ""
+            if fr and fr["mean_forgetting"] < ft["mean_forgetting"] - CPT_SAME:
+                tail = ("; freezing the backbone does" + (
+                    ", by learning less" if (fr.get("mean_learned") or 0) > (
+                        ft.get("mean_learned") or 0) + CPT_SAME else ""))
+            verdict.append("At this scale level stacking with online CMS updates does not reduce "
+                           f"forgetting{tail}.")
+    verdict = " ".join(verdict)
     sec.add(verdict, "")
     sec.image("ce", "Held-out CE per domain before and after each phase, per method (top); "
               "the CE matrices (bottom)",
