@@ -191,8 +191,8 @@ def test_stack_llama_preset_trains_a_stacked_model_with_fsdp(dirs, tmp_path):
     converted model exactly, starts from its weights and trains it with parameters sharded
     over both (CPU) devices in the gspmd FSDP mode; the shape-only form (`3b`) is Llama-3.2-3B
     stacked, and a non-stacked workdir is refused."""
-    from nested_jax import assets
     from nested_jax.configs.stack_llama import get_config
+    from nested_jax.data import assets
     from nested_jax.train.loop import train_and_evaluate
 
     st = stack(dirs["src"], tmp_path / "st", periods=(16, 32), lr=1e-2, seq_len=64)["output"]
