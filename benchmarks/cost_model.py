@@ -199,7 +199,8 @@ def project(costs: dict, tokens: int, model_fpt: float, dev: dict,
     launch = costs["kernels"] * LAUNCH_US * 1e-6 if launch_s is None else launch_s
     comm = comm_seconds(costs, dev, n_devices)
     t = roof + launch + comm
-    return {"flops_per_token": costs["flops"] / tokens, "bytes_per_token": costs["bytes"] / tokens,
+    local = tokens / n_devices  # the tokens one device's program processes
+    return {"flops_per_token": costs["flops"] / local, "bytes_per_token": costs["bytes"] / local,
             "arithmetic_intensity": costs["flops"] / max(costs["bytes"], 1.0),
             "roofline_s": roof, "launch_s": launch, "comm_s": comm, "step_time_s": t,
             "compute_time_s": t_compute, "memory_time_s": t_memory,

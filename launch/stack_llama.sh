@@ -3,9 +3,10 @@
 # ad-hoc level stacking (NL §7.3) → continual pre-training on every GPU of this machine (FSDP).
 #
 #   bash launch/stack_llama.sh HF_DIR OUT [--periods 512,2048] [--lr 1e-3] [--config.a.b=v ...]
-#   bash launch/stack_llama.sh ~/models/Llama-3.2-3B runs/llama3b
 #   bash launch/stack_llama.sh ~/models/Llama-3.2-1B runs/llama1b --config.data.dataset=fineweb.json
-#   bash launch/stack_llama.sh ~/models/Llama-3.2-3B runs/llama3b --dry-run   # print the commands
+#   bash launch/stack_llama.sh ~/models/Llama-3.2-1B runs/llama1b --dry-run   # print the commands
+# A stacked 1B fits 8 H100s at 1 sequence per GPU; a stacked 3B does not fit an H100 yet (projected
+# 196 GiB per GPU at 1 sequence): benchmarks/RESULTS.md "Stacked Llama on H100s".
 #
 # Steps (each skipped when its output exists, so a rerun continues training):
 #   1. python -m nested_jax.convert import-hf --input HF_DIR --output OUT/import
@@ -13,7 +14,6 @@
 #   3. launch/train_local_gpus.sh configs/stack_llama.py:OUT/stacked OUT/train [--config.* flags]
 # The preset (configs/stack_llama.py) says every training value and its source; frozen backbone:
 #   --config.model.freeze='("embed.*","blocks.attn.*","blocks.attn_norm.*","final_norm.*")'
-# Projected speed and memory per GPU (3B, 1 and 8 H100s): benchmarks/RESULTS.md.
 # Several hosts: run step 3 with launch/train_multihost.sh and the same --config.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -136,3 +136,33 @@ def test_cli_writes_projection(tmp_path, capsys):
     assert "not a GPU measurement" in res["note"]
     assert os.path.getsize(tmp_path / "roofline.png") > 0
     assert rows[0]["variant"] == "transformer"
+
+
+def test_collective_bytes_and_communication_time():
+    """An all-gather over the 2 (CPU) test devices: its result bytes are counted once per
+    execution, ×3 inside a 3-step scan; the projection charges (n−1)/n of them to the link
+    and divides the per-token numbers by the tokens one device processes."""
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:2]), ("x",))
+
+    def gather(a):
+        return jax.lax.all_gather(a, "x", tiled=True)
+
+    def f(a):
+        g = jax.shard_map(gather, mesh=mesh, in_specs=P("x"), out_specs=P(), check_vma=False)
+
+        def body(c, _):
+            return c + g(a * c).sum(), None  # depends on the carry: stays in the loop
+
+        return jax.lax.scan(body, jnp.float32(0), None, length=3)[0]
+
+    ours, _ = _costs(f, SDS((8, 16), jnp.float32))  # each device: [4,16] → gathered [8,16]
+    assert ours["collective_bytes"] == {"all-gather": 3 * 8 * 16 * 4}
+    dev = {"peak_flops": 1e12, "bandwidth": 1e11, "link_bandwidth": 1e9}
+    costs = {"flops": 2e12, "bytes": 1e9, "kernels": 0, "collective_bytes": {"all-gather": 4e9}}
+    p = cost_model.project(costs, tokens=8, model_fpt=1.0, dev=dev, n_devices=4)
+    assert p["comm_s"] == pytest.approx(4e9 * 3 / 4 / 1e9)
+    assert p["step_time_s"] == pytest.approx(2.0 + 3.0) and p["bound"] == "communication"
+    assert p["flops_per_token"] == pytest.approx(2e12 / 2)  # 2 tokens per device
+    assert cost_model.project(costs, 8, 1.0, dev)["comm_s"] == 0.0  # one device: no links

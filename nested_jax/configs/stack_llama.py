@@ -2,9 +2,9 @@
 stacking (NL §7.3; docs/pretrained.md), on one or more GPUs with FSDP. The paper converts
 Llama-3 3B and 8B this way and continually pre-trains them on 15B tokens.
 
-    bash launch/stack_llama.sh ~/models/Llama-3.2-3B runs/llama3b      # import → stack → train
-    python -m nested_jax.train --config configs/stack_llama.py:runs/llama3b/stacked \\
-        --workdir runs/llama3b/train                                    # the train step alone
+    bash launch/stack_llama.sh ~/models/Llama-3.2-1B runs/llama1b      # import → stack → train
+    python -m nested_jax.train --config configs/stack_llama.py:runs/llama1b/stacked \\
+        --workdir runs/llama1b/train                                    # the train step alone
 
 The `:argument` picks the model:
   a workdir (what `convert stack` wrote)  every model field from its config.py (the exact
@@ -17,20 +17,28 @@ Every training value, with its source ("paper" = NL-A via reference notes; "gues
 stated anywhere we could read, with the reason; "ours" = this project's choice):
   CMS levels     2 (fast, slow), periods 512 and 2048 tokens, inner lr 1e-3 (gd) — guess:
                  NL-A Fig. 7 found 512 best and 2K "nearly as good and much cheaper" for the
-                 lowest frequency; every stacked level is a full copy of the MLP (W1, W3;
-                 3B: 75.5M parameters per level per layer), so each level adds 2.1B
-                 parameters at 3B; two levels are what fits 8 H100s with room for activations
-                 (benchmarks/RESULTS.md "Stacked 3B on H100s"). Inner lr: 10× below the smoke
-                 presets' 1e-2 for a pre-trained model whose levels start at the identity.
+                 lowest frequency. Every stacked level is a full copy of the MLP (W1, W2, W3),
+                 so each level adds the MLPs' parameters again (3B: 2.1B per level), and each
+                 sequence carries its own float32 fast copy of every level. Inner lr: 10×
+                 below the smoke presets' 1e-2, for a pre-trained model whose levels start at
+                 the identity.
+  fits?          (benchmarks/RESULTS.md "Stacked Llama on H100s", projections from the
+                 XLA:GPU compile) 1B: 71.9 GiB per H100 at 1 sequence per GPU on 8 H100s
+                 (FSDP), so it fits; it does not fit one H100 (96 GiB). 3B: 196 GiB per GPU
+                 at 1 sequence even on 8 H100s: it does NOT fit in this implementation (the
+                 per-sequence fast state of the levels, the segments' attention probabilities
+                 over the whole 4096-key buffer, the segment carries; levers listed there).
   segment_len    512 (the gcd of the periods: one online scan step per 512 tokens) — ours
   train.seq_len  4096 — paper (Titans' training length; NL-A: "other settings follow Titans")
-  batch          64 sequences = 262,144 tokens per step (global) — guess (a 0.25M-token step
-                 at 8 GPUs × 8 rows)
-  steps          57,221 = 15e9 / 262,144 — paper (NL-A: 15B tokens of continual pre-training)
+  batch          8 sequences = 32,768 tokens per step (global): 1 per GPU on 8 H100s, what
+                 fits (above; the trainer has no gradient accumulation yet) — ours
+  steps          457,764 = 15e9 / 32,768 — paper (NL-A: 15B tokens of continual pre-training)
   optim          AdamW lr 2e-5, warm-up 500, cosine to 10 %, wd 0.1, b2 0.95, clip 1.0 —
                  guess (continual pre-training lrs of Llama-3 models are 1e-5…3e-5; the
                  paper gives none)
-  model.dtype    bfloat16 compute, float32 parameters; model.remat on (segments) — ours
+  model.dtype    bfloat16 compute, float32 parameters; model.remat on (segments); the
+                 segment scan as a loop (online.unroll_segments 1: the program the
+                 projections compiled, in seconds instead of minutes) — ours
   mesh           data 1 × fsdp all devices, mode "gspmd": parameters and optimizer state
                  sharded over every GPU and each layer's weights gathered inside the layer
                  scan (the mode for models whose weights and gradients do not fit one
@@ -92,8 +100,9 @@ def get_config(arg: str = "3b"):
         c.train.init_from = os.path.abspath(arg)
     m, t, o = c.model, c.train, c.optim
     m.dtype, m.remat = "bfloat16", True
-    t.seq_len, t.batch_size = 4096, 64
-    t.steps = 57_221
+    m.online.unroll_segments = 1
+    t.seq_len, t.batch_size = 4096, 8
+    t.steps = 457_764
     t.log_every = 10
     o.name, o.lr, o.warmup_steps, o.min_lr_ratio = "adamw", 2e-5, 500, 0.1
     o.weight_decay, o.b2, o.grad_clip = 0.1, 0.95, 1.0
