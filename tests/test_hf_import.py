@@ -65,6 +65,40 @@ def test_tokenizer_ids_equal_transformers(imported, name):
     assert tok.doc_start_id == (ref["prompt_ids"][0] if name == "llama_gqa" else None)
 
 
+def test_sentencepiece_only_folder_imports_with_transformers_ids(tmp_path):
+    """A folder with tokenizer.model and no tokenizer.json (Llama 2, TinyLlama, Mistral):
+    import-hf takes it, and the workdir's tokenizer gives the ids of transformers' slow
+    LlamaTokenizer and of its fast conversion (tests/fixtures/hf/llama_spm_tokenizer)."""
+    import shutil
+
+    spm = FIX / "llama_spm_tokenizer"
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(FIX / "llama_gqa" / f, src / f)
+    for f in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(spm / f, src / f)
+    out = workdir.import_hf(src, tmp_path / "w")["output"]
+    tok = load_tokenizer(str(Path(out) / "tokenizer"))
+    assert type(tok).__name__ == "HFSentencePieceTokenizer"
+    ref = np.load(spm / "spm_reference.npz")
+    for key in ("text", "sentence"):
+        text = str(ref[key])
+        for impl in ("slow", "fast"):
+            assert tok.encode(text) == ref[f"{impl}_{key}_ids_plain"].tolist(), (key, impl)
+            assert tok.encode(text, add_bos=True) == ref[f"{impl}_{key}_ids"].tolist()
+    sentence = ref["slow_sentence_ids_plain"].tolist()
+    assert tok.decode(sentence) == str(ref["decoded_sentence"])
+    assert tok.doc_start_id == tok.bos_id == 1 and tok.eos_id == 2
+    assert tok.encode_batch([str(ref["text"]), "a b"]) == [tok.encode(str(ref["text"])),
+                                                            tok.encode("a b")]
+    from nested_jax.eval.restore import load
+
+    assert load(out).meta["tokenizer_sha256"] == tok.sha256  # the checkpoint records it
+    exp = workdir.export_hf(out, tmp_path / "hf")
+    assert "tokenizer.model" in exp["tokenizer_files"]
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_greedy_generate_equals_transformers(imported, name, tmp_path):
     """`python -m nested_jax.generate` (greedy, incremental decoding) writes transformers'

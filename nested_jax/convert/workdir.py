@@ -30,7 +30,8 @@ from nested_jax.convert import hf as hf_map
 from nested_jax.convert.safetensors_io import SafetensorsError, SafetensorsModel, save_file
 from nested_jax.data.assets import file_sha256
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json")
 
 
 class ConvertError(UserError, ValueError):
@@ -127,7 +128,7 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
     returns a summary. Tensors are read one at a time from the memory-mapped safetensors
     files and cast to float32 (the parameter dtype)."""
     from nested_jax.configs.default import get_config
-    from nested_jax.data.tokenizer import HFTokenizer
+    from nested_jax.data.tokenizer import HFSentencePieceTokenizer, HFTokenizer
     from nested_jax.model.lm import abstract_model
     from nested_jax.train.validate import ConfigError, check_values
 
@@ -142,11 +143,14 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
         raise ConvertError(f"{src / 'config.json'}: {e}") from None
     except KeyError as e:
         raise ConvertError(f"{src / 'config.json'} lacks the field {e}") from None
-    if not (src / "tokenizer.json").is_file():
-        raise ConvertError(f"{src} has no tokenizer.json", fix="add the model's Hugging Face "
-                           "tokenizer.json (SentencePiece-only folders are not imported).")
+    # tokenizer.json (what transformers' fast tokenizers read) first, else tokenizer.model
+    tok_file = next((f for f in ("tokenizer.json", "tokenizer.model") if (src / f).is_file()), None)
+    if tok_file is None:
+        raise ConvertError(f"{src} has neither tokenizer.json nor tokenizer.model",
+                           fix="add the model's Hugging Face tokenizer files.")
     try:
-        tok = HFTokenizer(src / "tokenizer.json")
+        tok = (HFTokenizer if tok_file == "tokenizer.json" else HFSentencePieceTokenizer)(
+            src / tok_file)
     except ValueError as e:
         raise ConvertError(str(e)) from None
     if tok.vocab_size > overrides["vocab_size"]:
@@ -163,7 +167,7 @@ def import_hf(input_dir: str | os.PathLike, output: str | os.PathLike, *, progre
     config.model.update(overrides)
     max_len = int(hf_cfg.get("max_position_embeddings") or 2048)
     config.train.seq_len = min(2048, max_len)
-    tok_path = str(out / "tokenizer" / "tokenizer.json")
+    tok_path = str(out / "tokenizer" / tok_file)
     config.data.tokenizer = tok_path
     config.train.init_from = str(out)
     try:
@@ -244,7 +248,7 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
         save_file(tensors, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         tok_files = []
-        if tok.path.suffix == ".json":
+        if tok.path.name in TOKENIZER_FILES:  # a Hugging Face tokenizer (not our own)
             for name in TOKENIZER_FILES:
                 if (tok.path.parent / name).is_file():
                     shutil.copy2(tok.path.parent / name, tmp / name)

@@ -11,6 +11,12 @@ any model the `tokenizers` library reads) with the special tokens named in the
 `tokenizer_config.json` beside it; the text is encoded as the library does, without the
 special tokens its post-processor would add (callers choose bos / eos, as with
 SentencePiece).
+
+`HFSentencePieceTokenizer`: a Hugging Face model folder's `tokenizer.model` (SentencePiece,
+as Llama 2, TinyLlama and Mistral ship it) with the `tokenizer_config.json` beside it: the
+text is encoded as one SentencePiece sequence, as transformers' LlamaTokenizer does (no
+newline convention; its dummy prefix and byte fallback are the model's own), special
+tokens by the names in the config (else the model's <s>, </s>, <unk>).
 """
 
 import json
@@ -23,6 +29,18 @@ from nested_jax.data.assets import file_sha256
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 NEWLINE_PIECE = "<0x0A>"
 HF_TOKENIZER_FILE = "tokenizer.json"
+HF_SPM_FILE = "tokenizer.model"  # a Hugging Face folder's SentencePiece tokenizer
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def _hf_config(path: Path) -> tuple[Path, dict]:
+    cfg_path = path.with_name(HF_TOKENIZER_CONFIG)
+    return cfg_path, (json.loads(cfg_path.read_text()) if cfg_path.is_file() else {})
+
+
+def _special_name(cfg: dict, key: str):
+    tok = cfg.get(key)
+    return tok.get("content") if isinstance(tok, dict) else tok
 
 
 class Tokenizer:
@@ -174,13 +192,10 @@ class HFTokenizer(Tokenizer):
             raise ValueError(f"{self.path} is not a Hugging Face tokenizer.json the `tokenizers` "
                              f"library can read ({str(e)[:200]}). Fix: pass the tokenizer.json "
                              "of the model folder.") from None
-        cfg_path = self.path.with_name("tokenizer_config.json")
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        cfg_path, cfg = _hf_config(self.path)
 
         def special(key):
-            tok = cfg.get(key)
-            if isinstance(tok, dict):
-                tok = tok.get("content")
+            tok = _special_name(cfg, key)
             if tok is None:
                 return None
             i = self.hf.token_to_id(tok)
@@ -221,6 +236,65 @@ class HFTokenizer(Tokenizer):
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+class HFSentencePieceTokenizer(Tokenizer):
+    """A Hugging Face folder's tokenizer.model (module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None):
+        import sentencepiece as spm
+
+        self.path = Path(path)
+        self.name = name or str(self.path)
+        self.sha256 = file_sha256(self.path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"{self.path} is not a SentencePiece model ({str(e)[:200]}). "
+                             "Fix: pass the tokenizer.model of the model folder.") from None
+        cfg_path, cfg = _hf_config(self.path)
+
+        def special(key, default):
+            tok = _special_name(cfg, key)
+            if tok is None:
+                return default if default is not None and default >= 0 else None
+            i = self.sp.piece_to_id(tok)
+            if i == self.sp.unk_id() and tok != self.sp.id_to_piece(i):
+                raise ValueError(f"{cfg_path} names {key}={tok!r}, which is not a piece of "
+                                 f"{self.path}.")
+            return i
+
+        self.bos_id = special("bos_token", self.sp.bos_id())
+        self.eos_id = special("eos_token", self.sp.eos_id())
+        self.unk_id = special("unk_token", self.sp.unk_id())
+        if self.eos_id is None:
+            raise ValueError(f"{self.path} has no end-of-text piece and {cfg_path} names no "
+                             "eos_token. Fix: add \"eos_token\" to tokenizer_config.json.")
+        pad = special("pad_token", None)
+        self.pad_id = self.eos_id if pad is None else pad
+        self._add_bos = bool(cfg.get("add_bos_token", True))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def doc_start_id(self) -> int | None:
+        return self.bos_id if self._add_bos else None
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        return self._specials(self.sp.encode(text), add_bos, add_eos)
+
+    def encode_batch(self, texts: list[str], add_bos: bool = False, add_eos: bool = False,
+                     num_threads: int | None = None) -> list[list[int]]:
+        kw = {"num_threads": num_threads} if num_threads else {}
+        return [self._specials(ids, add_bos, add_eos)
+                for ids in self.sp.encode(list(texts), **kw)]
+
+    def decode(self, ids) -> str:
+        """Text of a sequence of ids (special tokens dropped)."""
+        drop = {self.bos_id, self.eos_id, self.pad_id} - {None}
+        return self.sp.decode([int(i) for i in ids if int(i) not in drop])
+
+
 def tokenizer_path(name_or_path: str | os.PathLike) -> Path:
     """The .model file of a shipped tokenizer name, or an explicit path (a SentencePiece .model,
     a Hugging Face tokenizer.json, or a folder holding one); clear errors otherwise."""
@@ -239,10 +313,11 @@ def tokenizer_path(name_or_path: str | os.PathLike) -> Path:
         )
     p = Path(s).expanduser()
     if p.is_dir():
-        if (p / HF_TOKENIZER_FILE).is_file():
-            return p / HF_TOKENIZER_FILE
-        raise FileNotFoundError(f"Tokenizer path {p} is a directory without a {HF_TOKENIZER_FILE}; "
-                                "pass the .model or tokenizer.json file inside it.")
+        for f in (HF_TOKENIZER_FILE, HF_SPM_FILE):
+            if (p / f).is_file():
+                return p / f
+        raise FileNotFoundError(f"Tokenizer path {p} is a directory without a {HF_TOKENIZER_FILE} "
+                                f"or {HF_SPM_FILE}; pass the .model or tokenizer.json file inside it.")
     if not p.is_file():
         raise FileNotFoundError(
             f"Tokenizer file not found: {p}. Fix: check the path, use a shipped name "
@@ -254,13 +329,20 @@ def tokenizer_path(name_or_path: str | os.PathLike) -> Path:
 _CACHE: dict[tuple[str, float], Tokenizer] = {}
 
 
+def is_hf_spm(path: Path) -> bool:
+    """A Hugging Face folder's SentencePiece tokenizer: a `tokenizer.model` with a
+    tokenizer_config.json beside it (the project's own models have other names)."""
+    return path.name == HF_SPM_FILE and path.with_name(HF_TOKENIZER_CONFIG).is_file()
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
-    """Load a shipped tokenizer by name (e.g. 'novels_2k'), a SentencePiece .model or a
-    Hugging Face tokenizer.json by path (cached)."""
+    """Load a shipped tokenizer by name (e.g. 'novels_2k'), a SentencePiece .model, a
+    Hugging Face tokenizer.json or a Hugging Face folder's tokenizer.model by path (cached)."""
     path = tokenizer_path(name_or_path).resolve()
     key = (str(path), path.stat().st_mtime)
     if key not in _CACHE:
         name = path.stem if path.parent == assets.TOKENIZERS_DIR.resolve() else str(path)
-        cls = HFTokenizer if path.suffix == ".json" else SentencePieceTokenizer
+        cls = (HFTokenizer if path.suffix == ".json" else HFSentencePieceTokenizer
+               if is_hf_spm(path) else SentencePieceTokenizer)
         _CACHE[key] = cls(path, name=name)
     return _CACHE[key]
