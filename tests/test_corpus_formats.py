@@ -97,6 +97,39 @@ def test_same_documents_as_plain_jsonl(corpus, records, name, monkeypatch):
     assert pq.ParquetFile(corpus / "docs.parquet").num_row_groups == 7
 
 
+@pytest.mark.parametrize("fmt,write,suffix", [("parquet", _write_parquet, ".parquet"),
+                                                ("jsonl", _write_zst, ".jsonl.zst")])
+def test_a_folder_of_shards_is_one_source(tmp_path, records, fmt, write, suffix):
+    """A folder of shards (FineWeb-Edu's data/CC-MAIN-*/000_0000x.parquet layout) read as one
+    source gives the documents of the single file, in shard-name order; no shard is an error."""
+    want = list(sources.read_docs(Source.from_dict(
+        {"domain": "p", "path": str(_single(tmp_path, records, fmt, write, suffix)),
+         "split": {"field": "split"}})))
+    folder = tmp_path / "shards"
+    for k, a in enumerate(range(0, len(records), 15)):
+        (folder / f"part{k // 2}").mkdir(parents=True, exist_ok=True)
+        write(folder / f"part{k // 2}" / f"{k:05d}{suffix}", records[a:a + 15])
+    (folder / "README.md").write_text("not a shard")
+    src = Source.from_dict({"domain": "p", "path": str(folder), "format": fmt,
+                            "split": {"field": "split"}})
+    assert len(src.files()) == 3 and [f.name for f in src.files()] == sorted(
+        f.name for f in src.files())
+    got = list(sources.read_docs(src))
+    assert [(d.text, d.split) for d in got] == [(d.text, d.split) for d in want]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no file matching"):
+        Source.from_dict({"domain": "p", "path": str(empty), "format": fmt}).files()
+    with pytest.raises(ValueError, match="folder of shards"):
+        Source.from_dict({"domain": "p", "path": str(empty), "format": "txt"}).files()
+
+
+def _single(tmp_path, records, fmt, write, suffix):
+    path = tmp_path / f"all{suffix}"
+    write(path, records)
+    return path
+
+
 @pytest.mark.parametrize("name", ["docs.parquet", "docs.jsonl.zst"])
 def test_prepare_cli_packs_the_same_rows(corpus, reference, name, capsys):
     ref_root, ref = reference

@@ -22,6 +22,9 @@ SPLITS = ("train", "valid")
 FORMATS = ("txt", "jsonl", "dir", "wikitext", "parquet")
 COMPRESSIONS = (".xz", ".bz2", ".gz", ".zst")  # read directly (streaming); .zst needs the corpora extra
 FIELD_SPLIT_FORMATS = ("jsonl", "parquet")     # formats whose records can carry a split field
+DIR_GLOB = "**/*.txt"  # Source.glob's default
+# A Parquet / JSONL source whose path is a folder reads every shard matching these.
+SHARD_GLOBS = {"parquet": "**/*.parquet", "jsonl": "**/*.jsonl*"}
 PARQUET_BATCH_ROWS = 1024                      # rows per record batch read from a Parquet file
 ZSTD_READ_BYTES = 1 << 20                      # compressed bytes read from a .zst file at a time
 STDLIB_EXCLUDE = ("test/*", "*/test/*", "tests/*", "*/tests/*", "*/idle_test/*", "test_*.py", "*/test_*.py",
@@ -37,7 +40,7 @@ class Source:
     format: str = "auto"              # txt | jsonl | dir | wikitext | parquet; auto = from the file name
     field: str | tuple = "text"       # jsonl field / parquet column holding the text, or a list joined by "\n"
     doc_per: str = "line"             # txt: one document per "line", per "blank"-line block, or per "file"
-    glob: str = "**/*.txt"            # dir: which files (relative glob); each file is one document
+    glob: str = "**/*.txt"            # dir: which files (relative glob); each file is one document; parquet/jsonl folder: its shards
     exclude: tuple = ()               # dir: fnmatch patterns (relative paths) to skip
     split: str | dict = "train"       # "train" / "valid", {"field": name, "map": {...}} or {"valid_fraction": f}
     weight: float = 1.0               # domain sampling weight in the training mixture
@@ -116,13 +119,23 @@ class Source:
         return p
 
     def files(self) -> list[Path]:
-        """The input files, sorted (one file unless the format is 'dir')."""
+        """The input files, sorted: one file; a 'dir' folder's text files (each a document); or
+        a folder of Parquet / JSONL shards, as FineWeb-Edu and SlimPajama ship (format
+        'parquet' / 'jsonl': every file matching 'glob', default **/*.parquet / **/*.jsonl*)."""
         p = self.input_path()
-        if self.resolved_format() != "dir":
+        fmt = self.resolved_format()
+        if fmt != "dir":
             if p.is_dir():
-                raise ValueError(f"{p} is a directory but format is {self.resolved_format()!r}; use format "
-                                 "'dir' (a folder of text files), or list each file as a source of the "
-                                 "same domain and weight.")
+                if fmt not in SHARD_GLOBS:
+                    raise ValueError(f"{p} is a directory but format is {fmt!r}; use format 'dir' (a "
+                                     "folder of text files), 'parquet' or 'jsonl' (a folder of shards), "
+                                     "or list each file as a source of the same domain and weight.")
+                pattern = self.glob if self.glob != DIR_GLOB else SHARD_GLOBS[fmt]
+                shards = sorted(f for f in p.glob(pattern) if f.is_file())
+                if not shards:
+                    raise ValueError(f"{p} holds no file matching {pattern!r} (format {fmt!r}). Fix: "
+                                     "set the source's 'glob' to its shards' names.")
+                return shards
             return [p]
         if not p.is_dir():
             raise ValueError(f"Format 'dir' needs a directory; {p} is not one.")
