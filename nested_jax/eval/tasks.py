@@ -60,8 +60,8 @@ def piqa() -> Iterator[Item]:
     if len(recs) != len(labels):
         raise ValueError(f"PIQA: {len(recs)} records but {len(labels)} labels.")
     for r, lab in zip(recs, labels):
-        yield _mc("piqa", f"Question: {r['goal']}\nAnswer:", [r["sol1"].strip(), r["sol2"].strip()],
-                  int(lab))
+        # the solutions as stored (some end in a space): lm-eval's piqa.yaml does not strip them
+        yield _mc("piqa", f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], int(lab))
 
 
 def _hellaswag_pre(text: str) -> str:

@@ -1,0 +1,140 @@
+"""Datasets and helpers of the offline lm-evaluation-harness tasks (the YAML files here):
+the vendored copies (nested_jax/assets/data, MANIFEST.md) in the fields of the stock tasks'
+Hugging Face datasets, so the stock prompts, choices and metrics apply unchanged. The harness
+calls each `custom_dataset` function and gets {split: datasets.Dataset}."""
+
+from __future__ import annotations
+
+import functools
+
+import datasets
+
+from nested_jax.data import assets
+from nested_jax.eval import perplexity, tasks
+
+
+def _ds(rows: list[dict]) -> datasets.Dataset:
+    return datasets.Dataset.from_list(rows)
+
+
+@functools.cache  # built once per process (the harness asks per evaluation)
+def piqa(**_) -> dict:
+    """Stock piqa (baber/piqa validation): goal, sol1, sol2, label."""
+    labels = tasks._lines("piqa_valid_labels")
+    recs = list(assets.read_jsonl(assets.data_path("piqa_valid")))
+    return {"validation": _ds([{"goal": r["goal"], "sol1": r["sol1"], "sol2": r["sol2"],
+                                "label": int(lab)} for r, lab in zip(recs, labels)])}
+
+
+@functools.cache
+def arc_easy(**_) -> dict:
+    """Stock arc_easy (allenai/ai2_arc ARC-Easy test): question, choices{text,label}, answerKey."""
+    rows = []
+    for r in assets.read_jsonl(assets.data_path("arc_easy_test")):
+        ch = r["question"]["choices"]
+        rows.append({"id": r["id"], "question": r["question"]["stem"],
+                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
+                     "answerKey": r["answerKey"]})
+    return {"test": _ds(rows)}
+
+
+@functools.cache
+def hellaswag(**_) -> dict:
+    """Stock hellaswag after its process_docs (the vendored file is already the preprocessed
+    context and endings, lm-eval's `preprocess` is applied once more as the stock task does):
+    query, choices, label."""
+    items = list(tasks.hellaswag())
+    return {"validation": _ds([{"query": it.contexts[0],
+                                "choices": [c.removeprefix(" ") for c in it.continuations],
+                                "label": it.gold} for it in items])}
+
+
+@functools.cache
+def winogrande(**_) -> dict:
+    """Stock winogrande (allenai/winogrande winogrande_xl validation = the dev set):
+    sentence, option1, option2, answer."""
+    return {"validation": _ds([{k: r[k] for k in ("sentence", "option1", "option2", "answer")}
+                               for r in assets.read_jsonl(assets.data_path("winogrande_dev"))])}
+
+
+# The stock winogrande's partial scoring (lm_eval/tasks/winogrande/preprocess_winogrande.py):
+# the context is the sentence up to the blank with each option, the target the rest.
+def winogrande_text(doc) -> int:
+    return {"1": 0, "2": 1}[doc["answer"]]
+
+
+def winogrande_target(doc) -> str:
+    i = doc["sentence"].index("_") + 1
+    return doc["sentence"][i:].strip()
+
+
+def winogrande_choice(doc) -> list[str]:
+    i = doc["sentence"].index("_")
+    return [doc["sentence"][:i] + o for o in (doc["option1"], doc["option2"])]
+
+
+@functools.cache
+def wikitext(**_) -> dict:
+    """WikiText-2 validation as stock wikitext's documents ("page": one article as stored,
+    the tokenized release with its <unk>s: `eval perplexity --text wikitext2`'s articles)."""
+    return {"validation": _ds([{"page": a} for a in
+                               perplexity.wikitext_articles(assets.wikitext2_valid())])}
+
+
+def wikitext_detokenizer(doc) -> str:
+    return perplexity.wikitext_detokenize(doc["page"])
+
+
+def wikitext_results(doc, results) -> dict:
+    """Stock wikitext's process_results: words and bytes of the page as stored."""
+    (loglikelihood,) = results
+    words = perplexity.count_words(doc["page"])
+    n_bytes = perplexity.count_bytes(doc["page"])
+    return {"word_perplexity": (loglikelihood, words), "byte_perplexity": (loglikelihood, n_bytes),
+            "bits_per_byte": (loglikelihood, n_bytes)}
+
+
+@functools.cache
+def gsm8k(**_) -> dict:
+    """Stock gsm8k (openai/gsm8k main): question, answer; train (few-shot) and test."""
+    return {split: _ds([{"question": r["question"], "answer": r["answer"]}
+                        for r in assets.gsm8k(split)]) for split in ("train", "test")}
+
+
+# Prompt functions: the stock YAMLs' Jinja templates as Python (the harness compiles a Jinja
+# template anew for every document, which cost more than scoring a small model). Each
+# returns exactly what its template renders.
+def piqa_text(doc) -> str:  # "Question: {{goal}}\nAnswer:"
+    return f"Question: {doc['goal']}\nAnswer:"
+
+
+def piqa_choice(doc) -> list[str]:  # "{{[sol1, sol2]}}"
+    return [doc["sol1"], doc["sol2"]]
+
+
+def arc_text(doc) -> str:  # "Question: {{question}}\nAnswer:"
+    return f"Question: {doc['question']}\nAnswer:"
+
+
+def arc_choice(doc) -> list[str]:  # "{{choices.text}}"
+    return list(doc["choices"]["text"])
+
+
+def arc_target(doc) -> int:  # "{{choices.label.index(answerKey)}}"
+    return list(doc["choices"]["label"]).index(doc["answerKey"])
+
+
+def hellaswag_text(doc) -> str:  # "{{query}}"
+    return doc["query"]
+
+
+def hellaswag_target(doc) -> int:  # "{{label}}"
+    return int(doc["label"])
+
+
+def gsm8k_text(doc) -> str:  # "Question: {{question}}\nAnswer:"
+    return f"Question: {doc['question']}\nAnswer:"
+
+
+def gsm8k_target(doc) -> str:  # "{{answer}}"
+    return doc["answer"]
