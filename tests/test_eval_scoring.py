@@ -99,7 +99,7 @@ def test_accuracy_matches_hand_argmax(tok, bigram):
             ctx, cont = scoring.encode_pair(tok, c, x)
             s.append(_hand(logp, [tok.eos_id] + ctx + cont, len(cont)))
         want_acc.append(int(np.argmax(s)) == it.gold)
-        want_norm.append(int(np.argmax(np.array(s) / it.norm_bytes())) == it.gold)
+        want_norm.append(int(np.argmax(np.array(s) / it.norm_lengths())) == it.gold)
     assert r["acc"] == np.mean(want_acc) and r["acc_norm"] == np.mean(want_norm)
     # a model without CMS: memorisation is a reported no-op
     assert r["memorized"]["acc"] == r["acc"] and r["memorize"]["applied"] is False

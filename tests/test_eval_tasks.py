@@ -75,9 +75,9 @@ def test_numeric_arc_answer_keys_map_to_the_right_choice(all_items):
     assert n_numeric > 0
 
 
-def test_norm_bytes_and_answer_text():
+def test_norm_lengths_and_answer_text():
     it = tasks.Item("t", ("Q:",) * 2, (" é", " ab"), 1, "Q:")
-    assert it.norm_bytes() == [2, 2]  # UTF-8 bytes without the delimiter
+    assert it.norm_lengths() == [1, 2]  # characters without the delimiter (lm-eval: len(choice))
     assert it.answer_text() == "Q: ab"
 
 

@@ -48,8 +48,11 @@ def _harness(ckpt, tasks, limit, **kw):
                                    log_samples=True, verbosity="ERROR", **kw)
 
 
-MC = ("piqa", "arc_easy", "hellaswag", "winogrande")
-LIMIT = 12
+# harness task nj_<key> ↔ `eval zeroshot` task <value>: the nine vendored sets
+MC = {"piqa": "piqa", "arc_easy": "arc_easy", "arc_challenge": "arc_challenge",
+      "hellaswag": "hellaswag", "winogrande": "winogrande", "boolq": "boolq", "siqa": "siqa",
+      "commonsense_qa": "commonsenseqa", "openbookqa": "openbookqa"}
+LIMIT = 50
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_multiple_choice_equals_eval_zeroshot(ckpt, harness_run, task):
     samples = res["samples"][f"nj_{task}"]
     loaded = restore.load(ckpt)
     model, tok = models.from_loaded(loaded), loaded.tokenizer
-    items = load_items(task, limit)
+    items = load_items(MC[task], limit)
     assert len(samples) == len(items) == limit
     acc, acc_norm = [], []
     for s, it in zip(sorted(samples, key=lambda s: s["doc_id"]), items):
@@ -84,8 +87,8 @@ def test_multiple_choice_equals_eval_zeroshot(ckpt, harness_run, task):
         assert s["acc"] == float(pick(ours) == it.gold)
         acc.append(pick(ours) == it.gold)
         if "acc_norm" in s:
-            assert s["acc_norm"] == float(pick(ours, it.norm_bytes()) == it.gold)
-            acc_norm.append(pick(ours, it.norm_bytes()) == it.gold)
+            assert s["acc_norm"] == float(pick(ours, it.norm_lengths()) == it.gold)
+            acc_norm.append(pick(ours, it.norm_lengths()) == it.gold)
     assert res["results"][f"nj_{task}"]["acc,none"] == pytest.approx(np.mean(acc))
 
 
@@ -141,3 +144,56 @@ def test_bad_model_args_are_clear_errors(ckpt, capsys):
                "--tasks", "nj_piqa", "--limit", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "error: model_args checkpoint='/nonexistent/run'" in err
+
+
+@pytest.mark.slow  # trains a HOPE model (30 s): `pytest -m slow`
+def test_memorize_on_a_hope_checkpoint_equals_eval_zeroshot_memorised(tmp_path):
+    """HOPE-Attention with memorize=True: each context is memorised (as `eval zeroshot
+    --memorize` memorises a prompt), then its choices are read with that fast state."""
+    import lm_eval
+
+    from nested_jax.eval import models, restore
+    from nested_jax.eval.memo import Memorizer, MemoOptions
+    from nested_jax.eval.scoring import encode_pair, score_requests
+    from nested_jax.eval.tasks import load_items
+
+    c = smoke.get_config()
+    c.model.variant = "hope_attention"
+    c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
+    c.model.online.segment_len = 16
+    c.model.cms.names, c.model.cms.periods = ("fast", "mid"), (16, 32)
+    c.model.cms.optimizers, c.model.cms.lrs = ("gd", "gd"), (1e-1, 1e-1)
+    c.train.steps, c.train.batch_size, c.train.seq_len = 2, 2, 64
+    c.optim.warmup_steps, c.checkpoint.every_steps, c.checkpoint.async_save = 1, 2, False
+    c.eval.every_steps, c.eval.num_batches, c.eval.batch_size = 100, 1, 2
+    c.logging.progress_bar, c.logging.plot = False, False
+    wd = str(tmp_path / "hope")
+    train_and_evaluate(c, wd)
+    register()
+    res = lm_eval.simple_evaluate(model="nested_jax", model_args=f"checkpoint={wd},memorize=True",
+                                  tasks=["nj_piqa"], limit=4, task_manager=task_manager(),
+                                  log_samples=True, verbosity="ERROR")
+    loaded = restore.load(wd)
+    model, tok = models.from_loaded(loaded), loaded.tokenizer
+    mem = Memorizer(model, MemoOptions(enabled=True, steps=1))
+    plain = []
+    for s, it in zip(sorted(res["samples"]["nj_piqa"], key=lambda s: s["doc_id"]),
+                     load_items("piqa", 4)):
+        fast = mem.memorize([tok.eos_id] + tok.encode(it.memo), pad_id=tok.eos_id)
+        reqs = [encode_pair(tok, x, y) for x, y in zip(it.contexts, it.continuations)]
+        ours = score_requests(model, reqs, max_len=64, prefix=[tok.eos_id], fast=fast).logprob
+        assert np.allclose([float(r[0]) for r in s["filtered_resps"]], ours, atol=1e-4)
+        plain.extend(score_requests(model, reqs, max_len=64, prefix=[tok.eos_id]).logprob)
+    theirs = [float(r[0]) for s in sorted(res["samples"]["nj_piqa"], key=lambda s: s["doc_id"])
+              for r in s["filtered_resps"]]
+    assert not np.allclose(theirs, plain, atol=1e-4)  # memorising changed the scores
+
+
+def test_cli_writes_results_and_samples(ckpt, tmp_path):
+    from nested_jax.lmeval.__main__ import main
+
+    rc = main(["--model", "nested_jax", "--model_args", f"checkpoint={ckpt}", "--tasks",
+               "nj_piqa", "--limit", "2", "--output_path", str(tmp_path / "out"), "--log_samples"])
+    files = [p.name for p in (tmp_path / "out").rglob("*.json*")]
+    assert rc == 0 and any(f.startswith("results") for f in files)
+    assert any(f.startswith("samples_nj_piqa") for f in files)

@@ -28,10 +28,10 @@ class Item:
     def n_choices(self) -> int:
         return len(self.continuations)
 
-    def norm_bytes(self) -> list[int]:
-        """acc_norm denominators: UTF-8 bytes of each continuation without the delimiter
-        (lm-eval divides by len(choice))."""
-        return [max(1, len(c.removeprefix(" ").encode("utf-8"))) for c in self.continuations]
+    def norm_lengths(self) -> list[int]:
+        """acc_norm denominators: characters of each continuation without the delimiter, as
+        lm-eval divides by len(choice) (a Python string's length: characters, not bytes)."""
+        return [max(1, len(c.removeprefix(" "))) for c in self.continuations]
 
     def answer_text(self) -> str:
         """The prompt followed by the correct continuation (--memorize-use-correct-answer)."""

@@ -23,7 +23,7 @@ def _accuracies(items, logprob: np.ndarray) -> dict:
         k += it.n_choices
         gold_lp.append(lp[it.gold])
         acc.append(pick(lp) == it.gold)
-        acc_norm.append(pick(lp, it.norm_bytes()) == it.gold)
+        acc_norm.append(pick(lp, it.norm_lengths()) == it.gold)
     n = len(items)
     a, an = float(np.mean(acc)), float(np.mean(acc_norm))
     return {"n": n, "acc": a, "acc_stderr": _stderr(a, n), "acc_norm": an,

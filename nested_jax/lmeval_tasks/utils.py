@@ -138,3 +138,89 @@ def gsm8k_text(doc) -> str:  # "Question: {{question}}\nAnswer:"
 
 def gsm8k_target(doc) -> str:  # "{{answer}}"
     return doc["answer"]
+
+
+@functools.cache
+def arc_challenge(**_) -> dict:
+    """Stock arc_challenge (ARC-Challenge test), fields as arc_easy."""
+    rows = []
+    for r in assets.read_jsonl(assets.data_path("arc_challenge_test")):
+        ch = r["question"]["choices"]
+        rows.append({"id": r["id"], "question": r["question"]["stem"],
+                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
+                     "answerKey": r["answerKey"]})
+    return {"test": _ds(rows)}
+
+
+@functools.cache
+def boolq(**_) -> dict:
+    """Stock boolq (super_glue boolq validation): passage, question, label (1 = yes)."""
+    rows = []
+    for r in assets.read_jsonl(assets.data_path("boolq_val")):
+        lab = r["label"]
+        yes = lab.strip().lower() == "true" if isinstance(lab, str) else bool(lab)
+        rows.append({"passage": r["passage"], "question": r["question"], "label": int(yes)})
+    return {"validation": _ds(rows)}
+
+
+def boolq_text(doc) -> str:  # "{{passage}}\nQuestion: {{question}}?\nAnswer:"
+    return f"{doc['passage']}\nQuestion: {doc['question']}?\nAnswer:"
+
+
+@functools.cache
+def siqa(**_) -> dict:
+    """Stock social_iqa (lighteval/siqa validation = the dev set): context, question,
+    answerA/B/C, label ("1".."3")."""
+    labels = tasks._lines("siqa_dev_labels")
+    recs = list(assets.read_jsonl(assets.data_path("siqa_dev")))
+    return {"validation": _ds([{**{k: r[k] for k in ("context", "question", "answerA",
+                                                      "answerB", "answerC")}, "label": lab}
+                               for r, lab in zip(recs, labels)])}
+
+
+def siqa_text(doc) -> str:  # "Q: {{context}} {{question}}\nA:"
+    return f"Q: {doc['context']} {doc['question']}\nA:"
+
+
+def siqa_choice(doc) -> list[str]:  # "{{[answerA, answerB, answerC]}}"
+    return [doc["answerA"], doc["answerB"], doc["answerC"]]
+
+
+def siqa_target(doc) -> int:  # "{{ (label|int) - 1 }}"
+    return int(doc["label"]) - 1
+
+
+@functools.cache
+def commonsense_qa(**_) -> dict:
+    """Stock commonsense_qa (tau/commonsense_qa validation = the dev set): question,
+    choices{text,label}, answerKey."""
+    rows = []
+    for r in assets.read_jsonl(assets.data_path("commonsenseqa_dev")):
+        ch = r["question"]["choices"]
+        rows.append({"question": r["question"]["stem"],
+                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
+                     "answerKey": r["answerKey"]})
+    return {"validation": _ds(rows)}
+
+
+def commonsense_qa_text(doc) -> str:
+    """"Question: {{ question.strip() }}\\nA. {{choices['text'][0]}}\\n…E. …\\nAnswer:" """
+    listed = "".join(f"\n{lab}. {t}" for lab, t in zip("ABCDE", doc["choices"]["text"]))
+    return f"Question: {doc['question'].strip()}{listed}\nAnswer:"
+
+
+@functools.cache
+def openbookqa(**_) -> dict:
+    """Stock openbookqa (allenai/openbookqa main test): question_stem, choices{text,label},
+    answerKey."""
+    rows = []
+    for r in assets.read_jsonl(assets.data_path("openbookqa_test")):
+        ch = r["question"]["choices"]
+        rows.append({"question_stem": r["question"]["stem"],
+                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
+                     "answerKey": r["answerKey"]})
+    return {"test": _ds(rows)}
+
+
+def openbookqa_target(doc) -> int:  # "{{choices.label.index(answerKey.lstrip())}}"
+    return list(doc["choices"]["label"]).index(doc["answerKey"].lstrip())
