@@ -125,9 +125,11 @@ def test_generate_until_equals_the_decoder_and_gsm8k_runs(ckpt):
                        eos_id=tok.eos_id).generate(np.asarray([ids], np.int32), 8)
     want = tok.decode([int(x) for x in g.tokens[0, :int(g.n_new[0])] if int(x) != tok.eos_id])
     assert text == want.split("\n\n")[0]
-    res = _harness(ckpt, ["nj_gsm8k"], 2, gen_kwargs="max_gen_toks=8")
+    res = _harness(ckpt, ["nj_gsm8k"], 5, gen_kwargs="max_gen_toks=8")
     assert "exact_match,strict-match" in res["results"]["nj_gsm8k"]
-    assert {s["doc_id"] for s in res["samples"]["nj_gsm8k"]} == {0, 1}  # (one sample per filter)
+    samples = res["samples"]["nj_gsm8k"]
+    assert {s["doc_id"] for s in samples} == set(range(5))  # (one sample per filter)
+    assert samples[0]["arguments"][0][0].count("Question:") == 6  # 5 shots + the question
 
 
 def test_bad_model_args_are_clear_errors(ckpt, capsys):

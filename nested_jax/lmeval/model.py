@@ -10,8 +10,8 @@ ours are the same quantities:
                          distinct context is first memorised (as `eval zeroshot --memorize`
                          memorises a prompt) and its continuations are read with that state.
   loglikelihood_rolling  the document's log-likelihood with `eval perplexity`'s rolling windows
-                         (EOS prefix, disjoint windows of `max_length` tokens, each token scored
-                         once): `nested_jax.eval.perplexity.score_token_lists`.
+                         (EOS prefix, disjoint windows of `max_length` tokens, or a `stride`,
+                         each token scored once): `nested_jax.eval.perplexity.score_token_lists`.
   generate_until         the incremental decoder (`nested_jax.eval.decode.Decoder`, greedy unless
                          `temperature` > 0) from the tokenizer's document start + the context, up
                          to `max_gen_toks` tokens, stopping at EOS; the text is cut at the first
@@ -37,6 +37,8 @@ ARGS = {
     "dtype": (str, None, "compute dtype: float32 | bfloat16 (default: the checkpoint's)"),
     "tokenizer": (str, None, "another tokenizer than the checkpoint's (path or name)"),
     "max_gen_toks": (int, 256, "generate_until: default new-token budget"),
+    "stride": (int, 0, "loglikelihood_rolling: window stride (0 = max_length: disjoint "
+                       "windows, the harness's definition; as `eval perplexity --stride`)"),
 }
 # The last model this process loaded: {(checkpoint, step, tokenizer, dtype): (Loaded, model)}.
 _LOADED: dict = {}
@@ -83,8 +85,8 @@ def parse_model_args(kwargs: dict) -> dict:
     for k in ("batch_size", "memorize_steps", "max_gen_toks"):
         if out[k] < 1:
             raise ModelArgsError(f"model_args {k}={out[k]} must be ≥ 1.")
-    if out["max_length"] < 0 or (out["step"] is not None and out["step"] < 0):
-        raise ModelArgsError("model_args max_length and step must be ≥ 0.")
+    if out["max_length"] < 0 or out["stride"] < 0 or (out["step"] is not None and out["step"] < 0):
+        raise ModelArgsError("model_args max_length, stride and step must be ≥ 0.")
     if out["dtype"] not in (None, "float32", "bfloat16"):
         raise ModelArgsError(f"model_args dtype={out['dtype']!r}. Fix: float32 or bfloat16.")
     return out
@@ -205,7 +207,8 @@ class NestedJaxLM(LM):
         from nested_jax.eval.perplexity import score_token_lists
 
         seqs = [[self.tok.eos_id] + self.tok.encode(r.args[0]) for r in requests]
-        lps = score_token_lists(self.model, seqs, max_len=self.max_length, stride=self.max_length,
+        stride = min(self.args["stride"] or self.max_length, self.max_length)
+        lps = score_token_lists(self.model, seqs, max_len=self.max_length, stride=stride,
                                 batch_size=self.batch_size, memorize=bool(self._mem),
                                 pad_id=self.tok.eos_id, progress=not disable_tqdm)
         return [float(lp.sum()) for lp in lps]
