@@ -403,6 +403,12 @@ def main(argv=None) -> list[dict]:
     if args.devices < 1:
         ap.error(f"--devices {args.devices}: give a positive number of GPUs")
     variants = split_variants(args.variants)
+    from nested_jax.model.blocks import BLOCKS
+
+    bad_v = sorted({v.split("+")[0] for v in variants} - set(BLOCKS))
+    if bad_v:
+        ap.error(f"unknown --variants {bad_v}; choose from {', '.join(BLOCKS)} (each may carry "
+                 "+key=value overrides)")
     flag_sets = args.flags.split(",")
     bad = [f for f in flag_sets if f not in gpu_aot.FLAG_SETS]
     if bad:

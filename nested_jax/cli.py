@@ -59,6 +59,59 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} ({self.prog})", fix=f"see `{self.prog} --help`.")
 
 
+# Typed flag values, checked where the grammar is defined (argparse `type=`): a wrong type,
+# a value out of range or a non-finite number is a usage error naming the flag (exit 2).
+def int_at_least(lo: int):
+    """`type=` for an integer flag ≥ lo (e.g. --batch-size: int_at_least(1))."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} must be ≥ {lo}")
+        return v
+    parse.__name__ = f"integer ≥ {lo}"
+    return parse
+
+
+def float_at_least(lo: float | None = None):
+    """`type=` for a finite number flag (≥ lo when given)."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"{v:g} must be ≥ {lo:g}")
+        return v
+    parse.__name__ = "finite number" if lo is None else f"number ≥ {lo:g}"
+    return parse
+
+
+def ints_at_least(lo: int, hi: int | None = None):
+    """`type=` for a comma-separated list of integers in [lo, hi] (e.g. --lengths 512,1024)."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            vals = tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                             "integers") from None
+        if not vals:
+            raise argparse.ArgumentTypeError("the list is empty")
+        bad = [v for v in vals if v < lo or (hi is not None and v > hi)]
+        if bad:
+            span = f"in [{lo}, {hi}]" if hi is not None else f"≥ {lo}"
+            raise argparse.ArgumentTypeError(f"{bad[0]} is out of range (each must be {span})")
+        return vals
+    parse.__name__ = "integer list"
+    return parse
+
+
 def _first_existing(path: str) -> str:
     p = os.path.abspath(path)
     while not os.path.exists(p):

@@ -45,20 +45,22 @@ decoding:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m nested_jax.generate",
+    from nested_jax.cli import ArgumentParser, float_at_least, int_at_least
+
+    ap = ArgumentParser(prog="python -m nested_jax.generate",
                                  description=__doc__.split("\n\n")[1],
                                  epilog=EXAMPLES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="training workdir (or its checkpoints/)")
-    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ap.add_argument("--step", type=int_at_least(0), default=None, help="checkpoint step (default: latest)")
     ap.add_argument("--prompt", default=None, help="prompt text")
     ap.add_argument("--prompt-file", default=None, help="read the prompt from this UTF-8 file")
-    ap.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    ap.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
-    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus probability (1 = off)")
+    ap.add_argument("--max-new-tokens", type=int_at_least(1), default=64, help="tokens to generate")
+    ap.add_argument("--temperature", type=float_at_least(0.0), default=0.0, help="0 = greedy (default)")
+    ap.add_argument("--top-k", type=int_at_least(0), default=0, help="sample among the k likeliest (0 = all)")
+    ap.add_argument("--top-p", type=float_at_least(0.0), default=1.0, help="nucleus probability (1 = off)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
-    ap.add_argument("--max-length", type=int, default=0,
+    ap.add_argument("--max-length", type=int_at_least(0), default=0,
                     help="prompt + new tokens allowed (0 = the checkpoint's train.seq_len; "
                          "longer is extrapolation beyond the trained context)")
     ap.add_argument("--memorize", action="store_true",
@@ -177,34 +179,35 @@ def run(a, argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nested_jax.cli import run as run_cli
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    return run_cli(lambda: _main(p.parse_args(argv), argv), prog=p.prog)
+
+
+def _main(a, argv: list[str]) -> int:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        doc = run(a, argv)
-        doc["header"]["command_line"] = "python -m nested_jax.generate " + " ".join(argv)
-        print(doc["completion"], flush=True)
-        t = doc["timing_s"]
-        print(f"[nested_jax.generate] {doc['new_tokens']} tokens in {t['decode']:.3f} s: "
-              f"{doc['tokens_per_sec']:.1f} tokens/s (prompt {doc['prompt_tokens']} tokens, "
-              f"prefill {t['prefill']:.3f} s, compile {t['compile']:.1f} s; stopped at "
-              f"{doc['stopped']})", file=sys.stderr, flush=True)
-        if a.output:
-            from nested_jax.eval import output
+    doc = run(a, argv)
+    doc["header"]["command_line"] = "python -m nested_jax.generate " + " ".join(argv)
+    print(doc["completion"], flush=True)
+    t = doc["timing_s"]
+    print(f"[nested_jax.generate] {doc['new_tokens']} tokens in {t['decode']:.3f} s: "
+          f"{doc['tokens_per_sec']:.1f} tokens/s (prompt {doc['prompt_tokens']} tokens, "
+          f"prefill {t['prefill']:.3f} s, compile {t['compile']:.1f} s; stopped at "
+          f"{doc['stopped']})", file=sys.stderr, flush=True)
+    if a.output:
+        from nested_jax.eval import output
 
-            try:
-                path = output.write_json(a.output, doc)
-            except OSError as e:
-                raise EvalError(f"cannot write --output {a.output!r} ({e.strerror or e}). Fix: "
-                                "pass a path in a writable folder.") from None
-            print(f"[nested_jax.generate] wrote {path}", file=sys.stderr)
-        return 0
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
+        try:
+            path = output.write_json(a.output, doc)
+        except OSError as e:
+            raise EvalError(f"cannot write --output {a.output!r} ({e.strerror or e}). Fix: "
+                            "pass a path in a writable folder.") from None
+        print(f"[nested_jax.generate] wrote {path}", file=sys.stderr)
+    return 0
 
 if __name__ == "__main__":
     rc = main()

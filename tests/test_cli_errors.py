@@ -14,17 +14,17 @@ import sys
 
 import pytest
 
-from nested_jax import doctor, release
+from nested_jax import doctor, generate, release
 from nested_jax.checkpoint.__main__ import main as checkpoint_main
 from nested_jax.data.__main__ import main as data_main
 from nested_jax.eval.__main__ import main as eval_main
 from tests.test_reliability_resume import REPO
 
 MAINS = {"eval": eval_main, "data": data_main, "checkpoint": checkpoint_main,
-         "release": release.main, "doctor": doctor.main}
+         "release": release.main, "doctor": doctor.main, "generate": generate.main}
 MODULES = {"train": "nested_jax.train", "eval": "nested_jax.eval", "data": "nested_jax.data",
            "checkpoint": "nested_jax.checkpoint", "release": "nested_jax.release",
-           "doctor": "nested_jax.doctor"}
+           "doctor": "nested_jax.doctor", "generate": "nested_jax.generate"}
 SMOKE = ["--config", "configs/smoke.py"]
 
 # (id, cli, argv with {d} = a folder of bad inputs, words the error line must contain, how to
@@ -50,6 +50,15 @@ CASES = [
      ["unexpected arguments ['stray']"], "sub"),
     ("train-resume-step-type", "train", SMOKE + ["--workdir", "{d}/w7", "--resume-step=abc"],
      ["resume_step"], "sub"),
+    ("train-nan-lr", "train", SMOKE + ["--workdir", "{d}/w8", "--config.optim.lr=nan"],
+     ["optim.lr=nan is not a finite number"], "sub"),
+    ("train-periods-not-ints", "train", SMOKE + ["--workdir", "{d}/w9",
+                                                 "--config.model.variant=hope_attention",
+                                                 "--config.model.cms.periods=abc"],
+     ["model.cms.periods=('abc',) holds 'abc'", "ints"], "sub"),
+    ("train-tokenizer-not-a-model", "train", SMOKE + ["--workdir", "{d}/w10",
+                                                      "--config.data.tokenizer={d}/afile"],
+     ["is not a SentencePiece model"], "sub"),
     # eval
     ("eval-missing-checkpoint", "eval", ["zeroshot", "--checkpoint", "{d}/nope", "--output",
                                          "{d}/zs.json"], ["no checkpoint at"], "sub"),
@@ -58,7 +67,34 @@ CASES = [
     ("eval-output-is-a-folder", "eval", ["niah", "--checkpoint", "{d}/nope", "--out", "{d}"],
      ["--output", "is a folder"], "in"),
     ("eval-wrong-type", "eval", ["zeroshot", "--checkpoint", "{d}/nope", "--limit", "abc",
-                                 "--output", "{d}/zs.json"], ["--limit: invalid int value"], "in"),
+                                 "--output", "{d}/zs.json"], ["--limit: 'abc' is not an integer"], "in"),
+    # the grammar's kinds (nested_jax.cli int_at_least / float_at_least / ints_at_least)
+    ("eval-negative-limit", "eval", ["zeroshot", "--checkpoint", "{d}/nope", "--limit", "-3",
+                                     "--output", "{d}/zs.json"], ["--limit: -3 must be ≥ 0"], "in"),
+    ("eval-zero-batch", "eval", ["zeroshot", "--checkpoint", "{d}/nope", "--batch-size", "0",
+                                 "--output", "{d}/zs.json"], ["--batch-size: 0 must be ≥ 1"], "in"),
+    ("eval-negative-length", "eval", ["niah", "--checkpoint", "{d}/nope", "--lengths", "-256",
+                                      "--output", "{d}/n.json"], ["--lengths: -256 is out of range"],
+     "in"),
+    ("eval-depth-range", "eval", ["passkey", "--checkpoint", "{d}/nope", "--depths", "0,150",
+                                  "--output", "{d}/n.json"], ["--depths: 150 is out of range"], "in"),
+    ("eval-zero-windows", "eval", ["continual", "--checkpoint", "{d}/nope", "--windows", "0",
+                                   "--output", "{d}/c.json"], ["--windows: 0 must be ≥ 1"], "in"),
+    ("eval-negative-lr", "eval", ["continual", "--checkpoint", "{d}/nope", "--lr", "-1",
+                                  "--output", "{d}/c.json"], ["--lr: -1 must be ≥ 0"], "in"),
+    ("eval-nan-lr", "eval", ["continual", "--checkpoint", "{d}/nope", "--lr", "nan",
+                             "--output", "{d}/c.json"], ["--lr: 'nan' is not a finite number"], "in"),
+    ("eval-perplexity-zero-batch", "eval", ["perplexity", "--checkpoint", "{d}/nope", "--text",
+                                            "wikitext2", "--batch-size", "0", "--output",
+                                            "{d}/p.json"], ["--batch-size: 0 must be ≥ 1"], "in"),
+    # generate
+    ("generate-unknown-flag", "generate", ["--checkpoint", "{d}/nope", "--bogus"],
+     ["unrecognized arguments: --bogus"], "sub"),
+    ("generate-zero-tokens", "generate", ["--checkpoint", "{d}/nope", "--prompt", "a",
+                                          "--max-new-tokens", "0"],
+     ["--max-new-tokens: 0 must be ≥ 1"], "in"),
+    ("generate-missing-checkpoint", "generate", ["--checkpoint", "{d}/nope", "--prompt", "a"],
+     ["no checkpoint"], "in"),
     ("eval-unknown-command", "eval", ["zeroshoot"], ["invalid choice: 'zeroshoot'"], "in"),
     ("eval-missing-output", "eval", ["zeroshot", "--checkpoint", "{d}/nope"],
      ["required: --output"], "in"),
@@ -98,6 +134,8 @@ CASES = [
     # checkpoint
     ("checkpoint-verify-missing", "checkpoint", ["verify", "{d}/nope"],
      ["no checkpoint folder"], "sub"),
+    ("checkpoint-verify-empty", "checkpoint", ["verify", "{d}/emptyrun"],
+     ["no checkpoints in", "no step folders"], "in"),
     ("checkpoint-rollback-missing", "checkpoint", ["rollback", "{d}/nope", "3"],
      ["no checkpoint folder"], "in"),
     ("checkpoint-rollback-empty", "checkpoint", ["rollback", "{d}", "3"],
@@ -133,6 +171,7 @@ def bad(tmp_path_factory):
     (d / "list.json").write_text("[1, 2]")
     (d / "bad_manifest.py").write_text("def get_manifest(:\n")
     (d / "broken_config.py").write_text("def get_config(:\n")
+    (d / "emptyrun" / "checkpoints").mkdir(parents=True)
     return str(d)
 
 
@@ -174,5 +213,5 @@ def test_bad_input_through_python_m(bad):
         out, err = p.communicate(timeout=180)
         _check(c[0], p.returncode, out, err, _fill(c[3], bad))
     assert sorted({c[1] for c in SUB}) == sorted(MODULES), "every CLI has a subprocess case"
-    for name in ("w1", "w2", "w3", "w4", "w5", "w6", "w7"):
+    for name in ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "w10"):
         assert not os.path.exists(os.path.join(bad, name)), "nothing is written on bad input"

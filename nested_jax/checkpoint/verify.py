@@ -177,8 +177,9 @@ def verify(path: str, *, step: int | None = None, read: bool = True, out=print) 
                      "problems": []})
     out(f"checkpoint folder: {directory}")
     if not rows:
-        out("no checkpoints found.")
-        return 1
+        raise CheckpointError(f"no checkpoints in {directory} (no step folders). Fix: pass the "
+                              "--workdir of a run that saved a checkpoint, or its checkpoints/ "
+                              "folder.")
     out(format_table(rows, ("step", "status", "items", "meta", "tokenizer", "sha256", "read")))
     failed = [r for r in rows if r["status"] == "FAIL"]
     for r in failed:

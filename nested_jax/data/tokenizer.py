@@ -93,6 +93,17 @@ class Tokenizer:
                 f"sha256={self.sha256[:12]}…)")
 
 
+def _load_spm(spm, path: Path):
+    """A SentencePieceProcessor of `path`; a file that is not a SentencePiece model (a text
+    file, a tokenizer.json under a .model name) is a ValueError naming it."""
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a SentencePiece model ({' '.join(str(e).split())[:160]}). "
+                         "Fix: pass a SentencePiece .model file, a Hugging Face tokenizer.json, "
+                         "or a shipped tokenizer name (novels_2k, novels_32k).") from None
+
+
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model plus the project's newline convention and special ids."""
 
@@ -102,7 +113,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.path = Path(model_path)
         self.name = name or self.path.stem
         self.sha256 = file_sha256(self.path)
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        self.sp = _load_spm(spm, self.path)
         ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
         if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise ValueError(
@@ -245,11 +256,7 @@ class HFSentencePieceTokenizer(Tokenizer):
         self.path = Path(path)
         self.name = name or str(self.path)
         self.sha256 = file_sha256(self.path)
-        try:
-            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
-        except (OSError, RuntimeError) as e:
-            raise ValueError(f"{self.path} is not a SentencePiece model ({str(e)[:200]}). "
-                             "Fix: pass the tokenizer.model of the model folder.") from None
+        self.sp = _load_spm(spm, self.path)
         cfg_path, cfg = _hf_config(self.path)
 
         def special(key, default):

@@ -11,7 +11,8 @@ import os
 import sys
 import time
 
-from nested_jax.cli import ArgumentParser, check_output_file, run
+from nested_jax.cli import (ArgumentParser, check_output_file, float_at_least, int_at_least,
+                            ints_at_least, run)
 from nested_jax.eval.errors import EvalError
 
 EXAMPLES = """examples:
@@ -25,38 +26,34 @@ EXAMPLES = """examples:
 """
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+_pos, _nonneg = int_at_least(1), int_at_least(0)  # the grammar's integer kinds (nested_jax.cli)
 
 
 def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     if checkpoint:
         p.add_argument("--checkpoint", required=True,
                        help="training workdir (or its checkpoints/ folder)")
-        p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+        p.add_argument("--step", type=_nonneg, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--output", "--out", dest="output", required=True, help="JSON file to write")
     p.add_argument("--tokenizer", default=None,
                    help="override the tokenizer (.model path); its sha256 must match the checkpoint")
-    p.add_argument("--batch-size", type=int, default=16, help="rows per scoring batch")
-    p.add_argument("--batch-tokens", type=int, default=32768,
+    p.add_argument("--batch-size", type=_pos, default=16, help="rows per scoring batch")
+    p.add_argument("--batch-tokens", type=_pos, default=32768,
                    help="cap on rows × padded length per batch (long inputs use fewer rows)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    p.add_argument("--chunk", type=int, default=2048,
+    p.add_argument("--chunk", type=_nonneg, default=2048,
                    help="transformer/titans: inputs longer than this run chunk by chunk with the "
                         "key/value cache (same scores, linear memory); 0 = one full forward")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     g = p.add_argument_group("test-time memorisation (docs/streaming.md; HOPE variants only)")
     g.add_argument("--memorize", action="store_true",
                    help="memorise each prompt into the fast state, then score with it")
-    g.add_argument("--memorize-steps", type=int, default=1, help="passes over each prompt")
+    g.add_argument("--memorize-steps", type=_pos, default=1, help="passes over each prompt")
     g.add_argument("--memorize-no-reset", action="store_true",
                    help="carry the fast state across items instead of a fresh one per item")
     g.add_argument("--memorize-use-correct-answer", action="store_true",
                    help="memorise the prompt followed by the correct answer")
-    g.add_argument("--memorize-teach-scale", type=float, default=None,
+    g.add_argument("--memorize-teach-scale", type=float_at_least(0.0), default=None,
                    help="teach-signal scale while memorising (default: the schedule's value "
                         "at the checkpoint step)")
 
@@ -70,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(z)
     z.add_argument("--tasks", default="all", help="'all' or a comma list: piqa,hellaswag,"
                    "winogrande,arc_easy,arc_challenge,boolq,siqa,commonsenseqa,openbookqa")
-    z.add_argument("--limit", type=int, default=0, help="first N items per task (0 = all)")
-    z.add_argument("--max-length", type=int, default=0,
+    z.add_argument("--limit", type=_nonneg, default=0, help="first N items per task (0 = all)")
+    z.add_argument("--max-length", type=_nonneg, default=0,
                    help="tokens per scored sequence, longer contexts cut on the left "
                         "(0 = the checkpoint's train.seq_len)")
     z.add_argument("--pad-to-max-length", action="store_true",
@@ -80,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("niah", "needle in a haystack"), ("passkey", "passkey retrieval")):
         n = sub.add_parser(name, help=f"{helptext} at true token lengths (heatmap PNG)")
         _common(n)
-        n.add_argument("--lengths", type=_ints, default=None,
+        n.add_argument("--lengths", type=ints_at_least(1), default=None,
                        help="prompt lengths in model tokens (default 2048,...,65536)")
-        n.add_argument("--max-length", type=int, default=65536, help="drop longer lengths")
-        n.add_argument("--depths", type=_ints, default=None,
+        n.add_argument("--max-length", type=_pos, default=65536, help="drop longer lengths")
+        n.add_argument("--depths", type=ints_at_least(0, 100), default=None,
                        help="needle depths in percent (default 0,25,50,75,100)")
-        n.add_argument("--samples", type=int, default=4, help="prompts per (length, depth)")
-        n.add_argument("--distractors", type=int, default=4, help="wrong keys ranked against the key")
+        n.add_argument("--samples", type=_pos, default=4, help="prompts per (length, depth)")
+        n.add_argument("--distractors", type=_nonneg, default=4, help="wrong keys ranked against the key")
 
     c = sub.add_parser("continual", help="forgetting curve (--checkpoints) or sequential "
                        "training through domains (--checkpoint --steps-per-phase)")
@@ -96,15 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--all-steps", action="store_true",
                    help="(a) with one --checkpoints DIR: every saved step of it")
     c.add_argument("--checkpoint", default=None, help="(b) start of sequential training")
-    c.add_argument("--step", type=int, default=None, help="(b) its step (default: latest)")
+    c.add_argument("--step", type=_nonneg, default=None, help="(b) its step (default: latest)")
     c.add_argument("--domains", default="novels,wikipedia,math,code", help="domains to score")
     c.add_argument("--phases", default=None, help="(b) training order (default: --domains)")
-    c.add_argument("--steps-per-phase", type=int, default=0, help="(b) optimizer steps per phase")
-    c.add_argument("--train-batch-size", type=int, default=8, help="(b) sequences per step")
-    c.add_argument("--lr", type=float, default=1e-4, help="(b) AdamW learning rate (constant)")
-    c.add_argument("--weight-decay", type=float, default=0.0, help="(b) AdamW weight decay")
-    c.add_argument("--windows", type=int, default=16, help="eval windows per domain")
-    c.add_argument("--seq-len", type=int, default=0, help="window length (0 = train.seq_len)")
+    c.add_argument("--steps-per-phase", type=_nonneg, default=0, help="(b) optimizer steps per phase")
+    c.add_argument("--train-batch-size", type=_pos, default=8, help="(b) sequences per step")
+    c.add_argument("--lr", type=float_at_least(0.0), default=1e-4, help="(b) AdamW learning rate (constant)")
+    c.add_argument("--weight-decay", type=float_at_least(0.0), default=0.0, help="(b) AdamW weight decay")
+    c.add_argument("--windows", type=_pos, default=16, help="eval windows per domain")
+    c.add_argument("--seq-len", type=_nonneg, default=0, help="window length (0 = train.seq_len)")
 
     from nested_jax.eval import perplexity  # flags live with the command (light import)
 

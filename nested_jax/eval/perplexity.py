@@ -288,17 +288,19 @@ def table(metrics: dict) -> str:
 
 # ---------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
+    from nested_jax.cli import int_at_least
+
     """Flags of `python -m nested_jax.eval perplexity`."""
     p.add_argument("--checkpoint", required=True, help="training workdir (or its checkpoints/)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--step", type=int_at_least(0), default=None, help="checkpoint step (default: latest)")
     p.add_argument("--text", nargs="+", required=True,
                    help="text files (.txt, .jsonl; .gz/.xz/.bz2 ok) or built-ins: wikitext2")
     p.add_argument("--field", default=None, help=".jsonl: the field holding the text "
                    "(default 'text')")
-    p.add_argument("--stride", type=int, default=0,
+    p.add_argument("--stride", type=int_at_least(0), default=0,
                    help="tokens between window ends (0 = the window length: disjoint windows, "
                         "the harness default); smaller gives every token more context")
-    p.add_argument("--max-length", type=int, default=0,
+    p.add_argument("--max-length", type=int_at_least(0), default=0,
                    help="window length in input tokens (0 = the checkpoint's train.seq_len)")
     p.add_argument("--prefix", choices=PREFIXES, default="eos",
                    help="token before each document (eos = document start, as in training; "
@@ -309,7 +311,7 @@ def add_arguments(p) -> None:
     p.add_argument("--output", "--out", dest="output", required=True, help="JSON file to write")
     p.add_argument("--tokenizer", default=None,
                    help="override the tokenizer (.model path); its sha256 must match")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per batch")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="windows per batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

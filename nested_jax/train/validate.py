@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import difflib
 import json
 
@@ -98,6 +100,56 @@ def _divides(what: str, length: int, length_name: str, chunk: int, chunk_name: s
             f"({length} tokens / {c}). Fix: pick a divisor, or 0 to turn grouped remat off.")
 
 
+def _kind(v) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, (tuple, list)):
+        return "tuple"
+    return ""
+
+
+def check_kinds(config) -> None:
+    """Every value has the kind of the documented default (nested_jax/configs/default.py):
+    numbers where numbers are expected (an int is a valid float), tuples of numbers where
+    tuples are, and every float finite (`--config.optim.lr=nan` would only fail steps later)."""
+    from nested_jax.configs.default import get_config
+
+    want = _flatten(get_config().to_dict())
+    for key, v in _flatten(config.to_dict()).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}={v!r} is not a finite number. Fix: set --config.{key} to "
+                              "a finite value.")
+        if key not in want or want[key] is None:
+            continue
+        d = want[key]
+        kd, kv = _kind(d), _kind(v)
+        ok = (kd == kv or (kd == "float" and kv == "int") or kd == "" or
+              (kd == "tuple" and kv == "tuple"))
+        if not ok:
+            raise ConfigError(f"{key}={v!r} is a {kv or type(v).__name__}, but it takes a {kd} "
+                              f"(default {d!r}). Fix: e.g. --config.{key}={_literal(d)}.")
+        if kd == "tuple" and kv == "tuple" and d:
+            inner = {_kind(x) for x in d}
+            for x in v:
+                kx = _kind(x)
+                if not (kx in inner or ("float" in inner and kx == "int")):
+                    raise ConfigError(f"{key}={v!r} holds {x!r}, but its entries are "
+                                      f"{'/'.join(sorted(inner))}s (default {d!r}). Fix: e.g. "
+                                      f"--config.{key}={_literal(d)}.")
+
+
+def _literal(v) -> str:
+    if isinstance(v, tuple):
+        return "(" + ",".join(_literal(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
 def check_values(config) -> None:
     """Reject unknown choices, out-of-range numbers and chunk sizes that cannot tile the
     sequence (or online segment) before any model code runs."""
@@ -105,6 +157,7 @@ def check_values(config) -> None:
 
     m = config.model
     _choice("model.variant", m.variant, tuple(BLOCKS))
+    check_kinds(config)
     for dotted, choices in CHOICES.items():
         v = _get(config, dotted)
         if v is not None:
