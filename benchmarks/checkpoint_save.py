@@ -12,7 +12,6 @@ Table on stdout, results.json in --output.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -42,7 +41,7 @@ def build_state(preset: str):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "checkpoint_save")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="pilot")
     ap.add_argument("--saves", type=int, default=3)
     ap.add_argument("--dir", default="", help="where to write (default: a temporary folder)")
@@ -88,4 +87,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "checkpoint_save")

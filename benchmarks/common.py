@@ -19,6 +19,29 @@ import jax
 import jax.numpy as jnp
 
 
+def parser(doc: str, module: str):
+    """The argument parser of `python -m benchmarks.<module>`: the project's CLI contract
+    (nested_jax.cli: a bad flag or value is one `error: … Fix: …` line and exit status 2)."""
+    from nested_jax.cli import ArgumentParser
+
+    return ArgumentParser(prog=f"python -m benchmarks.{module}",
+                          description=doc.strip().split("\n")[0])
+
+
+def run_script(main: Callable, module: str) -> None:
+    """`if __name__ == "__main__"` of a benchmark: run main() under the contract and exit
+    (main's own int, else 0)."""
+    import sys
+
+    from nested_jax.cli import run
+
+    def body():
+        rc = main()
+        return rc if isinstance(rc, int) else 0
+
+    sys.exit(run(body, prog=f"python -m benchmarks.{module}"))
+
+
 def device_info() -> dict[str, Any]:
     """Backend, device kind and count, host, jax version: stored with every result."""
     dev = jax.devices()[0]

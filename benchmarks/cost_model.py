@@ -43,7 +43,6 @@ Table on stdout; DIR/results.json (rows + per-variant detail) and DIR/roofline.p
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib
 import os
@@ -377,7 +376,7 @@ def plot_roofline(rows, dev, path, title):
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "cost_model")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="pilot")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help="comma-separated; a variant may carry +-separated config overrides, "
@@ -471,4 +470,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "cost_model")

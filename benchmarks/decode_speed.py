@@ -15,7 +15,6 @@ every completed segment). Table on stdout, results.json in --output.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -111,7 +110,7 @@ def bench_variant(c, args, fn=None, params=None) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "decode_speed")
     ap.add_argument("--preset", choices=("smoke", "pilot"), default="smoke")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (the rest of "
@@ -152,4 +151,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "decode_speed")

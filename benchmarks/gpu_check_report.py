@@ -12,7 +12,6 @@ this card's peak and bandwidth, next to each measured tokens/s. Imports no JAX b
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import glob
 import json
@@ -250,7 +249,7 @@ def markdown(s: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "gpu_check_report")
     ap.add_argument("--output", required=True)
     ap.add_argument("--command", default="bash launch/gpu_check.sh")
     ap.add_argument("--cpu-smoke", action="store_true")
@@ -267,4 +266,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "gpu_check_report")

@@ -33,7 +33,6 @@ Table on stdout, DIR/results.json.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -109,7 +108,7 @@ def source_costs(text: str, cond_taken_fraction) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "hope_cost")
     ap.add_argument("--cases", default=None,
                     help="comma-separated cases (default: the ablation chain)")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds of interleaved timing")
@@ -196,4 +195,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "hope_cost")

@@ -11,7 +11,6 @@ vocab 32000 â€” the tokenizer covers fewer ids, which the import allows: rows â‰
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -25,6 +24,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from benchmarks import common
 from nested_jax.convert.safetensors_io import save_file
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf" / "llama_gqa"
@@ -74,7 +74,7 @@ def write_model(folder: Path, d: int, layers: int, heads: int, kv: int, ff: int,
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__, "import_memory")
     ap.add_argument("--shape", default="2048,22,32,4,5632,32000",
                     help="d_model,layers,heads,kv_heads,d_ff,vocab")
     ap.add_argument("--output", default="benchmarks/out/import_memory")
@@ -107,4 +107,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run_script(main, "import_memory")

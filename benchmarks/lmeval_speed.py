@@ -12,7 +12,6 @@ DIR/results.json.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -22,7 +21,7 @@ from benchmarks import common
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "lmeval_speed")
     ap.add_argument("--checkpoint", required=True, help="a nested_jax training workdir")
     ap.add_argument("--tasks", default="piqa,arc_easy")
     ap.add_argument("--limit", type=int, default=200)
@@ -81,4 +80,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "lmeval_speed")

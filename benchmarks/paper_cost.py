@@ -21,7 +21,6 @@ devices is assumed perfect (no communication cost). The segment scan is compiled
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
@@ -65,7 +64,7 @@ def plan(f: dict, n_dev: int, global_batch: int, seq_len: int, mem_bytes: float,
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "paper_cost")
     ap.add_argument("--presets", default="paper_760m,paper_1p3b")
     ap.add_argument("--variants", default="hope,titans,transformer")
     ap.add_argument("--device", choices=sorted(gpu_aot.PEAKS), default="h100")
@@ -124,4 +123,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "paper_cost")

@@ -142,7 +142,9 @@ def run_worker(args) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from benchmarks import common  # (jax only imported, never started, in the parent)
+
+    ap = common.parser(__doc__, "scaling")
     ap.add_argument("--devices", default="", help="comma list; default 1,2,4,… up to all GPUs "
                     "(or 1,2,4 simulated CPU devices)")
     ap.add_argument("--variants", default="transformer,hope_attention")
@@ -253,4 +255,6 @@ def _plot(rows, path, title):
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks import common
+
+    common.run_script(main, "scaling")

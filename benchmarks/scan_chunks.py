@@ -18,7 +18,6 @@ compiled executable's memory analysis. Writes a table to stdout, DIR/results.jso
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
@@ -248,7 +247,7 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "scan_chunks")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--output", default="benchmarks/out/scan_chunks")
     parser.add_argument("--memories", default="linear,mlp,hope", help="comma list: linear,mlp,hope")
@@ -311,4 +310,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "scan_chunks")

@@ -26,7 +26,6 @@ re-measured here.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
@@ -130,7 +129,7 @@ def real_batches(c, n: int):
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.parser(__doc__, "train_throughput")
     ap.add_argument("--preset", choices=PRESETS, default="smoke")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--train-steps", type=int, default=30, help="steps on real text (0 = skip)")
@@ -243,4 +242,4 @@ def _plot(rows, path, preset, info):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, "train_throughput")

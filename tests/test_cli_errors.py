@@ -152,7 +152,18 @@ CASES = [
     ("release-missing-flag", "release", ["--output", "{d}/r"], ["required: --checkpoint"], "in"),
     # doctor
     ("doctor-unknown-flag", "doctor", ["--bogus"], ["unrecognized arguments: --bogus"], "sub"),
+    # benchmarks
+    ("bench-cost-model-variant", "benchmarks.cost_model", ["--variants", "nope", "--device", "cpu"],
+     ["unknown --variants ['nope']"], "sub"),
 ]
+# Every benchmark script follows the same contract (benchmarks.common.parser / run_script).
+BENCHMARKS = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..",
+                                                             "benchmarks"))
+                    if f.endswith(".py") and f[:-3] not in ("__init__", "common", "hlo_cost",
+                                                             "gpu_aot"))
+CASES += [(f"bench-{b}-flag", f"benchmarks.{b}", ["--bogus"], [f"(python -m benchmarks.{b})"],
+           "sub") for b in BENCHMARKS]
+MODULES.update({f"benchmarks.{b}": f"benchmarks.{b}" for b in BENCHMARKS})
 
 
 @pytest.fixture(scope="module")
