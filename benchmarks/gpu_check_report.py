@@ -20,6 +20,7 @@ import platform
 import subprocess
 
 from benchmarks import common
+from nested_jax.git_info import git_commit
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED_PROJECTION = os.path.join(HERE, "benchmarks", "out", "cost_pilot", "results.json")
@@ -58,15 +59,6 @@ def card_info() -> dict:
 def device_key(card: dict) -> str | None:
     name = (card.get("name") or "").upper()
     return "h200" if "H200" in name else "h100" if "H100" in name else None
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def projection(out_dir: str, card: dict, committed: bool) -> tuple[dict, dict | None, str | None]:
@@ -164,7 +156,7 @@ def build(out_dir: str, command: str, cpu_smoke: bool) -> dict:
     return {
         "kind": "cpu_smoke" if cpu_smoke else "gpu",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command, "commit": git_commit(), "host": platform.node(), "card": card,
+        "command": command, "commit": git_commit(short=True), "host": platform.node(), "card": card,
         "jax_version": jax_version.get("jax_version"), "backend": jax_version.get("backend"),
         "device_kind": jax_version.get("device_kind"), "doctor": doctor, "steps": steps,
         "throughput": tp_rows, "matmul_peak": (tp_info or {}).get("matmul_peak"),

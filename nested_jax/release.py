@@ -258,7 +258,7 @@ def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | No
         shutil.copy2(p, os.path.join(output, "evals", name + ".json"))
     logs = os.path.join(output, "logs")
     os.makedirs(logs)
-    from nested_jax.train.loop import git_commit
+    from nested_jax.git_info import git_commit
     from nested_jax.train.metrics import plot_loss_curve, read_metrics
 
     metrics_path = os.path.join(workdir, "metrics.jsonl")

@@ -138,5 +138,7 @@ def _newest_mtime(p: Path) -> float:
 
 
 def git_commit() -> str | None:
-    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
+    from nested_jax.git_info import git_commit as head
+
+    commit = head()
+    return None if commit == "unknown" else commit

@@ -100,7 +100,7 @@ def write_workdir(out: Path, *, params: dict, config, tokenizer_sha256: str, pre
     the metadata training writes, plus the provenance), config.json, config.py,
     provenance.json and (if given) the tokenizer files from `tokenizer_src`."""
     from nested_jax.checkpoint import Checkpointer
-    from nested_jax.train.loop import git_commit
+    from nested_jax.git_info import git_commit
 
     meta = {"tokenizer_sha256": tokenizer_sha256, "package_version": nested_jax.__version__,
             "git_commit": git_commit(), "variant": config.model.variant, "process_count": 1,

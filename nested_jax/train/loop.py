@@ -6,7 +6,6 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -25,17 +24,8 @@ from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import metrics as metrics_lib
 from nested_jax.train import optim, step as step_lib
 from nested_jax.train import distributed, parallel
+from nested_jax.git_info import git_commit
 from nested_jax.train.validate import check_resume_config, finalize_config
-
-
-def git_commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _host(tree):
