@@ -186,6 +186,36 @@ def test_freeze_leaves_frozen_parameters_bitwise_unchanged():
         optim.check_freeze(params, ("blocks.atn.*",))
 
 
+@pytest.mark.parametrize("variant", ["transformer", "hope_attention"])
+def test_frozen_leaves_get_no_gradient_and_the_rest_the_same(variant):
+    """model.freeze stops the outer gradient at the frozen leaves (their weight-gradient work
+    is skipped): exactly 0 there, and every trained leaf's gradient is unchanged."""
+    from nested_jax.configs.default import get_config
+    from nested_jax.model.lm import init_params
+    from nested_jax.train import optim, step as step_lib
+
+    pats = ("embed.*", "blocks.attn.*")
+    tokens = jax.random.randint(jax.random.key(2), (2, 33), 0, 64)
+    out = {}
+    for freeze in ((), pats):
+        cfg = get_config().model
+        cfg.variant, cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads = variant, 64, 32, 1, 2
+        cfg.online.segment_len = 16
+        cfg.cms.names, cfg.cms.periods = ("fast", "mid"), (16, 32)
+        cfg.cms.optimizers, cfg.cms.lrs = ("gd", "gd"), (1e-1, 1e-1)
+        cfg.freeze = freeze
+        fn, params = init_params(cfg, seed=0)
+        (loss, _), grads = step_lib.loss_and_grads(params, tokens, jnp.int32(0), fn=fn)
+        out[freeze] = (float(loss), grads, optim.frozen_labels(params, pats))
+    (l0, g0, labels), (l1, g1, _) = out[()], out[pats]
+    assert l0 == l1
+    for a, b, lab in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), jax.tree.leaves(labels)):
+        if lab == "frozen":
+            assert float(jnp.abs(b).max()) == 0.0 and float(jnp.abs(a).max()) > 0.0
+        else:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+
+
 def test_stack_llama_preset_trains_a_stacked_model_with_fsdp(dirs, tmp_path):
     """configs/stack_llama.py:WORKDIR (the GPU preset of launch/stack_llama.sh) rebuilds the
     converted model exactly, starts from its weights and trains it with parameters sharded

@@ -22,11 +22,24 @@ def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn):
     """((mean loss, (metrics, final fast state)), grads) of one batch. Data parallelism
     (nested_jax.train.parallel) runs this per device inside shard_map."""
 
+    frozen = tuple(getattr(fn.cfg, "freeze", ()) or ())
+
     def loss_fn(p):
+        if frozen:  # model.freeze: no gradient flows into these leaves (their weight-gradient
+            p = _stop_frozen(p, frozen)  # work is never done; the optimizer masks them too)
         ce, metrics, new_fast = token_losses(fn, p, tokens_BxT1, step, fast)
         return ce.mean(), (metrics, new_fast)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def _stop_frozen(params, patterns):
+    """`params` with jax.lax.stop_gradient on the leaves `model.freeze` names."""
+    from nested_jax.train.optim import frozen_labels
+
+    labels = frozen_labels(params, patterns)
+    return jax.tree.map(lambda x, lab: jax.lax.stop_gradient(x) if lab == "frozen" else x,
+                        params, labels)
 
 
 def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, grad_fn=None):
