@@ -64,9 +64,17 @@ def test_bad_config_value_is_a_clear_error(overrides, err, pattern):
 
 
 def test_valid_configs_pass_preflight():
+    """Every variant's valid config passes, and preflight does its work on it: the vocabulary
+    is taken from the tokenizer (finalize_config) and the data iterators are built."""
     for variant in ("transformer", "titans", "hope", "hope_attention", "hope_hybrid"):
-        preflight(tiny_config(**{"model.variant": variant, "model.online.segment_len": 16,
-                                 "model.cms.periods": (16, 16, 16)}))
+        c = tiny_config(**{"model.variant": variant, "model.online.segment_len": 16,
+                           "model.cms.periods": (16, 16, 16)})
+        assert c.model.vocab_size == 0
+        preflight(c)
+        assert c.model.vocab_size == 2048, variant  # novels_2k
+    bad = tiny_config(**{"model.variant": "hope_attention", "model.online.segment_len": 24})
+    with pytest.raises(Exception, match="segment"):  # 24 does not divide seq_len 32
+        preflight(bad)
 
 
 def test_checkpoint_of_another_config_or_tokenizer_is_refused(tmp_path, reference_run):
