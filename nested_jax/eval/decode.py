@@ -47,6 +47,12 @@ from nested_jax.model.blocks import ONLINE_VARIANTS
 from nested_jax.model.online import init_fast, online_forward
 
 
+# A prompt's known tokens are advanced PREFILL_TOKENS per loop iteration, then
+# MID_ADVANCE_UNITS read units, then one unit: three compiled advance sizes cover any prompt
+# length with few iterations (a long prompt in 256-token steps, its tail in ≤ 16 + 15 steps).
+PREFILL_TOKENS = 256
+MID_ADVANCE_UNITS = 16
+
 def block_len(model_cfg) -> int:
     """Tokens per read block (module docstring)."""
     v = model_cfg.variant
@@ -149,7 +155,7 @@ class Decoder:
     iteration (tests pass 1 for a smaller program)."""
 
     def __init__(self, fn, params, *, max_len: int, memorize: bool = False, step: int = 0,
-                 prefill: int = 256, eos_id: int = EOS_ID):
+                 prefill: int = PREFILL_TOKENS, eos_id: int = EOS_ID):
         cfg = fn.cfg
         if memorize and cfg.variant not in ONLINE_VARIANTS:
             raise ValueError(f"variant {cfg.variant!r} has no CMS levels: nothing to memorise "
@@ -164,7 +170,7 @@ class Decoder:
         # Advance sizes, largest first: known tokens are advanced `prefill` at a time, then
         # 16 units, then unit by unit. Frozen: the one-block advance is the read step itself.
         big = max(1, min(int(prefill), self.max_len - 1) // unit)
-        sizes = sorted({unit * r for r in (big, 16, 1) if r <= big}, reverse=True)
+        sizes = sorted({unit * r for r in (big, MID_ADVANCE_UNITS, 1) if r <= big}, reverse=True)
         self.sizes = tuple(x for x in sizes if self.memorize or x > unit)
         self.buf_len = self.max_len + max(self.sizes + (unit,)) + 1  # slices never run off
         self.kv_len = self.max_len + self.block  # a block at b ≤ max_len - 2 fits

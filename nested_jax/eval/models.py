@@ -31,6 +31,10 @@ def _logp_argmax(logits, targets):
     return -token_cross_entropy(logits, targets), jnp.argmax(logits, -1).astype(jnp.int32)
 
 
+# Chunked scoring cuts inputs into chunks whose length is a multiple of 16, the base of the
+# padded lengths scoring compiles for (eval.scoring.pad_len's 16·{1, 1.5, 2, 3}·4^k ladder).
+CHUNK_QUANTUM = 16
+
 class PlainLM:
     """apply_fn(params, tokens_BxT) -> logits [B, T, V]; no fast state.
 
@@ -44,7 +48,7 @@ class PlainLM:
                  multiple: int = 1):
         self.params, self.name = params, name
         self.multiple = int(multiple)  # lengths must be multiples of this (Titans chunks)
-        self._step = math.lcm(16, self.multiple)  # chunk sizes are multiples of this
+        self._step = math.lcm(CHUNK_QUANTUM, self.multiple)  # chunk sizes are multiples of this
         self.chunk = -(-int(chunk) // self._step) * self._step if fn is not None and chunk else 0
 
         def run(params, tokens_BxT1):

@@ -61,6 +61,11 @@ def _first_line(e: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+# Seconds to wait after a failed restore for Orbax's I/O threads to print their traceback
+# into the swallowed buffer (instead of onto the user's terminal after our error line).
+IO_SETTLE_S = 0.5
+
+
 @contextlib.contextmanager
 def _quiet_failed_io():
     """Orbax's I/O threads print an 'Event loop is closed' traceback after a failed read;
@@ -70,7 +75,7 @@ def _quiet_failed_io():
     try:
         yield
     except BaseException:
-        time.sleep(0.5)  # let the I/O threads finish complaining
+        time.sleep(IO_SETTLE_S)  # let the I/O threads finish complaining
         raise
     finally:
         sys.stderr = old

@@ -15,8 +15,12 @@ from nested_jax.model.loss import lm_loss
 
 
 def adamw(lr: float, weight_decay: float = 0.0, clip: float = 1.0):
+    """AdamW with the training default's betas (nested_jax/configs/default.py optim.b1, b2)."""
+    from nested_jax.configs.default import get_config
+
+    o = get_config().optim
     parts = [optax.clip_by_global_norm(clip)] if clip > 0 else []
-    return optax.chain(*parts, optax.adamw(lr, b1=0.9, b2=0.95, weight_decay=weight_decay))
+    return optax.chain(*parts, optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=weight_decay))
 
 
 class Trainer:

@@ -17,6 +17,11 @@ from nested_jax.model.layers import CausalConv, Dense, RMSNorm, normal
 from nested_jax.ops import memory as mem_ops
 
 
+# The data-dependent gates (θ, η, α) start from small weights, so that at initialisation each
+# gate sits near its configured bias value (theta_init, eta_init, alpha_init) for every token.
+GATE_INIT_SCALE = 0.1
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -44,7 +49,8 @@ class TitansMemory(nnx.Module):
         self.conv_q = CausalConv(h * k, t.conv_width, rngs=rngs)
         self.conv_k = CausalConv(h * k, t.conv_width, rngs=rngs)
         self.conv_v = CausalConv(h * k, t.conv_width, rngs=rngs)
-        self.w_gates = Dense(d, 3 * h, std=0.1 * d**-0.5, rngs=rngs, dtype=jnp.float32)
+        self.w_gates = Dense(d, 3 * h, std=GATE_INIT_SCALE * d**-0.5, rngs=rngs,
+                             dtype=jnp.float32)
         # Biases: θ ≈ theta_init·theta_max, η ≈ eta_init, α (forgetting) ≈ alpha_init.
         bias = jnp.concatenate([
             jnp.full((h,), _logit(t.theta_init)), jnp.full((h,), _logit(t.eta_init)),
