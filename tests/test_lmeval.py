@@ -55,47 +55,48 @@ MC = {"piqa": "piqa", "arc_easy": "arc_easy", "arc_challenge": "arc_challenge",
 LIMIT = 50
 
 
-@pytest.fixture(scope="module")
-def harness_run(ckpt):
-    """One harness run over the four multiple-choice tasks and WikiText (one model load)."""
-    return _harness(ckpt, [f"nj_{t}" for t in MC] + ["nj_wikitext"], LIMIT)
+def test_harness_equals_our_scorers(ckpt):
+    """One harness run (one model load, one test: the pytest workers do not both pay for it)
+    over the nine multiple-choice sets and WikiText-2."""
+    res = _harness(ckpt, [f"nj_{t}" for t in MC] + ["nj_wikitext"], LIMIT)
+    for task in MC:
+        _check_multiple_choice(ckpt, res, task)
+    _check_wikitext(ckpt, res)
 
 
-@pytest.mark.parametrize("task", MC)
-def test_multiple_choice_equals_eval_zeroshot(ckpt, harness_run, task):
+def _check_multiple_choice(ckpt, res, task):
+    """Per item: the harness built our prompts, its log-likelihoods are our scorer's (≤ 1e-4),
+    its acc / acc_norm ours; the task's acc is their mean."""
     from nested_jax.eval import models, restore
     from nested_jax.eval.scoring import encode_pair, pick, score_requests
     from nested_jax.eval.tasks import load_items
 
-    limit = LIMIT
-    res = harness_run
     samples = res["samples"][f"nj_{task}"]
     loaded = restore.load(ckpt)
     model, tok = models.from_loaded(loaded), loaded.tokenizer
-    items = load_items(MC[task], limit)
-    assert len(samples) == len(items) == limit
-    acc, acc_norm = [], []
+    items = load_items(MC[task], LIMIT)
+    assert len(samples) == len(items) == LIMIT, task
+    acc = []
     for s, it in zip(sorted(samples, key=lambda s: s["doc_id"]), items):
         theirs = [float(r[0]) for r in s["filtered_resps"]]
-        ctx = [a[0] for a in s["arguments"].values()] if isinstance(s["arguments"], dict) \
-            else [a[0] for a in s["arguments"]]
-        assert ctx == list(it.contexts)  # the harness built our prompts from the YAML
+        ctx = [a[0] for a in s["arguments"]]
+        assert ctx == list(it.contexts), (task, s["doc_id"])  # the YAML built our prompts
         reqs = [encode_pair(tok, c, x) for c, x in zip(it.contexts, it.continuations)]
         ours = score_requests(model, reqs, max_len=int(loaded.cfg.train.seq_len),
                               prefix=[tok.eos_id]).logprob
         assert np.allclose(theirs, ours, atol=1e-4), (task, s["doc_id"])
-        assert s["acc"] == float(pick(ours) == it.gold)
+        assert s["acc"] == float(pick(ours) == it.gold), (task, s["doc_id"])
         acc.append(pick(ours) == it.gold)
         if "acc_norm" in s:
-            assert s["acc_norm"] == float(pick(ours, it.norm_lengths()) == it.gold)
-            acc_norm.append(pick(ours, it.norm_lengths()) == it.gold)
-    assert res["results"][f"nj_{task}"]["acc,none"] == pytest.approx(np.mean(acc))
+            assert s["acc_norm"] == float(pick(ours, it.norm_lengths()) == it.gold), task
+    assert res["results"][f"nj_{task}"]["acc,none"] == pytest.approx(np.mean(acc)), task
 
 
-def test_wikitext_word_perplexity_equals_eval_perplexity(ckpt, harness_run):
+def _check_wikitext(ckpt, res):
+    """The harness's WikiText-2 word perplexity is `eval perplexity --text wikitext2`'s."""
     from nested_jax.eval import models, perplexity, restore
 
-    theirs = harness_run["results"]["nj_wikitext"]["word_perplexity,none"]
+    theirs = res["results"]["nj_wikitext"]["word_perplexity,none"]
     loaded = restore.load(ckpt)
     docs = perplexity.read_documents("wikitext2")[:LIMIT]
     ours = perplexity.evaluate(models.from_loaded(loaded), loaded.tokenizer, {"w": docs},

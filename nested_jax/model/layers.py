@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nested_jax.ops import attention as attn_ops
+from nested_jax.ops.norms import rms_norm
 
 
 def normal(key, shape, std):
@@ -40,10 +41,8 @@ class RMSNorm(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         scale = self.scale[...].reshape((1,) * (x.ndim - 1) + (-1,))
-        return (x32 * inv * scale).astype(self.dtype)
+        return rms_norm(x, scale, self.eps).astype(self.dtype)
 
 
 class Embed(nnx.Module):

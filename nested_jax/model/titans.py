@@ -15,6 +15,7 @@ from flax import nnx
 
 from nested_jax.model.layers import CausalConv, Dense, RMSNorm, normal
 from nested_jax.ops import memory as mem_ops
+from nested_jax.ops import norms
 
 
 # The data-dependent gates (θ, η, α) start from small weights, so that at initialisation each
@@ -26,9 +27,13 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def l2norm(x, eps=1e-6):
-    x32 = x.astype(jnp.float32)
-    return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps)).astype(x.dtype)
+# The Titans memory's q/k (and v) ℓ2 normalisation keeps its historical ε (its recorded
+# per-token losses, tests/test_variant_losses.py, were made with it).
+QK_L2_EPS = 1e-6
+
+
+def l2norm(x):
+    return norms.l2norm(x, QK_L2_EPS)
 
 
 class TitansMemory(nnx.Module):

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nested_jax.ops.norms import rms_norm
 from nested_jax.ops.teach import scale_and_clip
 
 INNER_OPTIMIZERS = ("gd", "momentum", "precond", "precond_repro")
@@ -59,8 +60,7 @@ def inner_optimizer(kind: str, lr: float, beta: float, beta2: float, eps: float 
 
 
 def _normed(x_BxTxD, scale, eps):
-    x32 = x_BxTxD.astype(jnp.float32)
-    return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps) * scale
+    return rms_norm(x_BxTxD, scale, eps)
 
 
 def _hidden(z, p_up, h, up_matmul):

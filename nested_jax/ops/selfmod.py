@@ -36,6 +36,7 @@ from nested_jax.ops.delta_rule import (  # noqa: F401  (dgd_linear re-exported)
     output_side_chunk,
     output_side_read,
 )
+from nested_jax.ops.norms import l2norm
 from nested_jax.ops.scan import chunked_scan
 
 GATES = ("eta", "alpha")
@@ -48,8 +49,6 @@ def mlp_apply(mem: dict, z_NxD, act=jax.nn.gelu):
     return skip_NxO + act(z_NxD @ mem["A"]) @ mem["B"]
 
 
-def l2norm(x_NxD, eps: float = 1e-12):
-    return x_NxD * jax.lax.rsqrt(jnp.sum(x_NxD * x_NxD, axis=-1, keepdims=True) + eps)
 
 
 def _zero_mom(mem: dict) -> dict:
@@ -441,7 +440,7 @@ def selfmod_titans_reference(params0, x_TxD, q_TxD=None, *, chunk_size: int,
         x_1xD = x_D[None]
         k_D = norm(mlp_apply(sn["k"], x_1xD, act))[0]
         v_D = mlp_apply(sn["v"], x_1xD, act)[0]
-        v_D = v_D * jax.lax.rsqrt(jnp.sum(v_D * v_D) + 1e-12) if v_norm else v_D
+        v_D = l2norm(v_D) if v_norm else v_D
         eta = eta_scale * jax.nn.softplus(_gate_logit(sn["eta"], x_1xD, act)[0])
         alpha = jax.nn.sigmoid(_gate_logit(sn["alpha"], x_1xD, act)[0]) if retention else 1.0
         q_1xD = norm(mlp_apply(sn["q"], x_1xD, act) if "q" in sn else q_D[None])
