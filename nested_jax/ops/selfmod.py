@@ -22,13 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nested_jax.ops.delta_rule import (  # noqa: F401  (dgd_linear re-exported)
+from nested_jax.ops.delta_rule import (
     check_chunks,
     check_momentum,
     chunk_coeffs,
     decays,
-    dgd_linear,
-    dgd_linear_reference,
     input_side_chunk,
     input_side_read,
     input_side_solve,
