@@ -184,7 +184,7 @@ def comm_seconds(costs: dict, dev: dict, n_devices: int) -> float:
     if n_devices <= 1:
         return 0.0
     sent = sum(costs.get("collective_bytes", {}).values()) * (n_devices - 1) / n_devices
-    return sent / dev.get("link_bandwidth", 450e9)
+    return sent / dev["link_bandwidth"]
 
 
 def project(costs: dict, tokens: int, model_fpt: float, dev: dict,

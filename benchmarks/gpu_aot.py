@@ -38,16 +38,15 @@ import tempfile
 
 TARGETS_DIR = os.path.join(os.path.dirname(__file__), "gpu_targets")
 TARGETS = {"h100": "h100_sxm.txtpb", "h200": "h200.txtpb"}
+# NVLink 4 of the H100 / H200 SXM: 900 GB/s per GPU, both directions together (NVIDIA's
+# H100 datasheet), so 450e9 bytes/s each way: the rate of a ring collective's per-device sends.
+NVLINK_BYTES_PER_S = 450e9
 # Dense bf16 tensor-core FLOP/s (no sparsity) and HBM bytes/s, from NVIDIA's H100 / H200
 # SXM datasheets; the spec files' memory_bandwidth agrees (3.35e12, 4.8e12).
 PEAKS = {"h100": {"name": "NVIDIA H100 SXM (80 GB)", "peak_flops": 989e12, "bandwidth": 3.35e12,
-                  "memory_bytes": 84942979072},
+                  "memory_bytes": 84942979072, "link_bandwidth": NVLINK_BYTES_PER_S},
          "h200": {"name": "NVIDIA H200 SXM (141 GB)", "peak_flops": 989e12, "bandwidth": 4.8e12,
-                  "memory_bytes": 151397597184}}
-# NVLink 4 of the H100 / H200 SXM: 900 GB/s per GPU, both directions together (NVIDIA's
-# H100 datasheet), so 450e9 bytes/s each way: the rate of a ring collective's per-device sends.
-for _d in PEAKS.values():
-    _d["link_bandwidth"] = 450e9
+                  "memory_bytes": 151397597184, "link_bandwidth": NVLINK_BYTES_PER_S}}
 LAUNCH_US = 4.0        # per device op launched from the host stream (estimate, see docstring)
 GRAPH_LAUNCH_US = 8.0  # per command-buffer (CUDA graph) launch (estimate)
 GRAPH_NODE_US = 1.0    # per device op inside a command buffer (estimate)

@@ -913,8 +913,8 @@ def cpt_numbers(st: Study) -> dict:
     d = st.doc
     proto = d.get("protocol", {})
     phases, domains = proto.get("phases", []), proto.get("domains", [])
-    own = {dom: (i + 1 if dom in phases else 0) for i, dom in enumerate(domains)}
-    own.update({dom: phases.index(dom) + 1 for dom in phases})  # novels: 0 (pre-training)
+    # the CE-matrix row right after each domain's own phase (novels: row 0, pre-training)
+    own = {dom: phases.index(dom) + 1 if dom in phases else 0 for dom in domains}
     out = {}
     for method, label in proto.get("methods", {}).items():
         m, lab = st.metrics(f"{method}_matrix")
@@ -1065,8 +1065,8 @@ def section_continual_pretraining(sec: Section) -> None:
                          f"fine-tune's time per token ({_f(n['tokens_per_sec'], 0)} vs "
                          f"{_f(ft['tokens_per_sec'], 0)} tokens/s on this machine)")
             verdict.append(line + ".")
-        stacked = {k: n for k, n in nums.items() if k == "stacked"}
-        if stacked and stacked["stacked"]["mean_forgetting"] >= ft["mean_forgetting"] - CPT_SAME:
+        stacked = nums.get("stacked")
+        if stacked and stacked["mean_forgetting"] >= ft["mean_forgetting"] - CPT_SAME:
             fr = nums.get("stacked_frozen")
             tail = ""
             if fr and fr["mean_forgetting"] < ft["mean_forgetting"] - CPT_SAME:

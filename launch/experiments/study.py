@@ -533,7 +533,6 @@ def _heldout_wikipedia(st: Study) -> Path:
     split no phase trains on) as a .jsonl for `eval perplexity`."""
     path = st.runs / "wikitext2_heldout.jsonl"
     if not st.dry and not path.exists():
-        sys.path.insert(0, str(ROOT))
         from nested_jax.eval.domains import documents
 
         path.parent.mkdir(parents=True, exist_ok=True)

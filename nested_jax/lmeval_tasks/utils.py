@@ -17,8 +17,33 @@ def _ds(rows: list[dict]) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-@functools.cache  # built once per process (the harness asks per evaluation)
-def piqa(**_) -> dict:
+def _dataset(build):
+    """A `custom_dataset` function from a builder without arguments: the harness passes the
+    task's metadata as keyword arguments (unused: the data is fixed, and may hold unhashable
+    values), and asks again per evaluation, so the result is built once per process."""
+    cached = functools.cache(build)
+
+    @functools.wraps(build)
+    def custom_dataset(**_) -> dict:
+        return cached()
+
+    return custom_dataset
+
+
+def _stem_and_choices(name: str, question_key: str = "question") -> list[dict]:
+    """Records of the ARC / OpenBookQA / CommonsenseQA kind (question.stem,
+    question.choices[{text, label}], answerKey) in the stock datasets' flat fields."""
+    rows = []
+    for r in assets.read_jsonl(assets.data_path(name)):
+        ch = r["question"]["choices"]
+        rows.append({"id": r.get("id"), question_key: r["question"]["stem"],
+                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
+                     "answerKey": r["answerKey"]})
+    return rows
+
+
+@_dataset
+def piqa() -> dict:
     """Stock piqa (baber/piqa validation): goal, sol1, sol2, label."""
     labels = tasks._lines("piqa_valid_labels")
     recs = list(assets.read_jsonl(assets.data_path("piqa_valid")))
@@ -26,20 +51,14 @@ def piqa(**_) -> dict:
                                 "label": int(lab)} for r, lab in zip(recs, labels)])}
 
 
-@functools.cache
-def arc_easy(**_) -> dict:
+@_dataset
+def arc_easy() -> dict:
     """Stock arc_easy (allenai/ai2_arc ARC-Easy test): question, choices{text,label}, answerKey."""
-    rows = []
-    for r in assets.read_jsonl(assets.data_path("arc_easy_test")):
-        ch = r["question"]["choices"]
-        rows.append({"id": r["id"], "question": r["question"]["stem"],
-                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
-                     "answerKey": r["answerKey"]})
-    return {"test": _ds(rows)}
+    return {"test": _ds(_stem_and_choices("arc_easy_test"))}
 
 
-@functools.cache
-def hellaswag(**_) -> dict:
+@_dataset
+def hellaswag() -> dict:
     """Stock hellaswag after its process_docs (the vendored file is already the preprocessed
     context and endings, lm-eval's `preprocess` is applied once more as the stock task does):
     query, choices, label."""
@@ -49,8 +68,8 @@ def hellaswag(**_) -> dict:
                                 "label": it.gold} for it in items])}
 
 
-@functools.cache
-def winogrande(**_) -> dict:
+@_dataset
+def winogrande() -> dict:
     """Stock winogrande (allenai/winogrande winogrande_xl validation = the dev set):
     sentence, option1, option2, answer."""
     return {"validation": _ds([{k: r[k] for k in ("sentence", "option1", "option2", "answer")}
@@ -73,8 +92,8 @@ def winogrande_choice(doc) -> list[str]:
     return [doc["sentence"][:i] + o for o in (doc["option1"], doc["option2"])]
 
 
-@functools.cache
-def wikitext(**_) -> dict:
+@_dataset
+def wikitext() -> dict:
     """WikiText-2 validation as stock wikitext's documents ("page": one article as stored,
     the tokenized release with its <unk>s: `eval perplexity --text wikitext2`'s articles)."""
     return {"validation": _ds([{"page": a} for a in
@@ -94,8 +113,8 @@ def wikitext_results(doc, results) -> dict:
             "bits_per_byte": (loglikelihood, n_bytes)}
 
 
-@functools.cache
-def gsm8k(**_) -> dict:
+@_dataset
+def gsm8k() -> dict:
     """Stock gsm8k (openai/gsm8k main): question, answer; train (few-shot) and test."""
     return {split: _ds([{"question": r["question"], "answer": r["answer"]}
                         for r in assets.gsm8k(split)]) for split in ("train", "test")}
@@ -140,20 +159,14 @@ def gsm8k_target(doc) -> str:  # "{{answer}}"
     return doc["answer"]
 
 
-@functools.cache
-def arc_challenge(**_) -> dict:
+@_dataset
+def arc_challenge() -> dict:
     """Stock arc_challenge (ARC-Challenge test), fields as arc_easy."""
-    rows = []
-    for r in assets.read_jsonl(assets.data_path("arc_challenge_test")):
-        ch = r["question"]["choices"]
-        rows.append({"id": r["id"], "question": r["question"]["stem"],
-                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
-                     "answerKey": r["answerKey"]})
-    return {"test": _ds(rows)}
+    return {"test": _ds(_stem_and_choices("arc_challenge_test"))}
 
 
-@functools.cache
-def boolq(**_) -> dict:
+@_dataset
+def boolq() -> dict:
     """Stock boolq (super_glue boolq validation): passage, question, label (1 = yes)."""
     rows = []
     for r in assets.read_jsonl(assets.data_path("boolq_val")):
@@ -167,8 +180,8 @@ def boolq_text(doc) -> str:  # "{{passage}}\nQuestion: {{question}}?\nAnswer:"
     return f"{doc['passage']}\nQuestion: {doc['question']}?\nAnswer:"
 
 
-@functools.cache
-def siqa(**_) -> dict:
+@_dataset
+def siqa() -> dict:
     """Stock social_iqa (lighteval/siqa validation = the dev set): context, question,
     answerA/B/C, label ("1".."3")."""
     labels = tasks._lines("siqa_dev_labels")
@@ -190,17 +203,11 @@ def siqa_target(doc) -> int:  # "{{ (label|int) - 1 }}"
     return int(doc["label"]) - 1
 
 
-@functools.cache
-def commonsense_qa(**_) -> dict:
+@_dataset
+def commonsense_qa() -> dict:
     """Stock commonsense_qa (tau/commonsense_qa validation = the dev set): question,
     choices{text,label}, answerKey."""
-    rows = []
-    for r in assets.read_jsonl(assets.data_path("commonsenseqa_dev")):
-        ch = r["question"]["choices"]
-        rows.append({"question": r["question"]["stem"],
-                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
-                     "answerKey": r["answerKey"]})
-    return {"validation": _ds(rows)}
+    return {"validation": _ds(_stem_and_choices("commonsenseqa_dev"))}
 
 
 def commonsense_qa_text(doc) -> str:
@@ -209,17 +216,11 @@ def commonsense_qa_text(doc) -> str:
     return f"Question: {doc['question'].strip()}{listed}\nAnswer:"
 
 
-@functools.cache
-def openbookqa(**_) -> dict:
+@_dataset
+def openbookqa() -> dict:
     """Stock openbookqa (allenai/openbookqa main test): question_stem, choices{text,label},
     answerKey."""
-    rows = []
-    for r in assets.read_jsonl(assets.data_path("openbookqa_test")):
-        ch = r["question"]["choices"]
-        rows.append({"question_stem": r["question"]["stem"],
-                     "choices": {"text": [c["text"] for c in ch], "label": [c["label"] for c in ch]},
-                     "answerKey": r["answerKey"]})
-    return {"test": _ds(rows)}
+    return {"test": _ds(_stem_and_choices("openbookqa_test", "question_stem"))}
 
 
 def openbookqa_target(doc) -> int:  # "{{choices.label.index(answerKey.lstrip())}}"

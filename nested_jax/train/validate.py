@@ -129,9 +129,7 @@ def check_kinds(config) -> None:
             continue
         d = want[key]
         kd, kv = _kind(d), _kind(v)
-        ok = (kd == kv or (kd == "float" and kv == "int") or kd == "" or
-              (kd == "tuple" and kv == "tuple"))
-        if not ok:
+        if not (kd == kv or (kd == "float" and kv == "int") or kd == ""):
             raise ConfigError(f"{key}={v!r} is a {kv or type(v).__name__}, but it takes a {kd} "
                               f"(default {d!r}). Fix: e.g. --config.{key}={_literal(d)}.")
         if kd == "tuple" and kv == "tuple" and d:
