@@ -58,6 +58,7 @@ import numpy as np
 from benchmarks import common, gpu_aot, hlo_cost
 from benchmarks.train_throughput import (VARIANTS, apply_override, model_flops_per_token,
                                          split_variants)
+from nested_jax.model.variants import get as get_variant, registry
 
 PRESETS = {"smoke": "configs.smoke", "pilot": "configs.pilot", "mid": "configs.mid_stage2",
            "pilot_smoke": "configs.pilot_smoke",  # pilot_smoke: train_throughput's smoke shape
@@ -148,7 +149,7 @@ def analytic_flops_per_token(c, params) -> float:
     flops = model_flops_per_token(c, n)
     if c.model.remat:
         n_blocks = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["blocks"]))
-        attn = c.model.variant != "hope"
+        attn = get_variant(c.model.variant).attention
         flops += 2.0 * n_blocks + (4.0 * c.model.n_layers * c.train.seq_len * c.model.d_model
                                    if attn else 0.0)
     return flops
@@ -158,10 +159,8 @@ def cms_taken_fraction(c) -> float | None:
     """How often a CMS level's update branch runs: a level of period P updates after S/P of
     the segments (S the segment length); every level's update costs the same, so the mean
     over levels weights each `conditional` exactly."""
-    from nested_jax.model.blocks import ONLINE_VARIANTS
-
     live = [p for p in c.model.cms.periods if p > 0]  # period 0: outer-only, no update branch
-    if c.model.variant not in ONLINE_VARIANTS or not live:
+    if not get_variant(c.model.variant).online or not live:
         return None
     s = c.model.online.segment_len
     return float(np.mean([s / p for p in live]))
@@ -402,11 +401,10 @@ def main(argv=None) -> list[dict]:
     if args.devices < 1:
         ap.error(f"--devices {args.devices}: give a positive number of GPUs")
     variants = split_variants(args.variants)
-    from nested_jax.model.blocks import BLOCKS
-
-    bad_v = sorted({v.split("+")[0] for v in variants} - set(BLOCKS))
+    names = tuple(registry())
+    bad_v = sorted({v.split("+")[0] for v in variants} - set(names))
     if bad_v:
-        ap.error(f"unknown --variants {bad_v}; choose from {', '.join(BLOCKS)} (each may carry "
+        ap.error(f"unknown --variants {bad_v}; choose from {', '.join(names)} (each may carry "
                  "+key=value overrides)")
     flag_sets = args.flags.split(",")
     bad = [f for f in flag_sets if f not in gpu_aot.FLAG_SETS]

@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks import common
 from nested_jax.eval.decode import Decoder, block_len
-from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.variants import get as get_variant
 from nested_jax.model.lm import init_params
 from nested_jax.model.online import online_forward
 
@@ -52,7 +52,7 @@ def preset_config(name: str, variant: str):
 def full_forward_decoder(fn, params, max_len: int):
     """next(tokens [1, max_len + 1], n) -> argmax after position n - 1, by one forward over
     the whole padded buffer (online variants: the segment scan with CMS updates off)."""
-    if fn.cfg.variant in ONLINE_VARIANTS:
+    if get_variant(fn.cfg.variant).online:
         def nxt(p, tokens, n):
             _, aux = online_forward(fn, p, tokens, step=0, update=False, collect_argmax=True)
             return aux["argmax"][0, n - 1]
@@ -100,7 +100,7 @@ def bench_variant(c, args, fn=None, params=None) -> dict:
     row["speedup"] = row["incremental_tok_s"] / row["full_forward_tok_s"]
     row["match"] = float(np.mean(toks == g.tokens[0]))
 
-    if c.model.variant in ONLINE_VARIANTS:
+    if get_variant(c.model.variant).online:
         mem = Decoder(fn, params, max_len=max_len, memorize=True)
         mem.generate(prompt, n_new, stop_at_eos=False)
         best = min(mem.generate(prompt, n_new, stop_at_eos=False).decode_s

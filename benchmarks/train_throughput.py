@@ -36,6 +36,7 @@ import numpy as np
 from benchmarks import common
 from configs import pilot, pilot_smoke, repro, smoke
 from nested_jax.model.lm import init_params
+from nested_jax.model.variants import get as get_variant
 from nested_jax.train import optim, step as step_lib
 
 VARIANTS = ("transformer", "titans", "hope_attention", "hope", "hope_hybrid")
@@ -105,7 +106,7 @@ def preset_config(name: str, variant: str, segment_len: int = 0):
 
 def model_flops_per_token(c, n_params: int) -> float:
     """6·N (tied head included in N) + attention scores/values 12·L·T·D for attention variants."""
-    attn = c.model.variant != "hope"
+    attn = get_variant(c.model.variant).attention
     return 6.0 * n_params + (12.0 * c.model.n_layers * c.train.seq_len * c.model.d_model if attn else 0.0)
 
 

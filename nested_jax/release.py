@@ -37,6 +37,7 @@ from nested_jax.checkpoint.io import (Checkpointer, CheckpointError, checkpoint_
                                       inspect_step)
 from nested_jax.checkpoint.verify import check_tokenizer
 from nested_jax.data.assets import file_sha256
+from nested_jax.model.variants import get as get_variant
 
 FORMAT = "nested_jax-release/1"
 MANIFEST, SUMS, CARD = "MANIFEST.json", "SHA256SUMS", "MODEL_CARD.md"
@@ -112,15 +113,16 @@ def model_card(info: dict, cfg: dict, evals: list[tuple[str, dict]], files: dict
             ("vocabulary", m["vocab_size"]), ("tied embeddings", m.get("tie_embeddings")),
             ("attention window", m.get("attention_window") or "full causal"),
             ("compute dtype", m.get("dtype"))]
-    if variant in ("titans", "hope_hybrid"):
+    spec = get_variant(variant)
+    if spec.reads("titans"):
         tt = m["titans"]
         rows.append(("Titans memory", f"{tt['memory']} ({tt.get('mode', '')}), chunk "
                                       f"{tt['chunk_size']}"))
-    if variant == "hope":
+    if spec.reads("selfmod"):
         sm = m["selfmod"]
         rows.append(("self-modifying Titans", f"chunk {sm['chunk_size']}, output-memory chunk "
                                               f"{sm.get('chunk_size_mem') or sm['chunk_size']}"))
-    if variant.startswith("hope"):
+    if spec.online:
         cms, on = m["cms"], m["online"]
         rows.append(("CMS levels (period, inner optimizer)", ", ".join(
             f"{n} ({p}, {op})" for n, p, op in zip(cms["names"], cms["periods"],

@@ -18,10 +18,13 @@ import pytest
 
 from nested_jax.eval.decode import Decoder, sample_logits
 from nested_jax.generate import main
-from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.variants import online_names
+
 from nested_jax.model.lm import init_params
 from nested_jax.model.online import online_forward
 from tests.tiny_checkpoint import tiny_config, write_checkpoint
+
+ONLINE_VARIANTS = online_names()
 
 VARIANTS = ("transformer", "titans", "hope", "hope_attention", "hope_hybrid")
 MAX_LEN, P, N = 64, 21, 30  # prompt crosses a block boundary; generation crosses two more

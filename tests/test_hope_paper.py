@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 
 from configs import default
-from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.variants import online_names
+
 from nested_jax.model.lm import init_params
 from nested_jax.model.loss import lm_loss
 from nested_jax.model.online import OnlineConfigError, check_online_config, online_forward
 from nested_jax.ops.losses import token_cross_entropy
+
+ONLINE_VARIANTS = online_names()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 V = 64

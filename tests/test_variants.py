@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from configs import default
-from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.variants import online_names
+
 from nested_jax.model.lm import init_params
 from nested_jax.model.online import (OnlineConfigError, check_online_config, live_levels, memorize,
                                      online_forward, teach_signals)
@@ -19,6 +20,8 @@ from nested_jax.ops.losses import token_cross_entropy
 from nested_jax.ops.teach import teach_scale_at
 from nested_jax.train import optim, step as step_lib
 from tests.helpers import OffsetFn
+
+ONLINE_VARIANTS = online_names()
 
 VARIANTS = ("transformer", "titans", "hope", "hope_attention", "hope_hybrid")
 T = 32

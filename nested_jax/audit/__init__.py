@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-ONLINE = ("hope", "hope_attention", "hope_hybrid")
+from nested_jax.model.variants import get as get_variant
+
 FAILING = ("ablation", "deviation")
 
 
@@ -61,9 +62,10 @@ def _selfmod(m, rows):
 
 
 def _titans(m, rows, variant):
+    """variant: its registry spec (the architecture rows only where the mode is a choice)."""
     t = m.titans
     add = lambda *a: rows.append(Row("Titans memory", *a))  # noqa: E731
-    if variant == "titans":
+    if variant.titans_mode:
         add("architecture", t.mode.upper(), "paper", {"mag": "memory as gate (§4.2)",
             "mal": "memory as layer (§4.3)", "mac": f"memory as context (§4.1), segment "
             f"{t.mac_segment}"}[t.mode])
@@ -78,7 +80,7 @@ def _titans(m, rows, variant):
         add("residual LayerNorm", "k + LN(MLP(k))" if t.residual_norm else "off",
             "addition" if t.residual_norm else "paper",
             "project stabiliser (lucidrains' ResidualNorm)" if t.residual_norm else "")
-    if variant == "titans":
+    if variant.titans_mode:
         add("persistent tokens", str(t.persistent_tokens), "paper", "Titans Eq. 19")
 
 
@@ -159,18 +161,13 @@ def audit(config) -> tuple[list[Row], list[str]]:
     m = config.model
     rows: list[Row] = []
     problems: list[str] = []
-    variant = m.variant
-    rows.append(Row("model", "variant", variant, "paper" if variant != "hope_hybrid" else "choice",
-                    {"transformer": "Transformer++ baseline", "titans": "Titans baseline",
-                     "hope": "NL §8.3 HOPE: self-modifying Titans → CMS",
-                     "hope_attention": "NL HOPE-Attention: attention → CMS",
-                     "hope_hybrid": "the reproduction's default: attention → Titans → CMS"
-                     }.get(variant, "")))
-    if variant == "hope":
+    variant = get_variant(m.variant)
+    rows.append(Row("model", "variant", variant.name, variant.source, variant.summary))
+    if variant.reads("selfmod"):
         _selfmod(m, rows)
-    if variant in ("titans", "hope_hybrid"):
+    if variant.reads("titans"):
         _titans(m, rows, variant)
-    if variant in ONLINE:
+    if variant.online:
         _cms(m, config.train.seq_len, rows, problems)
         if m.cms.get("mlp", "gelu") == "swiglu":
             rows.append(Row("CMS", "level MLP", "SwiGLU", "choice",

@@ -86,6 +86,9 @@ from nested_jax.configs import default
 
 VARIANTS = ("hope", "titans", "transformer")  # the paper's comparison (NL Table 1)
 EXTRA_VARIANTS = ("hope_attention", "hope_hybrid")  # same fields as hope, nothing matched
+# Fields the Titans baseline sets on top of the shared ones ("" = model.*; docstring).
+BASELINE_FIELDS = {"titans": {"": {"attention_window": 2048},
+                              "titans": {"mode": "mag", "persistent_tokens": 16}}}
 SEQ_LEN = 4096  # T §5.1
 BATCH = 128  # sequences: 128 × 4096 = 524,288 tokens ≈ 0.5M (T §5.1)
 # Per size: shape (guess), token budget and peak lr (paper), nominal size, and the
@@ -129,11 +132,11 @@ def build(size: str, variant: str = "hope"):
     m.cms.lrs = (1e-2,) * 4
     m.cms.hidden_mult = 1
     m.online.segment_len = 512
-    # Titans baseline: MAG over a sliding window, deep memory.
-    if variant == "titans":
-        m.titans.mode = "mag"
-        m.attention_window = 2048
-        m.titans.persistent_tokens = 16
+    # Titans baseline: MAG over a sliding window, deep memory (the module docstring).
+    for group, fields in BASELINE_FIELDS.get(variant, {}).items():
+        target = m if group == "" else m[group]
+        for field, value in fields.items():
+            target[field] = value
     m.titans.memory, m.titans.depth, m.titans.chunk_size = "mlp", 2, 16
 
     c.data.tokenizer = "novels_32k"

@@ -28,8 +28,10 @@ import numpy as np
 
 import nested_jax
 from nested_jax.convert.workdir import ConvertError, fresh_output, preset_text, write_workdir
+from nested_jax.model.variants import registry
 
-STACKABLE = ("hope_attention",)
+# Variants a transformer's MLPs stack into (export-hf writes them back as Llama layers).
+STACKABLE = tuple(n for n, v in registry().items() if v.hf_export == "stacked")
 DEFAULT_NAMES = ("fast", "mid", "slow", "ultra")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import nested_jax
 from nested_jax.cli import UserError
 from nested_jax.convert import hf as hf_map
+from nested_jax.model.variants import get as get_variant
 from nested_jax.convert.safetensors_io import SafetensorsError, SafetensorsModel, save_file
 from nested_jax.data.assets import file_sha256
 
@@ -233,9 +234,10 @@ def export_hf(checkpoint: str, output: str | os.PathLike, *, step: int | None = 
     tok = loaded.tokenizer
     params = jax.tree.map(np.asarray, loaded.params)
     stacked = None
-    if m.variant == "hope_attention":
+    how = get_variant(m.variant).hf_export
+    if how == "stacked":
         params, m, stacked = _stacked_as_transformer(params, m)
-    elif m.variant != "transformer":
+    elif how != "direct":
         raise ConvertError(f"the checkpoint is a {m.variant!r} model; export-hf writes "
                            "transformers and HOPE-Attention models with SwiGLU CMS levels "
                            "(level-stacked ones)",

@@ -7,7 +7,8 @@ mixers compute in, so that running it alone gives what the training pass compute
 
     transformer, hope_attention   1 token (attention with the key/value cache; CMS levels
                                   are per-token MLPs)
-    titans                        titans.chunk_size (the memory reads chunk-start states)
+    titans                        titans.chunk_size (the memory reads chunk-start states),
+                                  the MAC segment in mode "mac"
     hope_hybrid                   the Titans chunk inside a segment, min(chunk, segment)
     hope                          lcm of the self-modifying memories' chunks in a segment
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 
 import jax
@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_jax.data.tokenizer import EOS_ID
-from nested_jax.model.blocks import ONLINE_VARIANTS
 from nested_jax.model.online import init_fast, online_forward
+from nested_jax.model.variants import get as get_variant
 
 
 # A prompt's known tokens are advanced PREFILL_TOKENS per loop iteration, then
@@ -54,22 +54,8 @@ PREFILL_TOKENS = 256
 MID_ADVANCE_UNITS = 16
 
 def block_len(model_cfg) -> int:
-    """Tokens per read block (module docstring)."""
-    v = model_cfg.variant
-    if v == "titans":
-        return int(model_cfg.titans.chunk_size)
-    if v not in ONLINE_VARIANTS:
-        return 1
-    s = int(model_cfg.online.segment_len)
-    if v == "hope_attention":
-        block = 1
-    elif v == "hope_hybrid":
-        block = min(int(model_cfg.titans.chunk_size), s)
-    else:
-        sm = model_cfg.selfmod
-        block = math.lcm(min(int(sm.chunk_size), s), min(int(sm.chunk_size_mem or sm.chunk_size),
-                                                         s))
-    return block if s % block == 0 else s
+    """Tokens per read block (module docstring; the variant's `read_block`)."""
+    return get_variant(model_cfg.variant).read_block(model_cfg)
 
 
 def _recurrent(carry: dict) -> dict:
@@ -157,7 +143,8 @@ class Decoder:
     def __init__(self, fn, params, *, max_len: int, memorize: bool = False, step: int = 0,
                  prefill: int = PREFILL_TOKENS, eos_id: int = EOS_ID):
         cfg = fn.cfg
-        if memorize and cfg.variant not in ONLINE_VARIANTS:
+        self.online = get_variant(cfg.variant).online
+        if memorize and not self.online:
             raise ValueError(f"variant {cfg.variant!r} has no CMS levels: nothing to memorise "
                              "into (HOPE variants only).")
         self.fn, self.params, self.cfg = fn, params, cfg
@@ -181,7 +168,7 @@ class Decoder:
         """Carry after the N tokens (a multiple of the block) at positions start..; no
         CMS writes."""
         b, n = tok_BxN.shape
-        if self.cfg.variant not in ONLINE_VARIANTS:  # one forward (titans: chunks of C)
+        if not self.online:  # one forward (titans: chunks of C)
             _, carry, _ = model.run_blocks(model.embed(tok_BxN),
                                            start + jnp.arange(n, dtype=jnp.int32), carry)
             return carry

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.variants import get as get_variant
 from nested_jax.model import online
 from nested_jax.model.online import online_forward
 from nested_jax.ops.losses import token_cross_entropy
@@ -169,10 +169,9 @@ class OnlineLM:
 def from_loaded(loaded, chunk: int = 2048):
     """The scoring model of a restored checkpoint (eval.restore.Loaded). Plain variants run
     inputs longer than `chunk` tokens chunk by chunk (0 = always the full forward)."""
-    variant = loaded.cfg.model.variant
-    if variant in ONLINE_VARIANTS:
-        return OnlineLM(loaded.fn, loaded.params, step=loaded.step, name=variant)
+    variant = get_variant(loaded.cfg.model.variant)
+    if variant.online:
+        return OnlineLM(loaded.fn, loaded.params, step=loaded.step, name=variant.name)
     fn = loaded.fn
-    multiple = int(loaded.cfg.model.titans.chunk_size) if variant == "titans" else 1
-    return PlainLM(lambda p, toks: fn.bind(p)(toks), loaded.params, name=variant, fn=fn,
-                   chunk=chunk, multiple=multiple)
+    return PlainLM(lambda p, toks: fn.bind(p)(toks), loaded.params, name=variant.name, fn=fn,
+                   chunk=chunk, multiple=variant.read_block(loaded.cfg.model))

@@ -20,7 +20,7 @@ from flax import nnx
 from nested_jax.checkpoint import CheckpointError, Checkpointer, checkpoint_dir, config_from_meta
 from nested_jax.data.tokenizer import Tokenizer, load_tokenizer
 from nested_jax.eval.errors import EvalError
-from nested_jax.model.blocks import ONLINE_VARIANTS
+from nested_jax.model.variants import get as get_variant
 from nested_jax.model.lm import abstract_model, build_model
 
 
@@ -39,7 +39,7 @@ class Loaded:
 
     @property
     def online(self) -> bool:
-        return self.cfg.model.variant in ONLINE_VARIANTS
+        return get_variant(self.cfg.model.variant).online
 
     def summary(self) -> dict:
         """Config summary for the output JSON."""

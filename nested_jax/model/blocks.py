@@ -19,6 +19,15 @@ from nested_jax.model.cms import CMS
 from nested_jax.model.layers import Attention, RMSNorm, SwiGLU
 from nested_jax.model.selfmod import SelfModTitans
 from nested_jax.model.titans import TitansMemory
+from nested_jax.model.variants import Tiling, Variant
+from nested_jax.ops.scan import call_chunk
+
+_TITANS_CHUNK = Tiling("Titans memory", "titans.chunk_size", "titans.remat_group")
+_SELFMOD_CHUNKS = (
+    Tiling("self-modifying memory", "selfmod.chunk_size", "selfmod.remat_group"),
+    Tiling("self-modifying output memory", "selfmod.chunk_size_mem", "selfmod.remat_group",
+           unset_field="selfmod.chunk_size"))
+_MAC_SEGMENT = Tiling("Titans MAC attention", "titans.mac_segment", scope=True)
 
 
 def ffn_width(d_model: int, d_ff: int) -> int:
@@ -43,16 +52,14 @@ def _get(carry, key):
 
 
 class _Base(nnx.Module):
+    spec: Variant  # what the variant is (model/variants.py); each block class declares it
     has_attention = False
-    # Runs a chunk scan of its own (Titans or self-modifying memories): unrolling a stack of
-    # such blocks multiplies XLA compile time by the layer count (model.online.LAYER_UNROLL_MAX).
-    has_chunk_scan = False
 
     def _attention(self, cfg, out_std, rngs, dtype, n_persistent=0):
         d, h = cfg.d_model, cfg.n_heads
         self.attn_norm = RMSNorm(d, eps=cfg.norm_eps, dtype=dtype)
         impl = cfg.attention_impl
-        if impl == "auto" and cfg.variant in ONLINE_VARIANTS:
+        if impl == "auto" and self.spec.online:
             # The online step differentiates (outer loss) through the inner jax.vjp of the
             # teach signal; jax's cuDNN attention has no derivative of its own forward rule,
             # so these blocks stay on XLA (validate.finalize_config rejects "cudnn" for them).
@@ -103,6 +110,8 @@ def _out_std(cfg):
 class TransformerBlock(_Base):
     """Transformer++: x + Attn(norm x), then x + SwiGLU(norm x)."""
 
+    spec = Variant("transformer", "Transformer++ baseline", "paper", hf_export="direct")
+
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self._attention(cfg, _out_std(cfg), rngs, dtype)
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
@@ -130,7 +139,8 @@ class TitansBlock(_Base):
     retrieved h_j' and tokens x_j' for j' ≤ j only — write the attention output y into the
     memory and read it after the write, o = y ⊗ σ(M*_i(y)) (gated as in MAG)."""
 
-    has_chunk_scan = True
+    spec = Variant("titans", "Titans baseline", "paper", memory="titans", groups=("titans",),
+                   tilings=(_MAC_SEGMENT, _TITANS_CHUNK), titans_mode=True)
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         t = cfg.titans
@@ -152,7 +162,7 @@ class TitansBlock(_Base):
     def _mac(self, x_BxTxD, state):
         """Memory as context over segments of mac_segment tokens (class docstring)."""
         b, t, d = x_BxTxD.shape
-        seg = min(self.mac_segment, t)
+        seg = call_chunk(self.mac_segment, t)
         if t % seg:
             raise ValueError(f"model.titans.mac_segment={seg} must divide the {t} tokens of a "
                              "call; pick a divisor of the sequence (and online segment) length.")
@@ -196,7 +206,9 @@ class TitansBlock(_Base):
 class HopeBlock(_Base):
     """Paper HOPE: x + SelfModTitans(norm x), then the CMS chain."""
 
-    has_chunk_scan = True
+    spec = Variant("hope", "NL §8.3 HOPE: self-modifying Titans → CMS", "paper", online=True,
+                   attention=False, memory="selfmod", groups=("selfmod", "cms", "online"),
+                   tilings=_SELFMOD_CHUNKS)
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.sm_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
@@ -214,6 +226,9 @@ class HopeBlock(_Base):
 class HopeAttentionBlock(_Base):
     """Paper HOPE-Attention: x + Attn(norm x), then the CMS chain."""
 
+    spec = Variant("hope_attention", "NL HOPE-Attention: attention → CMS", "paper", online=True,
+                   groups=("cms", "online"), hf_export="stacked")
+
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self._attention(cfg, _out_std(cfg), rngs, dtype)
         self._cms(cfg, _out_std(cfg), rngs, dtype)
@@ -228,7 +243,9 @@ class HopeAttentionBlock(_Base):
 class HopeHybridBlock(_Base):
     """The reproduction's default: attention → Titans memory → CMS chain (all residual)."""
 
-    has_chunk_scan = True
+    spec = Variant("hope_hybrid", "the reproduction's default: attention → Titans → CMS",
+                   "choice", online=True, memory="titans", groups=("titans", "cms", "online"),
+                   tilings=(_TITANS_CHUNK,))
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self._attention(cfg, _out_std(cfg), rngs, dtype)
@@ -245,11 +262,5 @@ class HopeHybridBlock(_Base):
         return x, (new if carry is not None else None), aux
 
 
-BLOCKS = {
-    "transformer": TransformerBlock,
-    "titans": TitansBlock,
-    "hope": HopeBlock,
-    "hope_attention": HopeAttentionBlock,
-    "hope_hybrid": HopeHybridBlock,
-}
-ONLINE_VARIANTS = ("hope", "hope_attention", "hope_hybrid")  # have CMS levels → online step
+BLOCKS = {cls.spec.name: cls for cls in (TransformerBlock, TitansBlock, HopeBlock,
+                                         HopeAttentionBlock, HopeHybridBlock)}

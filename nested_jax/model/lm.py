@@ -8,6 +8,7 @@ from flax import nnx
 
 from nested_jax.model.blocks import BLOCKS
 from nested_jax.model.layers import Dense, Embed, RMSNorm
+from nested_jax.model.variants import get as get_variant
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -22,8 +23,7 @@ class LM(nnx.Module):
     """Decoder-only LM. Blocks are stacked on a leading layer axis and run with lax.scan."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        if cfg.variant not in BLOCKS:
-            raise ValueError(f"model.variant={cfg.variant!r} is unknown; choose one of {sorted(BLOCKS)}.")
+        get_variant(cfg.variant)  # a clear error for an unknown name
         dtype = compute_dtype(cfg)
         block_cls = BLOCKS[cfg.variant]
         self.cfg = cfg

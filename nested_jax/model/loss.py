@@ -4,15 +4,15 @@ the plain full-sequence forward otherwise."""
 
 from __future__ import annotations
 
-from nested_jax.model.blocks import ONLINE_VARIANTS
 from nested_jax.model.online import online_forward, strip_kv
+from nested_jax.model.variants import get as get_variant
 from nested_jax.ops.losses import token_cross_entropy
 
 
 def token_losses(fn, params, tokens_BxT1, step, fast=None):
     """(ce_BxT, metrics, final fast state without the key/value buffer or None). `fast`
     continues a streaming fast state (model.online.reset = "never", docs/streaming.md)."""
-    if fn.cfg.variant in ONLINE_VARIANTS:
+    if get_variant(fn.cfg.variant).online:
         _, aux = online_forward(fn, params, tokens_BxT1, step=step, fast=fast)
         return aux["ce"], aux["metrics"], strip_kv(aux["fast"])
     logits = fn.bind(params)(tokens_BxT1[:, :-1])
@@ -26,4 +26,4 @@ def lm_loss(fn, params, tokens_BxT1, step=0):
 
 def streams(model_cfg) -> bool:
     """Whether the fast state streams across training steps (and is checkpointed)."""
-    return model_cfg.variant in ONLINE_VARIANTS and model_cfg.online.reset == "never"
+    return get_variant(model_cfg.variant).online and model_cfg.online.reset == "never"

@@ -46,9 +46,9 @@ LAYER_UNROLL_MAX = 16
 
 def layer_unroll(cfg) -> int | None:
     """`run_blocks`' unroll_layers inside the segment scan (None: model.unroll_layers)."""
-    from nested_jax.model.blocks import BLOCKS
+    from nested_jax.model.variants import get
 
-    if BLOCKS[cfg.variant].has_chunk_scan:
+    if get(cfg.variant).memory is not None:  # blocks with a chunk scan of their own
         return None
     return max(cfg.unroll_layers, LAYER_UNROLL_MAX)
 

@@ -16,6 +16,7 @@ from flax import nnx
 
 from nested_jax.model.layers import CausalConv, Dense, RMSNorm
 from nested_jax.ops import selfmod as sm_ops
+from nested_jax.ops.scan import call_chunk
 
 
 class SelfModTitans(nnx.Module):
@@ -62,7 +63,7 @@ class SelfModTitans(nnx.Module):
             state = self.init_state(b)
         u, conv = self.conv(self.w_in(x_BxTxD), state["conv"])
         heads = lambda a: a.reshape(b, t, self.h, self.k).transpose(0, 2, 1, 3)  # noqa: E731
-        cs, csm = min(self.chunk_size, t), min(self.chunk_size_mem, t)
+        cs, csm = call_chunk(self.chunk_size, t), call_chunk(self.chunk_size_mem, t)
 
         def one(mems, moms, x, q):
             return sm_ops.selfmod_titans(

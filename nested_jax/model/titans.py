@@ -16,6 +16,7 @@ from flax import nnx
 from nested_jax.model.layers import CausalConv, Dense, RMSNorm, normal
 from nested_jax.ops import memory as mem_ops
 from nested_jax.ops import norms
+from nested_jax.ops.scan import call_chunk
 
 
 # The data-dependent gates (θ, η, α) start from small weights, so that at initialisation each
@@ -133,7 +134,7 @@ class TitansMemory(nnx.Module):
         logits = self.w_gates(x_BxTxD.astype(jnp.float32)) + self.gate_bias[...][None, None, :]
         g = jax.nn.sigmoid(logits).reshape(b, t, 3, self.h).transpose(2, 0, 3, 1)  # [3,B,H,T]
         theta, eta, alpha = self.theta_max * g[0], g[1], g[2]
-        chunk = min(self.chunk_size, t)
+        chunk = call_chunk(self.chunk_size, t)
         if self.kind == "linear":
             run = mem_ops.batched(mem_ops.titans_linear, state_has_batch=True)
             y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"][0], state["s"][0],

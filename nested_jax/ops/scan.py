@@ -55,6 +55,13 @@ def chunked_scan(
     return carry, ys
 
 
+def call_chunk(chunk: int, length: int) -> int:
+    """The chunk a call of `length` tokens scans in: min(chunk, length). A call shorter
+    than the configured chunk is one chunk (a decode block, a short prompt); training
+    lengths are multiples of the chunk (train/validate.py checks it)."""
+    return min(int(chunk), int(length))
+
+
 def nearest_divisor(n: int, near: int) -> int:
     """The divisor of n closest to `near` (the smaller one on a tie): the value a config
     error suggests when a chunk or segment does not divide a length."""

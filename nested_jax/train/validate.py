@@ -151,10 +151,11 @@ def _literal(v) -> str:
 def check_values(config) -> None:
     """Reject unknown choices, out-of-range numbers and chunk sizes that cannot tile the
     sequence (or online segment) before any model code runs."""
-    from nested_jax.model.blocks import BLOCKS, ONLINE_VARIANTS
+    from nested_jax.model.variants import registry
 
     m = config.model
-    _choice("model.variant", m.variant, tuple(BLOCKS))
+    _choice("model.variant", m.variant, tuple(registry()))
+    variant = registry()[m.variant]
     check_kinds(config)
     for dotted, choices in CHOICES.items():
         v = _get(config, dotted)
@@ -170,29 +171,21 @@ def check_values(config) -> None:
             raise ConfigError(f"{dotted}={v!r} is out of range (must be {span}). "
                               f"Fix: set --config.{dotted} within it.")
     t = config.train
-    online = m.variant in ONLINE_VARIANTS
     length, length_name = ((m.online.segment_len, "online segment (model.online.segment_len)")
-                           if online else (t.seq_len, "training sequence (train.seq_len)"))
-    if online and (length <= 0 or t.seq_len % length):
+                           if variant.online else (t.seq_len, "training sequence (train.seq_len)"))
+    if variant.online and (length <= 0 or t.seq_len % length):
         return  # finalize_config reports the segment / sequence mismatch
-    if m.variant == "titans" and m.titans.mode == "mac":  # the memory scans each MAC segment
-        _divides("Titans MAC attention", length, length_name, m.titans.mac_segment,
-                 "model.titans.mac_segment")
-        length, length_name = (min(m.titans.mac_segment, length),
-                               "MAC segment (model.titans.mac_segment)")
-    if m.variant in ("titans", "hope_hybrid"):
-        _divides("Titans memory", length, length_name, m.titans.chunk_size,
-                 "model.titans.chunk_size", m.titans.remat_group, "model.titans.remat_group")
-    if m.variant == "hope":
-        sm = m.selfmod
-        _divides("self-modifying memory", length, length_name, sm.chunk_size,
-                 "model.selfmod.chunk_size", sm.remat_group, "model.selfmod.remat_group")
-        _divides("self-modifying output memory", length, length_name,
-                 sm.chunk_size_mem or sm.chunk_size, "model.selfmod.chunk_size_mem",
-                 sm.remat_group, "model.selfmod.remat_group")
-        if sm.eta_scale < 0:
-            raise ConfigError(f"model.selfmod.eta_scale={sm.eta_scale} must be >= 0. Fix: "
-                              "--config.model.selfmod.eta_scale=0.1 (the default).")
+    for tiling in variant.active_tilings(m):  # the chunks the variant's forward scans in
+        remat = tiling.remat_field
+        _divides(tiling.what, length, length_name, tiling.size(m), "model." + tiling.field,
+                 _get(config, "model." + remat) if remat else 0,
+                 "model." + remat if remat else "")
+        if tiling.scope:  # the following chunks tile one chunk of this one
+            length, length_name = (min(tiling.size(m), length),
+                                   f"{tiling.what} chunk (model.{tiling.field})")
+    if variant.reads("selfmod") and m.selfmod.eta_scale < 0:
+        raise ConfigError(f"model.selfmod.eta_scale={m.selfmod.eta_scale} must be >= 0. Fix: "
+                          "--config.model.selfmod.eta_scale=0.1 (the default).")
 
 
 def finalize_config(config, tokenizer_vocab: int) -> None:
@@ -228,17 +221,18 @@ def finalize_config(config, tokenizer_vocab: int) -> None:
             f"model.rope_low_freq_factor={m.rope_low_freq_factor} and model.rope_high_freq_factor="
             f"{m.rope_high_freq_factor}: llama3 RoPE scaling needs 0 < low < high (Llama 3.1 "
             "uses 1 and 4). Fix: set them so.")
-    from nested_jax.model.blocks import ONLINE_VARIANTS
     from nested_jax.model.online import OnlineConfigError, check_online_config
+    from nested_jax.model.variants import get as get_variant
 
-    if m.attention_impl == "cudnn" and m.variant in ONLINE_VARIANTS:
+    online = get_variant(m.variant).online
+    if m.attention_impl == "cudnn" and online:
         raise ConfigError(
             f"model.attention_impl='cudnn' cannot train variant {m.variant!r}: its online step "
             "differentiates through the teach signal's inner vjp, and jax's cuDNN attention "
             "has no derivative of its forward rule. Fix: --config.model.attention_impl=auto "
             "(XLA attention for this variant).")
 
-    if m.variant in ONLINE_VARIANTS:
+    if online:
         try:
             check_online_config(m, config.train.seq_len, training=True)
         except OnlineConfigError as e:
