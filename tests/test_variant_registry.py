@@ -101,11 +101,11 @@ def test_a_sixth_variant_needs_only_its_block_and_spec(sixth):
     # trains online: the segment scan with teach signals and CMS updates
     fn, params = init_params(c.model, 0)
     toks = jax.random.randint(jax.random.key(0), (2, 33), 0, c.model.vocab_size)
-    ce, metrics, fast = token_losses(fn, params, toks, 0)
+    _, ce, metrics, fast = token_losses(fn, params, toks, 0)
     assert ce.shape == (2, 32) and np.isfinite(np.asarray(ce)).all()
     assert fast is not None and "titans" in fast["carry"] and "kv" not in fast["carry"]
     assert sum(float(v) for k, v in metrics.items() if k.endswith("/updates")) > 0
-    grads = jax.grad(lambda p: token_losses(fn, p, toks, 0)[0].mean())(params)
+    grads = jax.grad(lambda p: token_losses(fn, p, toks, 0).loss)(params)
     assert float(jnp.abs(grads["blocks"]["cms"]["levels"]["fast"]["w1"]).sum()) > 0
     # decodes in its read block (the Titans chunk); the first greedy token is the argmax
     # of the frozen full forward at the prompt's last position (causal: later tokens unread)

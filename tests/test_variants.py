@@ -108,7 +108,7 @@ def test_cms_cadence_counts_updates(variant):
     _, aux = run(params, _tokens(), _scheduled_scale(c))
     for layer in range(c.model.n_layers):
         for name, period in zip(c.model.cms.names, c.model.cms.periods):
-            got = float(aux["metrics"][f"cms/{layer}/{name}/updates"])
+            got = float(aux["cms_updates"][name][layer])
             assert got == T // period, (name, period, got)
 
 

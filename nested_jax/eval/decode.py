@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,39 +62,6 @@ def block_len(model_cfg) -> int:
 def _recurrent(carry: dict) -> dict:
     """The per-block recurrent part of a carry (memories, conv tails): no kv, no CMS."""
     return {k: v for k, v in carry.items() if k not in ("kv", "cms")}
-
-
-class _ModelAt:
-    """A bound model as `online_forward` sees it for text that starts at absolute position
-    `start` with the running key/value buffer `kv` (online_forward alone starts at
-    position 0 with a fresh buffer). Everything else is the model itself."""
-
-    def __init__(self, model, start, kv):
-        self._model, self._start, self._kv = model, start, kv
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def init_carry(self, batch: int, max_len: int) -> dict:
-        carry = self._model.init_carry(batch, max_len)
-        if self._kv is not None:
-            carry["kv"] = self._kv
-        return carry
-
-    def run_blocks(self, x_BxTxD, pos_T=None, carry=None, probes=None, remat=None,
-                   unroll_layers=None):
-        if pos_T is None:
-            pos_T = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
-        return self._model.run_blocks(x_BxTxD, pos_T + self._start, carry, probes, remat,
-                                      unroll_layers)
-
-
-class _FnAt:
-    def __init__(self, fn, start, kv):
-        self.cfg, self._fn, self._start, self._kv = fn.cfg, fn, start, kv
-
-    def bind(self, params):
-        return _ModelAt(self._fn.bind(params), self._start, self._kv)
 
 
 def sample_logits(logits_BxV, key, temperature, top_k, top_p):
@@ -123,12 +91,38 @@ class Generation:
     prefill_s: float
     decode_s: float
     compile_s: float
-    logits: np.ndarray | None = None  # [B, n, V] when asked for (tests)
+    logits: np.ndarray | None = None  # [B, n, V] with want_logits (the tests' tie checks)
     state: dict | None = None         # final carried state (device arrays)
 
     @property
     def tokens_per_sec(self) -> float:
         return float(self.n_new.sum()) / max(self.decode_s, 1e-9)
+
+
+class Cursor(NamedTuple):
+    """The decode loop's state. Tokens tok_buf[:, :n] are known; the read carry is at block
+    boundary b. Frozen: `state` is that carry (rc unused, seg = b). Memorize: `state` is the
+    online fast state at the segment boundary seg ≤ b and `rc` the recurrent states at b;
+    both share the key/value buffer in state["carry"]."""
+
+    state: dict
+    rc: dict
+    tok_buf: jax.Array   # [B, buf_len] token ids
+    n: jax.Array         # known tokens
+    b: jax.Array         # read-block boundary of the carry
+    seg: jax.Array       # segment boundary of the fast state (memorize)
+    done: jax.Array      # [B] rows that stopped at EOS
+    lp_buf: jax.Array    # [B, buf_len] log-probs of generated tokens
+    lg_buf: jax.Array    # [B, buf_len or 0, V] logits (want_logits: the decode tests' checks)
+
+    @classmethod
+    def start(cls, state, rc, tok_buf, n: int, vocab: int = 0) -> "Cursor":
+        """A cursor at position 0 with n known tokens; vocab > 0 keeps every logit row."""
+        batch, m = tok_buf.shape
+        zero = jnp.int32(0)
+        return cls(state, rc, tok_buf, jnp.int32(n), zero, zero, jnp.zeros((batch,), bool),
+                   jnp.zeros((batch, m), jnp.float32),
+                   jnp.zeros((batch, m if vocab else 0, vocab), jnp.float32))
 
 
 class Decoder:
@@ -163,6 +157,9 @@ class Decoder:
         self.kv_len = self.max_len + self.block  # a block at b ≤ max_len - 2 fits
         self._compiled: dict = {}
 
+    def _logit_width(self, want_logits: bool) -> int:
+        return int(self.cfg.vocab_size) if want_logits else 0
+
     # ------------------------------------------------------------------ state advance
     def _advance_frozen(self, model, carry, tok_BxN, start):
         """Carry after the N tokens (a multiple of the block) at positions start..; no
@@ -186,9 +183,8 @@ class Decoder:
     def _advance_online(self, params, state, toks_BxN1, start):
         """Fast state after the N tokens at `start` (N a multiple of the segment, targets =
         the tokens shifted by one): the online training scan with CMS updates."""
-        fn_at = _FnAt(self.fn, start, state["carry"].get("kv"))
-        _, aux = online_forward(fn_at, params, toks_BxN1, step=self.step, update=True,
-                                fast=state)
+        _, aux = online_forward(self.fn, params, toks_BxN1, step=self.step, update=True,
+                                fast=state, start=start, kv=state["carry"].get("kv"))
         return aux["fast"]
 
     def _init_state(self, model, batch):
@@ -198,23 +194,17 @@ class Decoder:
         return model.init_carry(batch, self.kv_len), {}
 
     # ---------------------------------------------------------------------- the loop
-    def _loop(self, params, state, rc, tok_buf, n, b, seg, n_end, key, temperature, top_k,
-              top_p, *, greedy: bool, want_logits: bool, stop_at_eos: bool):
-        """Loop state c = (state, rc, tok_buf, n, b, seg, done, lp_buf, lg_buf): tokens
-        tok_buf[:, :n] are known; the read carry is at block boundary b. Frozen: `state` is
-        that carry (rc unused, seg = b). Memorize: `state` is the online fast state at the
-        segment boundary seg ≤ b, `rc` the recurrent states at b; both share the key/value
-        buffer in state["carry"]."""
+    def _loop(self, params, cur: "Cursor", n_end, key, temperature, top_k, top_p, *,
+              greedy: bool, want_logits: bool, stop_at_eos: bool) -> "Cursor":
+        """Advance the cursor (`Cursor`) until token n_end - 1 is known or every row stopped:
+        known runs first (prefill), then one sampled token per read step."""
         model = self.fn.bind(params)
         blk, mem = self.block, self.memorize
-        batch, m = tok_buf.shape
-        v = self.cfg.vocab_size
-        done = jnp.zeros((batch,), bool)
-        lp_buf = jnp.zeros((batch, m), jnp.float32)
-        lg_buf = jnp.zeros((batch, m if want_logits else 0, v), jnp.float32)
+        cur = cur._replace(done=jnp.zeros_like(cur.done), lp_buf=jnp.zeros_like(cur.lp_buf),
+                           lg_buf=jnp.zeros_like(cur.lg_buf))  # per call: this call's tokens
 
-        def read_carry(state, rc):
-            return {**state["carry"], **rc} if mem else state
+        def read_carry(c):
+            return {**c.state["carry"], **c.rc} if mem else c.state
 
         def with_kv(state, new_carry):
             if "kv" not in new_carry:
@@ -225,34 +215,33 @@ class Decoder:
 
         def adv(size):
             def go(c):
-                state, rc, tok_buf, n, b, seg, done, lp_buf, lg_buf = c
                 if mem:
-                    toks = jax.lax.dynamic_slice_in_dim(tok_buf, seg, size + 1, axis=1)
-                    state = self._advance_online(params, state, toks, seg)
-                    seg = seg + size
-                    return state, _recurrent(state["carry"]), tok_buf, n, seg, seg, done, \
-                        lp_buf, lg_buf
-                toks = jax.lax.dynamic_slice_in_dim(tok_buf, b, size, axis=1)
-                state = self._advance_frozen(model, state, toks, b)
-                return state, rc, tok_buf, n, b + size, b + size, done, lp_buf, lg_buf
+                    toks = jax.lax.dynamic_slice_in_dim(c.tok_buf, c.seg, size + 1, axis=1)
+                    state = self._advance_online(params, c.state, toks, c.seg)
+                    seg = c.seg + size
+                    return c._replace(state=state, rc=_recurrent(state["carry"]), b=seg, seg=seg)
+                toks = jax.lax.dynamic_slice_in_dim(c.tok_buf, c.b, size, axis=1)
+                state = self._advance_frozen(model, c.state, toks, c.b)
+                return c._replace(state=state, b=c.b + size, seg=c.b + size)
             return go
 
         def sample(c, lg):
-            state, rc, tok_buf, n, b, seg, done, lp_buf, lg_buf = c
             if greedy:
                 tok = jnp.argmax(lg, axis=-1).astype(jnp.int32)
             else:
-                tok = sample_logits(lg, jax.random.fold_in(key, n), temperature, top_k, top_p)
+                tok = sample_logits(lg, jax.random.fold_in(key, c.n), temperature, top_k, top_p)
             lp = jnp.take_along_axis(jax.nn.log_softmax(lg, -1), tok[:, None], axis=-1)[:, 0]
-            tok = jnp.where(done, self.eos_id, tok)
-            lp = jnp.where(done, 0.0, lp)
-            tok_buf = jax.lax.dynamic_update_slice_in_dim(tok_buf, tok[:, None], n, axis=1)
-            lp_buf = jax.lax.dynamic_update_slice_in_dim(lp_buf, lp[:, None], n, axis=1)
+            tok = jnp.where(c.done, self.eos_id, tok)
+            lp = jnp.where(c.done, 0.0, lp)
+            n = c.n
+            put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+                buf, x[:, None], n, axis=1)
+            c = c._replace(tok_buf=put(c.tok_buf, tok), lp_buf=put(c.lp_buf, lp), n=c.n + 1)
             if want_logits:
-                lg_buf = jax.lax.dynamic_update_slice_in_dim(lg_buf, lg[:, None], n, axis=1)
+                c = c._replace(lg_buf=put(c.lg_buf, lg))
             if stop_at_eos:
-                done = done | (tok == self.eos_id)
-            return state, rc, tok_buf, n + 1, b, seg, done, lp_buf, lg_buf
+                c = c._replace(done=c.done | (tok == self.eos_id))
+            return c
 
         def step(c):
             """Forward the block [b, b + blk) (positions ≥ n padded). If it is complete and
@@ -260,23 +249,22 @@ class Decoder:
             logits at n - 1 and, when n - 1 was the block's last position, the block's carry
             becomes the read state too. The block's key/value slots are always kept: every
             later forward rewrites them before they are read."""
-            state, rc, tok_buf, n, b = c[:5]
-            toks = jax.lax.dynamic_slice_in_dim(tok_buf, b, blk, axis=1)
+            n, b = c.n, c.b
+            toks = jax.lax.dynamic_slice_in_dim(c.tok_buf, b, blk, axis=1)
             h, new_carry, _ = model.run_blocks(model.embed(toks),
                                                b + jnp.arange(blk, dtype=jnp.int32),
-                                               read_carry(state, rc))
+                                               read_carry(c))
             row = jnp.clip(n - 1 - b, 0, blk - 1)
             lg = model.logits(jax.lax.dynamic_slice_in_dim(h, row, 1, axis=1))[:, 0]
             lg = lg.astype(jnp.float32)
-            c = (with_kv(state, new_carry),) + c[1:]
+            c = c._replace(state=with_kv(c.state, new_carry))
 
             def commit(c):
-                state, rc = c[0], c[1]
                 if mem:
-                    rc = _recurrent(new_carry)
+                    c = c._replace(rc=_recurrent(new_carry))
                 else:
-                    state = {**new_carry}
-                return (state, rc) + c[2:4] + (c[4] + blk,) + c[5:]
+                    c = c._replace(state={**new_carry})
+                return c._replace(b=c.b + blk)
 
             def token(c):
                 c = sample(c, lg)
@@ -285,34 +273,30 @@ class Decoder:
             return jax.lax.cond(n > b + blk, commit, token, c)
 
         def body(c):
-            n, b, seg = c[3], c[4], c[5]
-            base = seg if mem else b
+            base = c.seg if mem else c.b
             branch = len(self.sizes)  # `step`, unless a complete known run can be advanced
             for i in reversed(range(len(self.sizes))):
-                branch = jnp.where(n > base + self.sizes[i], i, branch)
+                branch = jnp.where(c.n > base + self.sizes[i], i, branch)
             return jax.lax.switch(branch, [adv(x) for x in self.sizes] + [step], c)
 
         def cond(c):
-            n, b, seg, done = c[3], c[4], c[5], c[6]
-            pending = (n > seg + self.unit) if mem else (n > b + blk)  # known, not advanced
-            return pending | ((n < n_end) & ~jnp.all(done))
+            pending = (c.n > c.seg + self.unit) if mem else (c.n > c.b + blk)  # known, unread
+            return pending | ((c.n < n_end) & ~jnp.all(c.done))
 
-        c = (state, rc, tok_buf, n, b, b if not mem else seg, done, lp_buf, lg_buf)
-        state, rc, tok_buf, n, b, seg, done, lp_buf, lg_buf = jax.lax.while_loop(cond, body, c)
-        return state, rc, tok_buf, n, b, seg, lp_buf, lg_buf
+        return jax.lax.while_loop(cond, body, cur._replace(seg=cur.seg if mem else cur.b))
 
     def _fn_for(self, batch, greedy, want_logits, stop_at_eos):
         key = (batch, greedy, want_logits, stop_at_eos)
         if key not in self._compiled:
-            donate = () if jax.default_backend() == "cpu" else (1, 2)  # CPU cannot donate
+            donate = () if jax.default_backend() == "cpu" else (1,)  # the cursor; CPU cannot donate
             loop = jax.jit(functools.partial(self._loop, greedy=greedy, want_logits=want_logits,
                                              stop_at_eos=stop_at_eos), donate_argnums=donate)
             init = jax.jit(lambda p: self._init_state(self.fn.bind(p), batch))
             t0 = time.perf_counter()
             state, rc = init(self.params)
-            one = jnp.int32(1)
-            args = (self.params, state, rc, jnp.zeros((batch, self.buf_len), jnp.int32), one,
-                    jnp.int32(0), jnp.int32(0), one, jax.random.key(0), jnp.float32(1.0),
+            cur = Cursor.start(state, rc, jnp.zeros((batch, self.buf_len), jnp.int32), 1,
+                               self._logit_width(want_logits))
+            args = (self.params, cur, jnp.int32(1), jax.random.key(0), jnp.float32(1.0),
                     jnp.int32(0), jnp.float32(1.0))
             compiled = loop.lower(*args).compile()
             self._compiled[key] = (init, compiled, time.perf_counter() - t0)
@@ -341,18 +325,17 @@ class Decoder:
         state, rc = init(self.params)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
-        zero = jnp.int32(0)
         # Prefill: advance every complete known block (n_end = p generates nothing).
-        state, rc, tok_buf, n, b, seg, _, _ = compiled(
-            self.params, state, rc, jnp.asarray(tok_buf), jnp.int32(p), zero, zero,
-            jnp.int32(p), *samp)
-        jax.block_until_ready(state)
+        cur = compiled(self.params, Cursor.start(state, rc, jnp.asarray(tok_buf), p,
+                                                 self._logit_width(want_logits)),
+                       jnp.int32(p), *samp)
+        jax.block_until_ready(cur.state)
         t1 = time.perf_counter()
-        state, rc, tok_buf, n, b, seg, lp_buf, lg_buf = compiled(
-            self.params, state, rc, tok_buf, n, b, seg, jnp.int32(p + max_new_tokens), *samp)
-        tok_buf = np.asarray(tok_buf)
+        cur = compiled(self.params, cur, jnp.int32(p + max_new_tokens), *samp)
+        tok_buf = np.asarray(cur.tok_buf)
         t2 = time.perf_counter()
-        end = int(n)
+        end = int(cur.n)
+        state, lp_buf, lg_buf = cur.state, cur.lp_buf, cur.lg_buf
         toks = tok_buf[:, p:end]
         n_new, stopped = [], []
         for row in toks:

@@ -63,8 +63,8 @@ class PlainLM:
 
             def body(carry, x):
                 tok, tgt, i = x
-                logits, carry, _ = model.segment(tok, (i * c + jnp.arange(c)).astype(jnp.int32),
-                                                 carry)
+                pos = (i * c + jnp.arange(c)).astype(jnp.int32)
+                logits, carry, _ = model.logits_with_carry(tok, pos, carry)
                 return carry, _logp_argmax(logits, tgt)
 
             xs = (split(tokens_BxT1[:, :-1]), split(tokens_BxT1[:, 1:]), jnp.arange(n))

@@ -92,9 +92,10 @@ class LM(nnx.Module):
             return self.embed.attend(x_BxTxD)
         return self.head(x_BxTxD).astype(jnp.float32)
 
-    def segment(self, tokens_BxS, pos_S, carry, probes=None):
-        """One segment of the online scan: (logits, new_carry, aux)."""
-        h, carry, aux = self.run_blocks(self.embed(tokens_BxS), pos_S, carry, probes)
+    def logits_with_carry(self, tokens_BxS, pos_S, carry):
+        """Logits of a piece of text at positions pos_S that continues the per-layer state
+        `carry` (chunked scoring of long inputs): (logits, new_carry, aux)."""
+        h, carry, aux = self.run_blocks(self.embed(tokens_BxS), pos_S, carry)
         return self.logits(h), carry, aux
 
     def __call__(self, tokens_BxT, pos_T=None):

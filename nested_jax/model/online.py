@@ -30,6 +30,10 @@ from nested_jax.ops.scan import nearest_divisor
 from nested_jax.ops.teach import teach_scale_at
 
 
+RESETS = ("per_sequence", "never")  # model.online.reset
+REMATS = ("segment", "block")  # model.online.remat (with model.remat)
+
+
 class OnlineConfigError(ValueError):
     pass
 
@@ -91,7 +95,7 @@ def check_online_config(cfg, seq_len: int, *, training: bool = False) -> None:
                 f"model.online.segment_len={s}. Fix: make every period in model.cms.periods "
                 f"a multiple of the segment length (or lower segment_len), or 0 for an "
                 f"outer-loop-only level.")
-    if cfg.online.reset not in ("per_sequence", "never"):
+    if cfg.online.reset not in RESETS:
         raise OnlineConfigError(
             f"model.online.reset={cfg.online.reset!r}; choose 'per_sequence' or 'never'.")
     if training and cfg.online.reset == "per_sequence":
@@ -156,8 +160,8 @@ def is_axes(x) -> bool:
     return type(x) is tuple and all(a is None or isinstance(a, str) for a in x)
 
 
-class Segment(NamedTuple):
-    """What `teach_signals` returns for one segment."""
+class TeachSignals(NamedTuple):
+    """What `teach_signals` returns for one online segment."""
 
     ce_BxS: jax.Array       # per-token CE of the segment (masked)
     h_BxSxD: jax.Array      # final hidden states (carry the outer gradient)
@@ -168,7 +172,7 @@ class Segment(NamedTuple):
 
 
 def teach_signals(model, carry: dict, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live: tuple,
-                  with_teach: bool, block_remat: bool = False) -> Segment:
+                  with_teach: bool, block_remat: bool = False) -> TeachSignals:
     """Forward one segment with the fast state in `carry` and pull its summed, masked CE back
     through the blocks with one `jax.vjp`: to the outputs of the `live` CMS levels (the
     teach signals δ, when `with_teach`) and to their fast deltas (Jᵀδ). The CE gradient at
@@ -195,17 +199,19 @@ def teach_signals(model, carry: dict, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live
     ce, g_h = ce_and_hidden_grad(h, model.head_weight(), tgt_BxS)
     teach, grad_delta = jax.lax.stop_gradient(
         vjp_fn(jax.lax.stop_gradient(g_h * mask_BxS[..., None]).astype(h.dtype)))
-    return Segment(ce * mask_BxS, h, new_carry, aux["cms_inputs"], teach or {}, grad_delta)
+    return TeachSignals(ce * mask_BxS, h, new_carry, aux["cms_inputs"], teach or {}, grad_delta)
 
 
 def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: dict | None = None,
-                   mask_BxT=None, teach_scale=None, collect_argmax=False):
-    """Run the segment scan. Returns (mean loss, aux) with aux = {"ce": ce_BxT, "fast": final
-    state, "metrics": {"teach_scale", "cms/<layer>/<level>/updates"}}. `fast` (optional)
-    continues from a given state instead of a fresh one (docs/streaming.md); `update=False`
-    reads with the state but never writes CMS levels. `teach_scale` overrides the scheduled
-    scale (memorisation). `collect_argmax` adds aux["argmax"], the greedy next-token
-    predictions [B, T] (evaluation's generation and scoring)."""
+                   mask_BxT=None, teach_scale=None, collect_argmax=False, start=0, kv=None):
+    """Run the online segment scan. Returns (mean loss, aux) with aux = {"ce": ce_BxT,
+    "fast": final state, "metrics": {"teach_scale"}, "cms_updates": {level: updates per
+    layer [L]}}. `fast` (optional) continues from a given state instead of a fresh one
+    (docs/streaming.md); `update=False` reads with the state but never writes CMS levels.
+    `teach_scale` overrides the scheduled scale (memorisation). `collect_argmax` adds
+    aux["argmax"], the greedy next-token predictions [B, T] (evaluation's generation and
+    scoring). The text sits at absolute positions start, start + 1, …; `kv` continues that
+    key/value buffer (decoding a longer text segment by segment) instead of a fresh one."""
     model = fn.bind(params)
     cfg = fn.cfg
     b, t = tokens_BxT1.shape[0], tokens_BxT1.shape[1] - 1
@@ -220,12 +226,14 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
                            o.teach_decay_duration) if teach_scale is None else teach_scale
     fresh = init_fast(model, cfg, b, t)
     state0 = fresh if fast is None else _persisting(fast, fresh)
+    if kv is not None:
+        state0 = {**state0, "carry": {**state0["carry"], "kv": kv}}
     meta = jax.lax.stop_gradient(model.cms_meta())
     if mask_BxT is None:
         mask_BxT = jnp.ones((b, t), jnp.float32)
-    seg = lambda a: a.reshape(b, n_seg, s).swapaxes(0, 1)  # noqa: E731  [B,T] → [N,B,S]
-    xs = (seg(tokens_BxT1[:, :-1]), seg(tokens_BxT1[:, 1:]), seg(mask_BxT.astype(jnp.float32)),
-          jnp.arange(n_seg))
+    to_segments = lambda a: a.reshape(b, n_seg, s).swapaxes(0, 1)  # noqa: E731  [B,T] → [N,B,S]
+    xs = (to_segments(tokens_BxT1[:, :-1]), to_segments(tokens_BxT1[:, 1:]),
+          to_segments(mask_BxT.astype(jnp.float32)), jnp.arange(n_seg))
     # δ per token is needed to clip it or to measure surprise; otherwise the inner
     # gradients come straight from the vjp wrt the fast deltas.
     with_teach = o.teach_clip > 0 or o.surprise_threshold > 0
@@ -237,7 +245,7 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
 
     block_remat = bool(cfg.remat) and o.remat == "block"
 
-    def segment(carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S):
+    def forward_and_teach(carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S):
         return teach_signals(model, carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S, live,
                              with_teach, block_remat)
 
@@ -248,11 +256,11 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
         # only its carry and inputs, and the backward pass recomputes its forward once (the
         # teach signal's backward is not redone: nothing differentiates it). At the pilot
         # size: 124 → 52 GiB of temporaries for `hope` (benchmarks/RESULTS.md).
-        segment = jax.checkpoint(segment, prevent_cse=False)
+        forward_and_teach = jax.checkpoint(forward_and_teach, prevent_cse=False)
 
     def body(state, x):
         tok_in_BxS, tgt_BxS, mask_BxS, i = x
-        pos_S = (i * s + jnp.arange(s)).astype(jnp.int32)
+        pos_S = (start + i * s + jnp.arange(s)).astype(jnp.int32)
         carry = state["carry"]
         if not update:  # read only
             h_BxSxD, new_carry, _ = model.run_blocks(model.embed(tok_in_BxS), pos_S, carry,
@@ -261,7 +269,7 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
             return {**state, "carry": {**new_carry, "cms": carry["cms"]}}, (ce_BxS, {},
                                                                            greedy(h_BxSxD))
         # forward segment → teach signals
-        sg = segment(carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S)
+        sg = forward_and_teach(carry, tok_in_BxS, tgt_BxS, mask_BxS, pos_S)
         # → update due levels (period-0 levels keep their zero delta and untouched state)
         tokens_after = state["tokens"] + (i + 1) * s
         levels, updates = {}, {}
@@ -287,32 +295,26 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
     ce_BxT = ce_NxBxS.swapaxes(0, 1).reshape(b, t)
     loss = ce_BxT.sum() / jnp.maximum(mask_BxT.sum(), 1.0)
     metrics = {"teach_scale": jnp.asarray(scale, jnp.float32)}
-    for n, per_seg_NxL in updates.items():
-        counts_L = per_seg_NxL.sum(0)
-        for layer in range(cfg.n_layers):
-            metrics[f"cms/{layer}/{n}/updates"] = counts_L[layer]
-    out = {"ce": ce_BxT, "fast": state, "metrics": metrics}
+    out = {"ce": ce_BxT, "fast": state, "metrics": metrics,
+           "cms_updates": {n: per_seg_NxL.sum(0) for n, per_seg_NxL in updates.items()}}
     if collect_argmax:
         out["argmax"] = argmax_NxBxS.swapaxes(0, 1).reshape(b, t)
     return loss, out
 
 
-def update_counts(metrics: dict) -> dict:
-    """{level: updates summed over layers} from online_forward metrics."""
-    out: dict = {}
-    for k, v in metrics.items():
-        parts = k.split("/")
-        if len(parts) == 4 and parts[0] == "cms" and parts[3] == "updates":
-            out[parts[2]] = out.get(parts[2], 0.0) + float(v)
-    return out
+def update_metrics(cms_updates: dict) -> dict:
+    """The log-record form of online_forward's aux["cms_updates"]: one scalar per layer and
+    level, `cms/<layer>/<level>/updates` (train/metrics.py writes every key)."""
+    return {f"cms/{layer}/{n}/updates": counts_L[layer]
+            for n, counts_L in cms_updates.items() for layer in range(counts_L.shape[0])}
 
 
 def memorize_pass(fn, params, prompt_BxT1, fast, mask_BxT=None, teach_scale=None, *, step=0):
     """One memorisation pass over a prompt: (fast state without the key/value buffer,
-    online_forward metrics). Jit it with `fn` and `step` bound for repeated use."""
+    {level: updates per layer}). Jit it with `fn` and `step` bound for repeated use."""
     _, aux = online_forward(fn, params, prompt_BxT1, step=step, update=True, fast=fast,
                             mask_BxT=mask_BxT, teach_scale=teach_scale)
-    return strip_kv(aux["fast"]), aux["metrics"]
+    return strip_kv(aux["fast"]), aux["cms_updates"]
 
 
 def memorize(fn, params, prompt_BxT1, *, steps: int = 1, fast: dict | None = None,
@@ -329,7 +331,7 @@ def memorize(fn, params, prompt_BxT1, *, steps: int = 1, fast: dict | None = Non
     state = None if reset else fast
     counts: dict = {}
     for _ in range(steps):
-        state, metrics = one_pass(params, prompt_BxT1, state, mask_BxT, teach_scale)
-        for k, v in update_counts(metrics).items():
-            counts[k] = counts.get(k, 0.0) + v
+        state, updates = one_pass(params, prompt_BxT1, state, mask_BxT, teach_scale)
+        for n, per_layer in updates.items():
+            counts[n] = counts.get(n, 0.0) + float(per_layer.sum())
     return state, counts

@@ -22,6 +22,8 @@ from nested_jax.ops.scan import call_chunk
 # The data-dependent gates (θ, η, α) start from small weights, so that at initialisation each
 # gate sits near its configured bias value (theta_init, eta_init, alpha_init) for every token.
 GATE_INIT_SCALE = 0.1
+MEMORIES = ("linear", "mlp")  # model.titans.memory
+DEPTHS = (2, 3, 4)  # model.titans.depth of the MLP memory (Titans §5.5)
 
 
 def _logit(p: float) -> float:

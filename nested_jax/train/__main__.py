@@ -109,7 +109,8 @@ def main(argv):
         preflight(config)  # values, tokenizer, data, devices: before anything is written
         from nested_jax.train.loop import train_and_evaluate
 
-        summary = train_and_evaluate(config, _WORKDIR.value, resume_step=_RESUME_STEP.value)
+        summary = train_and_evaluate(config, _WORKDIR.value, resume_step=_RESUME_STEP.value,
+                                     validated=True)  # preflight checked the config
     except cli.UserError as e:  # bad input (config, data, checkpoint): exit 2, no traceback
         _fail(cli.paragraph(e, fix_hint=HINT), 2)
     except NonFiniteError as e:  # diverged: the last good checkpoint is kept

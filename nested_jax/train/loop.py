@@ -6,8 +6,6 @@ import contextlib
 import functools
 import json
 import os
-import sys
-import time
 
 import jax
 import numpy as np
@@ -23,39 +21,18 @@ from nested_jax.model.online import init_fast, strip_kv
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import metrics as metrics_lib
 from nested_jax.train import optim, step as step_lib
-from nested_jax.train import distributed, parallel
+from nested_jax.train import actions, distributed, parallel
 from nested_jax.git_info import git_commit
 from nested_jax.train.validate import check_resume_config, finalize_config
 
 
-def _host(tree):
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
 def evaluate(eval_fn, params, batches, mesh, step) -> float:
+    """The held-out loss per token over `batches` (every process holds them whole)."""
     tot, n = 0.0, 0.0
     for b in batches:
         s, c = eval_fn(params, mesh_lib.shard_full_batch(b, mesh), step)
         tot, n = tot + float(s), n + float(c)
     return tot / max(n, 1.0)
-
-
-def _last(recs: list[dict], key: str, upto: int):
-    """(step, value) of the last record with `key` at or before step `upto`, else (None, None)."""
-    for r in reversed(recs):
-        if key in r and r.get("step", 0) <= upto:
-            return r["step"], r[key]
-    return None, None
-
-
-def _plot(config, metrics_path: str, workdir: str) -> None:
-    """(Re)draw loss_curve.png; a plotting failure is a warning, never the end of a run."""
-    try:
-        metrics_lib.plot_loss_curve(metrics_path, os.path.join(workdir, "loss_curve.png"),
-                                    title=f"{config.model.variant} on {config.data.dataset}")
-    except Exception as e:  # noqa: BLE001
-        print(f"[nested_jax] warning: could not draw loss_curve.png ({type(e).__name__}: {e}).",
-              file=sys.stderr, flush=True)
 
 
 def init_or_restore(config, ckpt: Checkpointer, train_iter, *, tx, mesh, tokenizer_sha256: str):
@@ -152,7 +129,8 @@ def _roll_back(workdir: str, resume_step: int) -> None:
               f"({', '.join(moved)})", flush=True)
 
 
-def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, resume_step: int | None = None, *,
+                       validated: bool = False) -> dict:
     """Train per `config`, writing checkpoints, metrics.jsonl (+ TensorBoard events) and
     loss_curve.png to `workdir`.
 
@@ -160,12 +138,15 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
     from that step instead (later steps are moved aside, see nested_jax.checkpoint.rollback).
     Whatever happens (an exception, a signal), the signal handlers, the checkpoint manager
     (in-flight saves complete), the metrics writers and the progress bar are closed.
+    `validated=True` says the caller has run `validate.preflight` on this config (the CLI
+    does), so its checks are not repeated; otherwise they run here, once.
     Returns a summary (also written to summary.json).
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     tok = loader.tokenizer_for(config.data)
-    finalize_config(config, tok.vocab_size)
+    if not validated:
+        finalize_config(config, tok.vocab_size)
     loader.check_vocab(config.data, config.model.vocab_size)
 
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -175,16 +156,10 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
     tx = optim.build_optimizer(config.optim, total, freeze=config.model.freeze)
     lr_schedule = optim.schedule(config.optim, total)
     fn = abstract_model(config.model)
-    try:
-        optim.check_freeze(fn.params(), config.model.freeze)
-    except ValueError as e:
-        from nested_jax.train.validate import ConfigError
-
-        raise ConfigError(str(e), fix="correct --config.model.freeze.") from None
+    _check_freeze(fn, config.model.freeze)
     if resume_step is not None:
         _roll_back(workdir, resume_step)
 
-    summary: dict = {}
     with contextlib.ExitStack() as cleanup:  # closed in reverse order, on any exit
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                             max_to_keep=config.checkpoint.max_to_keep,
@@ -195,7 +170,6 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
             seed=config.seed, process_index=proc, process_count=n_proc)
         state, shardings, start, meta = init_or_restore(config, ckpt, train_iter, tx=tx,
                                                         mesh=mesh, tokenizer_sha256=tok.sha256)
-        summary["start_step"] = start
         if proc == 0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
@@ -207,152 +181,146 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
             config.data, seq_len=config.train.seq_len, batch_size=config.eval.batch_size,
             num_batches=config.eval.num_batches)
 
-        writer = distributed.NullWriter()
-        if proc == 0:
-            sinks = metrics_lib.make_sinks(config.logging, workdir, start,
-                                           config.to_json_best_effort())
-            writer = metrics_lib.MetricsWriter(workdir, resume_step=start, sinks=sinks)
+        writer = _open_writer(config, workdir, start) if proc == 0 else distributed.NullWriter()
         cleanup.callback(writer.close)
-        plain = proc == 0 and not config.logging.progress_bar  # one line per log / eval
-        plot = proc == 0 and config.logging.plot
         guard = metrics_lib.NonFiniteGuard(  # counts skipped non-finite steps; aborts after K
             workdir, config.train.max_nonfinite_in_a_row,
             meta, save_batches=proc == 0, before_abort=ckpt.wait)
-        tokens_per_step = config.train.batch_size * config.train.seq_len
-        meta_base = {
-            "tokenizer_sha256": tok.sha256,
-            "package_version": nested_jax.__version__,
-            "git_commit": git_commit(),
-            "variant": config.model.variant,
-            "process_count": n_proc,
-        }
-        last_eval = None
-        last_saved = start
         if start >= total and proc == 0:
             print(f"[nested_jax] the run is already at step {start} (train.steps={total}): "
                   "nothing to train (raise --config.train.steps to train further).", flush=True)
-        bar = None
-        if config.logging.progress_bar and proc == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, initial=start, desc=f"train {config.model.variant}",
-                       dynamic_ncols=True)
+        bar = _open_bar(config, start) if proc == 0 and config.logging.progress_bar else None
+        if bar is not None:
             cleanup.callback(bar.close)
+        console = actions.Console(bar, plain=proc == 0 and not config.logging.progress_bar)
 
-        def save(step_done: int):
-            ckpt.save(step_done, params=state["params"],
-                      opt={"opt_state": state["opt_state"], "step": state["step"]},
-                      fast=state.get("fast"), data_iter=train_iter,
-                      meta=dict(meta_base, config=config.to_json_best_effort(), step=step_done,
-                                tokens_seen=step_done * tokens_per_step, **guard.state()))
-
-        def record_eval(s: int, loss: float) -> None:
-            """Write the held-out loss, print it, redraw the PNG; non-finite = divergence."""
-            writer.write({"step": s, "eval_loss": loss})
-            summary["eval_step"] = s
-            line = metrics_lib.log_line({"step": s, "eval_loss": loss}, total)
-            if bar is not None:
-                bar.write(line)
-            elif proc == 0:
-                print(line, flush=True)
-            if plot:
-                _plot(config, writer.path, workdir)
-            if not np.isfinite(loss):
-                ckpt.wait()  # an in-flight save of an earlier step completes
-                where = (f"the last checkpoint, step {last_saved}, in {ckpt.directory} is kept"
-                         if last_saved else "no checkpoint was saved")
-                raise metrics_lib.NonFiniteError(
-                    f"training stopped at step {s}: the held-out loss is {loss} (non-finite): "
-                    f"the model diverged. Step {s} was not saved; {where}. Fix: rerun with a "
-                    "lower --config.optim.lr (or, for online variants, a smaller --config."
-                    "model.online.teach_scale); the same command resumes from the last "
-                    "checkpoint, --resume-step N from an earlier one.")
-
-        pending = None  # (step, metrics on device): read after dispatching the next step
-        t_last, step_last = time.perf_counter(), start
-
-        def flush(pending_item):
-            nonlocal t_last, step_last
-            s, m = pending_item
-            m = {k: float(v) for k, v in _host(m).items()}
-            guard.update(s, m)  # "nonfinite" → cumulative "nonfinite_skipped"
-            summary["loss"] = m["loss"]
-            if s % config.train.log_every == 0 or s == total or guard.abort:
-                now = time.perf_counter()
-                tps = (s - step_last) * tokens_per_step / max(now - t_last, 1e-9)
-                t_last, step_last = now, s
-                rec = {"step": s, **m, "tokens_per_sec": tps}
-                writer.write(rec)
-                summary["tokens_per_sec"] = tps
-                if bar is not None:
-                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tps:,.0f}")
-                elif plain:
-                    print(metrics_lib.log_line(rec, total), flush=True)
-            guard.check()  # K non-finite steps in a row: NonFiniteError, nothing more is saved
-
-        def run_steps() -> None:
-            nonlocal state, pending, last_eval, last_saved
-            if start == 0 and total > 0:  # the initial model's held-out loss
-                last_eval = evaluate(p_eval, state["params"], eval_batches, mesh, state["step"])
-                record_eval(0, last_eval)
-            for i in range(start, total):
-                batch = next(train_iter)
-                guard.remember(i + 1, batch)
-                state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
-                if pending is not None:
-                    flush(pending)
-                pending = (i + 1, m)
-                if bar is not None:
-                    bar.update(1)
-                s = i + 1
-                if s % config.eval.every_steps == 0 or s == total:
-                    flush(pending)
-                    pending = None
-                    last_eval = evaluate(p_eval, state["params"], eval_batches, mesh,
-                                         state["step"])
-                    record_eval(s, last_eval)  # raises (nothing saved) when it is non-finite
-                stopping = stop.requested(s)
-                if s % config.checkpoint.every_steps == 0 or s == total or stopping:
-                    if pending is not None:  # step s's record reaches metrics.jsonl first
-                        flush(pending)
-                        pending = None
-                    save(s)
-                    last_saved = s
-                if stopping:
-                    summary["stopped_at"] = s
-                    break
-            if pending is not None:
-                flush(pending)
-                pending = None
+        tokens_per_step = config.train.batch_size * config.train.seq_len
+        metrics = actions.MetricsFlush(
+            config.train.log_every, total, writer=writer, guard=guard, console=console,
+            tokens_per_step=tokens_per_step, start=start)
+        saver = actions.Checkpoint(
+            config.checkpoint.every_steps, total, checkpointer=ckpt, data_iter=train_iter,
+            meta=_checkpoint_meta(config, tok.sha256, n_proc), guard_state=guard.state,
+            tokens_per_step=tokens_per_step, start=start, before=metrics.flush)
+        evals = actions.HeldOutEval(
+            config.eval.every_steps, total, writer=writer, console=console, checkpoint=saver,
+            measure=lambda st: evaluate(p_eval, st["params"], eval_batches, mesh, st["step"]),
+            before=metrics.flush)
+        plot = actions.Plot(  # on the evaluation's cadence: redrawn after each evaluation
+            config.eval.every_steps, total, metrics_path=writer.path,
+            png_path=os.path.join(workdir, "loss_curve.png"),
+            title=f"{config.model.variant} on {config.data.dataset}",
+            enabled=proc == 0 and config.logging.plot)
 
         stop = StopRequest().install()  # SIGTERM/SIGINT: checkpoint after this step, exit 0
         cleanup.callback(stop.uninstall)
+        stopped_at = None
         try:
-            run_steps()
+            if start == 0 and total > 0:  # the initial model's held-out loss
+                evals(0, state)
+                plot(0)
+                evals.check()
+            for step in range(start + 1, total + 1):
+                batch = next(train_iter)
+                guard.remember(step, batch)
+                state, m = p_train(state, {"tokens": mesh_lib.global_batch(batch["tokens"], mesh)})
+                metrics.push(step, m)  # reads step - 1's metrics: `step` is already dispatched
+                console.advance()
+                evals(step, state)
+                plot(step)
+                evals.check()  # a non-finite held-out loss: raise before `step` is saved
+                stopping = stop.requested(step)
+                saver(step, state, force=stopping)
+                if stopping:
+                    stopped_at = step
+                    break
+            metrics.flush()
         except metrics_lib.NonFiniteError as e:  # diverged: summary.json says so, then stop
             if proc == 0:
-                summary.update(diverged=" ".join(str(e).split()),
-                               last_checkpoint=last_saved or None)
-                with open(os.path.join(workdir, "summary.json"), "w") as f:
-                    json.dump(summary, f, indent=2)
+                _write_summary(workdir, dict(
+                    _measured(start, metrics, evals), diverged=" ".join(str(e).split()),
+                    last_checkpoint=saver.last_saved or None))
             raise
-        if last_saved != total and total > start and "stopped_at" not in summary:
-            save(total)
     # Everything is closed here: the last save is committed, the writers are flushed.
-    if plot:
-        _plot(config, writer.path, workdir)
-    final = summary.get("stopped_at", max(total, start))
-    summary.update(final_step=final, eval_loss=last_eval, vocab_size=config.model.vocab_size,
+    plot.draw()
+    summary = _measured(start, metrics, evals)
+    if stopped_at is not None:
+        summary["stopped_at"] = stopped_at
+    final = stopped_at if stopped_at is not None else max(total, start)
+    summary.update(final_step=final, eval_loss=evals.loss, vocab_size=config.model.vocab_size,
                    ln_vocab=float(np.log(config.model.vocab_size)))
     if proc == 0:
-        # A rerun of a finished run (or a stop before any evaluation) measured nothing new:
-        # take the last values metrics.jsonl holds instead of writing nulls over them.
-        recs = metrics_lib.read_metrics(writer.path)
-        if summary.get("eval_step") is None:
-            summary["eval_step"], summary["eval_loss"] = _last(recs, "eval_loss", final)
-        for key in ("loss", "tokens_per_sec"):
-            if summary.get(key) is None:
-                summary[key] = _last(recs, key, final)[1]
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        _fill_from_metrics(summary, writer.path, final)
+        _write_summary(workdir, summary)
     return summary
+
+
+def _check_freeze(fn, freeze) -> None:
+    """model.freeze names parameters the model has (a ConfigError naming the fix otherwise)."""
+    try:
+        optim.check_freeze(fn.params(), freeze)
+    except ValueError as e:
+        from nested_jax.train.validate import ConfigError
+
+        raise ConfigError(str(e), fix="correct --config.model.freeze.") from None
+
+
+def _open_writer(config, workdir: str, start: int) -> metrics_lib.MetricsWriter:
+    """Process 0's metrics.jsonl writer with its TensorBoard / W&B sinks, resumed at `start`."""
+    sinks = metrics_lib.make_sinks(config.logging, workdir, start, config.to_json_best_effort())
+    return metrics_lib.MetricsWriter(workdir, resume_step=start, sinks=sinks)
+
+
+def _open_bar(config, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.train.steps, initial=start, desc=f"train {config.model.variant}",
+                dynamic_ncols=True)
+
+
+def _checkpoint_meta(config, tokenizer_sha256: str, process_count: int) -> dict:
+    """What every checkpoint's meta records besides its step (the Checkpoint action adds it)."""
+    return {
+        "tokenizer_sha256": tokenizer_sha256,
+        "package_version": nested_jax.__version__,
+        "git_commit": git_commit(),
+        "variant": config.model.variant,
+        "process_count": process_count,
+        "config": config.to_json_best_effort(),
+    }
+
+
+def _measured(start: int, metrics: actions.MetricsFlush, evals: actions.HeldOutEval) -> dict:
+    """The summary of what this launch measured (a key only for a value it has)."""
+    out = {"start_step": start}
+    if evals.step is not None:
+        out["eval_step"] = evals.step
+    if metrics.loss is not None:
+        out["loss"] = metrics.loss
+    if metrics.tokens_per_sec is not None:
+        out["tokens_per_sec"] = metrics.tokens_per_sec
+    return out
+
+
+def _fill_from_metrics(summary: dict, metrics_path: str, final: int) -> None:
+    """A rerun of a finished run (or a stop before any evaluation) measured nothing new:
+    take the last values metrics.jsonl holds instead of writing nulls over them."""
+    recs = metrics_lib.read_metrics(metrics_path)
+    if summary.get("eval_step") is None:
+        summary["eval_step"], summary["eval_loss"] = _last(recs, "eval_loss", final)
+    for key in ("loss", "tokens_per_sec"):
+        if summary.get(key) is None:
+            summary[key] = _last(recs, key, final)[1]
+
+
+def _write_summary(workdir: str, summary: dict) -> None:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+def _last(recs: list[dict], key: str, upto: int):
+    """(step, value) of the last record with `key` at or before step `upto`, else (None, None)."""
+    for r in reversed(recs):
+        if key in r and r.get("step", 0) <= upto:
+            return r["step"], r[key]
+    return None, None

@@ -6,17 +6,20 @@ import jax
 import ml_collections
 import optax
 
+OPTIMIZERS = ("adamw", "muon", "m3")  # optim.name
+SCHEDULES = ("cosine", "constant")  # optim.schedule
+
 
 def schedule(o, total_steps: int) -> optax.Schedule:
-    warmup = max(0, min(o.warmup_steps, total_steps))
+    warmup = max(1, min(o.warmup_steps, total_steps))  # optax needs ≥ 1 warm-up step
     if o.schedule == "constant":
         return optax.join_schedules(
-            [optax.linear_schedule(0.0, o.lr, max(warmup, 1)), optax.constant_schedule(o.lr)],
-            [max(warmup, 1)],
+            [optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)],
+            [warmup],
         )
     if o.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=o.lr, warmup_steps=max(warmup, 1),
+            init_value=0.0, peak_value=o.lr, warmup_steps=warmup,
             decay_steps=max(total_steps, warmup + 1), end_value=o.lr * o.min_lr_ratio,
         )
     raise ValueError(f"optim.schedule={o.schedule!r}; choose 'cosine' or 'constant'.")

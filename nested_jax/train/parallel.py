@@ -44,6 +44,8 @@ from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import sharding as sharding_lib
 from nested_jax.train import step as step_lib
 
+MODES = ("shard_map", "gspmd")  # mesh.mode
+
 
 def abstract_fast(model_cfg, batch: int, seq_len: int):
     """Abstract streaming fast state (what the train state holds) for `batch` rows."""
@@ -89,7 +91,7 @@ def shard_map_grad_fn(mesh, fn, fast_specs=None):
 def jit_train_step(config, mesh, shardings, *, fn, tx, lr_schedule):
     """The train step jitted once with state/batch shardings and state donation."""
     kw = {}
-    if config.mesh.mode == "shard_map":  # else "gspmd" (validate.CHOICES)
+    if config.mesh.mode == "shard_map":  # else "gspmd" (MODES)
         fast_specs = None
         if "fast" in shardings:
             fast_specs = jax.tree.map(lambda s: s.spec, shardings["fast"])

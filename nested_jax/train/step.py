@@ -27,8 +27,8 @@ def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn):
     def loss_fn(p):
         if frozen:  # model.freeze: no gradient flows into these leaves (their weight-gradient
             p = _stop_frozen(p, frozen)  # work is never done; the optimizer masks them too)
-        ce, metrics, new_fast = token_losses(fn, p, tokens_BxT1, step, fast)
-        return ce.mean(), (metrics, new_fast)
+        out = token_losses(fn, p, tokens_BxT1, step, fast)
+        return out.loss, (out.metrics, out.fast)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
@@ -77,5 +77,5 @@ def skip_nonfinite(state: dict, new_state: dict, metrics: dict):
 def eval_step(params, tokens_BxT1, step, *, fn):
     """Sum of token losses and token count of one batch (summed over batches by the caller).
     Online variants run their online algorithm from a fresh fast state."""
-    ce, _, _ = token_losses(fn, params, tokens_BxT1, step)
+    ce = token_losses(fn, params, tokens_BxT1, step).ce_BxT
     return ce.sum(), jnp.asarray(ce.size, jnp.float32)

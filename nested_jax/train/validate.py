@@ -3,7 +3,9 @@
     check_values(config)        every field's value: choices, ranges, chunk/segment fits
     finalize_config(config, V)  the above + vocab from the tokenizer + online constraints
     preflight(config)           what the CLI runs before training: the above, tokenizer,
-                                data and devices (DataError / ConfigError, never a JAX trace)
+                                data and devices (DataError / ConfigError, never a JAX trace);
+                                each check once per launch (the CLI then passes
+                                train_and_evaluate validated=True)
     check_resume_config(meta, config, tokenizer_sha256)
 """
 
@@ -25,22 +27,32 @@ class DataError(ConfigError):
     """Missing or unusable data or tokenizer."""
 
 
-# Allowed values of string fields (model.variant is checked against the model's BLOCKS).
-CHOICES = {
-    "model.dtype": ("float32", "bfloat16"),
-    "model.attention_impl": ("auto", "xla", "cudnn"),
-    "model.rope_scaling": ("none", "llama3"),
-    "model.cms.mlp": ("gelu", "swiglu"),
-    "model.titans.mode": ("mag", "mal", "mac"),
-    "model.titans.memory": ("linear", "mlp"),
-    "model.titans.depth": (2, 3, 4),
-    "model.selfmod.mem_read": ("dual", "boundary"),
-    "model.online.reset": ("per_sequence", "never"),
-    "model.online.remat": ("segment", "block"),
-    "optim.name": ("adamw", "muon", "m3"),
-    "optim.schedule": ("cosine", "constant"),
-    "mesh.mode": ("shard_map", "gspmd"),
-}
+def choices() -> dict[str, tuple]:
+    """Allowed values of the string (and enumerated) fields, by dotted name. A list that the
+    module reading the field defines is taken from there, so each list exists once;
+    model.variant is checked against the variant registry. The model modules are imported
+    on use, as in check_values, so importing this module loads no JAX."""
+    from nested_jax.model import blocks, cms, lm, online, titans
+    from nested_jax.ops import attention, selfmod
+    from nested_jax.train import optim, parallel
+
+    return {
+        "model.dtype": tuple(lm.DTYPES),
+        "model.attention_impl": attention.IMPLEMENTATIONS,
+        "model.rope_scaling": attention.ROPE_SCALINGS,
+        "model.cms.mlp": cms.CMS_MLPS,
+        "model.titans.mode": blocks.TITANS_MODES,
+        "model.titans.memory": titans.MEMORIES,
+        "model.titans.depth": titans.DEPTHS,
+        "model.selfmod.mem_read": selfmod.MEM_READS,
+        "model.online.reset": online.RESETS,
+        "model.online.remat": online.REMATS,
+        "optim.name": optim.OPTIMIZERS,
+        "optim.schedule": optim.SCHEDULES,
+        "mesh.mode": parallel.MODES,
+    }
+
+
 # Numeric fields: (field, low, high or None, low allowed?, high allowed?).
 RANGES = (
     ("model.d_model", 1, None, True, True), ("model.n_layers", 1, None, True, True),
@@ -157,10 +169,10 @@ def check_values(config) -> None:
     _choice("model.variant", m.variant, tuple(registry()))
     variant = registry()[m.variant]
     check_kinds(config)
-    for dotted, choices in CHOICES.items():
+    for dotted, allowed in choices().items():
         v = _get(config, dotted)
         if v is not None:
-            _choice(dotted, v, choices)
+            _choice(dotted, v, allowed)
     for dotted, lo, hi, lo_ok, hi_ok in RANGES:
         v = _get(config, dotted)
         if v is None or isinstance(v, bool):
@@ -189,8 +201,15 @@ def check_values(config) -> None:
 
 
 def finalize_config(config, tokenizer_vocab: int) -> None:
-    """Fill derived fields and reject impossible combinations (before any JAX work)."""
+    """Check every value, fill derived fields and reject impossible combinations (before
+    any JAX work)."""
     check_values(config)
+    _fill_and_check(config, tokenizer_vocab)
+
+
+def _fill_and_check(config, tokenizer_vocab: int) -> None:
+    """finalize_config after check_values has passed: model.vocab_size from the tokenizer,
+    then the checks that span several fields."""
     m = config.model
     if m.vocab_size == 0:
         m.vocab_size = tokenizer_vocab
@@ -289,7 +308,10 @@ def check_resume_config(meta: dict, config, tokenizer_sha256: str) -> None:
 def preflight(config) -> None:
     """What the training CLI checks before it writes anything: config values, tokenizer,
     data (prepared and cached on first use) and devices. Raises ConfigError / DataError
-    whose message names the fix, instead of a traceback from inside JAX or Grain."""
+    whose message names the fix, instead of a traceback from inside JAX or Grain. Each
+    check runs once: the values before the tokenizer is loaded (a bad value is reported
+    first), the rest of finalize_config after; train_and_evaluate(..., validated=True)
+    then skips them."""
     check_values(config)
     from nested_jax.data import loader
 
@@ -297,7 +319,7 @@ def preflight(config) -> None:
         tok = loader.tokenizer_for(config.data)
     except (ValueError, OSError) as e:
         raise DataError(f"cannot load data.tokenizer={config.data.tokenizer!r}: {e}") from None
-    finalize_config(config, tok.vocab_size)
+    _fill_and_check(config, tok.vocab_size)
     data_cfg = config.data.copy_and_resolve_references()
     data_cfg.num_workers = 0  # build the iterator only to check it; start no worker processes
     t = config.train
