@@ -59,6 +59,39 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} ({self.prog})", fix=f"see `{self.prog} --help`.")
 
 
+# Rows per scoring batch, the one default of every command's --batch-size (eval, perplexity,
+# the lm-eval adapter): 8 windows of a few thousand tokens fit a small GPU and a laptop.
+DEFAULT_BATCH_SIZE = 8
+
+_WARNED: set = set()
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """One `warning: OLD is deprecated; use NEW` line on stderr per spelling and process."""
+    if old in _WARNED:
+        return
+    _WARNED.add(old)
+    sys.stderr.write(f"warning: {old} is deprecated; use {new} (same meaning).\n")
+    sys.stderr.flush()
+
+
+def add_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """Keep `old` as a deprecated spelling of the flag `new` (already added): it stores into
+    the same destination and prints one warning. kwargs: `type=` for a value flag; none for
+    a switch."""
+    target = next(a for a in parser._actions if new in a.option_strings)
+    takes_value = target.nargs != 0
+
+    class Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            warn_deprecated(option_string, new)
+            setattr(namespace, target.dest, values if takes_value else target.const)
+
+    parser.add_argument(old, action=Alias, dest=f"_alias_{target.dest}",
+                        nargs=None if takes_value else 0, help=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, **kwargs)
+
+
 # Typed flag values, checked where the grammar is defined (argparse `type=`): a wrong type,
 # a value out of range or a non-finite number is a usage error naming the flag (exit 2).
 def int_at_least(lo: int):

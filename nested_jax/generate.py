@@ -19,7 +19,7 @@ EXAMPLES = """examples:
   python -m nested_jax.generate --checkpoint runs/smoke --prompt "It was a dark and stormy night"
   python -m nested_jax.generate --checkpoint runs/smoke --prompt-file p.txt --max-new-tokens 200 \\
       --temperature 0.8 --top-p 0.95 --seed 1 --output out/gen.json
-  python -m nested_jax.generate --checkpoint runs/hope --prompt "..." --memorize
+  python -m nested_jax.generate --checkpoint runs/hope --prompt "..." --learn-online
 
 decoding:
   --temperature 0 (default) is greedy and deterministic. Otherwise token n is drawn with
@@ -31,21 +31,21 @@ decoding:
   e.g. Llama 3's <|begin_of_text|>, or none for Qwen2; --no-doc-start leaves it out). Generation stops at EOS unless
   --ignore-eos.
 
---memorize (HOPE variants: hope, hope_attention, hope_hybrid):
+--learn-online (HOPE variants: hope, hope_attention, hope_hybrid; formerly --memorize):
   Plain decoding reads the CMS levels with their trained (meta) weights: they do not change
   while the model reads the prompt and writes the completion (the Titans / self-modifying
-  memories inside each layer still update as in every forward). With --memorize the model
+  memories inside each layer still update as in every forward). With --learn-online the model
   keeps learning at test time: whenever a segment of model.online.segment_len tokens is
   complete, the online training scan runs on it with the running fast state (teach signal
   from the segment's own next-token loss, the levels' inner optimizers, their periods) —
   exactly what training does inside a sequence, over the prompt and the model's own
   output. Costs one extra forward + backward per segment. Other variants have no CMS
-  levels: --memorize is then a no-op (reported in the output).
+  levels: --learn-online is then a no-op (reported in the output).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nested_jax.cli import ArgumentParser, float_at_least, int_at_least
+    from nested_jax.cli import ArgumentParser, add_alias, float_at_least, int_at_least
 
     ap = ArgumentParser(prog="python -m nested_jax.generate",
                                  description=__doc__.split("\n\n")[1],
@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-length", type=int_at_least(0), default=0,
                     help="prompt + new tokens allowed (0 = the checkpoint's train.seq_len; "
                          "longer is extrapolation beyond the trained context)")
-    ap.add_argument("--memorize", action="store_true",
+    ap.add_argument("--learn-online", action="store_true",
                     help="HOPE variants: CMS levels keep learning from the text (see below)")
+    add_alias(ap, "--memorize", "--learn-online")
     ap.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
     ap.add_argument("--no-doc-start", action="store_true",
                     help="do not put EOS (document start) before the prompt")
@@ -140,7 +141,7 @@ def run(a, argv: list[str]) -> dict:
             f"{max_len} tokens the model takes. Fix: --max-new-tokens "
             f"{max_len - len(ids)}, or --max-length {len(ids) + a.max_new_tokens} (beyond the "
             f"trained {trained} tokens the model extrapolates).")
-    memorize = bool(a.memorize and loaded.online)
+    memorize = bool(a.learn_online and loaded.online)
     dec = decode.Decoder(loaded.fn, loaded.params, max_len=max_len, memorize=memorize,
                          step=loaded.step, eos_id=tok.eos_id)
     t0 = time.perf_counter()
@@ -149,10 +150,10 @@ def run(a, argv: list[str]) -> dict:
     wall = time.perf_counter() - t0
     n = int(g.n_new[0])
     new_ids = [int(x) for x in g.tokens[0, :n]]
-    mem = {"requested": bool(a.memorize), "applied": memorize}
-    if a.memorize and not memorize:
+    mem = {"requested": bool(a.learn_online), "applied": memorize}
+    if a.learn_online and not memorize:
         mem["note"] = (f"variant {loaded.cfg.model.variant} has no CMS levels (no fast state "
-                       "to write): --memorize is a no-op")
+                       "to write): --learn-online is a no-op")
     return {
         "prompt": text,
         "completion": tok.decode(new_ids),
@@ -168,7 +169,7 @@ def run(a, argv: list[str]) -> dict:
         "sampling": {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
                      "seed": a.seed, "greedy": a.temperature <= 0,
                      "doc_start": not a.no_doc_start, "stop_at_eos": not a.ignore_eos},
-        "memorize": mem,
+        "learn_online": mem,
         "decoding": {"block": dec.block, "max_length": max_len, "train_seq_len": trained,
                      "incremental": True},
         "timing_s": {"compile": round(g.compile_s, 3), "prefill": round(g.prefill_s, 4),

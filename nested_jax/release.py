@@ -6,8 +6,9 @@
 
 Layout (like the PyTorch reproduction's pilot release, kmccleary3301/nested_learning):
 
-    MODEL_CARD.md         generated: architecture, parameters, data, training, eval table,
-                          limitations, provenance, how to use and verify
+    MODEL_CARD.md         generated from release_card.md.tmpl: architecture, parameters,
+                          data, training, eval table, limitations, provenance, how to use
+                          and verify
     release.json          step, tokens seen, parameter count, tokenizer, commits, versions
     config.json           the training config (from the checkpoint's metadata)
     checkpoints/<step>/   the Orbax step (params, optimizer, fast state, data state, meta);
@@ -29,18 +30,21 @@ import json
 import math
 import os
 import shutil
+import string
 import sys
+from pathlib import Path
 
 import nested_jax
 from nested_jax.cli import ArgumentParser, UserError, check_output_dir, run
-from nested_jax.checkpoint.io import (Checkpointer, CheckpointError, checkpoint_dir, hash_tree,
-                                      inspect_step)
+from nested_jax.checkpoint.integrity import hash_tree, inspect_step
+from nested_jax.checkpoint.io import Checkpointer, CheckpointError, checkpoint_dir
 from nested_jax.checkpoint.verify import check_tokenizer
 from nested_jax.data.assets import file_sha256
 from nested_jax.model.variants import get as get_variant
 
 FORMAT = "nested_jax-release/1"
 MANIFEST, SUMS, CARD = "MANIFEST.json", "SHA256SUMS", "MODEL_CARD.md"
+CARD_TEMPLATE = "release_card.md.tmpl"  # MODEL_CARD.md's text, next to this module
 
 
 class ReleaseError(UserError, RuntimeError):
@@ -97,22 +101,25 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _render(template: str, values: dict, blocks: dict[str, list[str]]) -> str:
+    """Fill a card template: `${name}` takes values[name]; a line holding only `${block}`
+    becomes that block's lines (none: the line goes)."""
+    out: list[str] = []
+    for line in template.splitlines():
+        name = line[2:-1] if line.startswith("${") and line.endswith("}") else None
+        if name in blocks:
+            out += blocks[name]
+        else:
+            out.append(string.Template(line).substitute(values))
+    return "\n".join(out) + "\n"
+
+
 def model_card(info: dict, cfg: dict, evals: list[tuple[str, dict]], files: dict) -> str:
+    """MODEL_CARD.md: CARD_TEMPLATE filled with the release's numbers."""
     m, t, o, d = cfg["model"], cfg["train"], cfg["optim"], cfg["data"]
     variant = m["variant"]
-    lines = [f"# nested_jax {variant} — step {info['step']:,}", "",
-             f"A {info['n_params']:,}-parameter `{variant}` language model trained with "
-             f"nested_jax (JAX/Flax Nested Learning / HOPE) for "
-             f"{info['step']:,} steps ({info['tokens_seen']:,} tokens). Research pilot release.",
-             "", "## Model", "", "| field | value |", "|---|---|"]
     head_dim = m.get("head_dim") or m["d_model"] // m["n_heads"]
-    rows = [("variant", variant), ("parameters", info["n_params"]),
-            ("width d_model", m["d_model"]), ("layers", m["n_layers"]),
-            ("heads × head dim", f"{m['n_heads']} × {head_dim}"),
-            ("SwiGLU width d_ff", m.get("d_ff") or "auto (8/3·d_model)"),
-            ("vocabulary", m["vocab_size"]), ("tied embeddings", m.get("tie_embeddings")),
-            ("attention window", m.get("attention_window") or "full causal"),
-            ("compute dtype", m.get("dtype"))]
+    rows = []
     spec = get_variant(variant)
     if spec.reads("titans"):
         tt = m["titans"]
@@ -130,63 +137,44 @@ def model_card(info: dict, cfg: dict, evals: list[tuple[str, dict]], files: dict
         rows.append(("online segment / fast-state reset", f"{on['segment_len']} / {on['reset']}"))
     for group, n in sorted(info["param_groups"].items()):
         rows.append((f"parameters in {group}", n))
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]
-    lines += ["", "## Training data", "", "| field | value |", "|---|---|",
-              f"| dataset | {d['dataset']} |",
-              f"| mixture | {d.get('mixture') or 'as prepared'} |",
-              f"| tokenizer | {info['tokenizer']['name']} (SentencePiece, "
-              f"{m['vocab_size']:,} pieces, sha256 `{info['tokenizer']['sha256'][:16]}…`) |",
-              f"| sequence length | {t['seq_len']} tokens |", ""]
-    lines += ["## Training", "", "| field | value |", "|---|---|",
-              f"| steps | {info['step']:,} (planned {t['steps']:,}) |",
-              f"| tokens seen | {info['tokens_seen']:,} |",
-              f"| batch | {t['batch_size']} sequences × {t['seq_len']} tokens |",
-              f"| optimizer | {o['name']}, lr {o['lr']:g} ({o['schedule']}, warm-up "
-              f"{o['warmup_steps']}), weight decay {o['weight_decay']:g}, clip "
-              f"{o['grad_clip']:g} |",
-              f"| seed | {cfg.get('seed')} |",
-              f"| final train loss | {_fmt(info.get('final_train_loss'))} |",
-              f"| final held-out loss | {_fmt(info.get('final_eval_loss'))} "
-              f"(ln V = {math.log(m['vocab_size']):.4f}) |",
-              f"| non-finite steps skipped | {info.get('nonfinite_skipped', 0)} |",
-              f"| code | nested_jax {info['package_version']}, commit "
-              f"`{info['git_commit']}` |", ""]
-    if os.path.basename(files.get("loss_curve", "")):
-        lines += ["![loss curve](logs/loss_curve.png)", ""]
-    lines += ["## Evaluation", ""]
-    if not evals:
-        lines += ["No evaluation results were bundled.", ""]
+    evaluation = [] if evals else ["No evaluation results were bundled.", ""]
     for name, doc in evals:
         ck = doc.get("checkpoint", {}) if isinstance(doc.get("checkpoint"), dict) else {}
         where = f", checkpoint step {ck['step']}" if "step" in ck else ""
         note = ""
         if "step" in ck and ck["step"] != info["step"]:
             note = f" **Note: evaluated at step {ck['step']}, not the released step.**"
-        lines += [f"### {doc.get('command', 'eval')}: `evals/{name}.json`{where}{note}", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in _eval_rows(doc)]
-        lines.append("")
-    lines += ["## Limitations", "",
-              f"- Pilot scale: {info['n_params']:,} parameters trained on "
-              f"{info['tokens_seen']:,} tokens of `{d['dataset']}`. Expect weak language "
-              "modelling and zero-shot scores near chance; numbers are not comparable to the "
-              "papers' billion-parameter runs.",
-              "- Trained on a small English corpus with no filtering for toxicity, bias or "
-              "personal data; not instruction-tuned or aligned. Do not deploy it.",
-              "- The tokenizer was trained on the same corpus; other domains (code, maths, "
-              "other languages) fragment into many pieces.",
-              "- HOPE variants carry fast state; evaluation starts each sequence from the "
-              "learned initial state unless test-time memorisation is requested.",
-              "- Research code: checkpoints are tied to the package version and config recorded "
-              "here; restore with the same nested_jax version.", ""]
-    lines += ["## Use", "", "```bash",
-              "python -m nested_jax.release verify .        # every file against SHA256SUMS",
-              "python -m nested_jax.eval zeroshot --checkpoint . --tasks piqa --output zs.json",
-              "```", "", "## Files", "", "| path | bytes |", "|---|---|"]
-    for rel, size in files["sizes"]:
-        lines.append(f"| `{rel}` | {size:,} |")
-    lines.append("")
-    return "\n".join(lines)
+        evaluation += [f"### {doc.get('command', 'eval')}: `evals/{name}.json`{where}{note}", "",
+                       "| metric | value |", "|---|---|"]
+        evaluation += [f"| {k} | {_fmt(v)} |" for k, v in _eval_rows(doc)]
+        evaluation.append("")
+    values = {
+        "variant": variant, "step": f"{info['step']:,}", "n_params": f"{info['n_params']:,}",
+        "tokens_seen": f"{info['tokens_seen']:,}", "d_model": _fmt(m["d_model"]),
+        "n_layers": _fmt(m["n_layers"]), "heads": f"{m['n_heads']} × {head_dim}",
+        "d_ff": _fmt(m.get("d_ff") or "auto (8/3·d_model)"), "vocabulary": _fmt(m["vocab_size"]),
+        "tie_embeddings": _fmt(m.get("tie_embeddings")),
+        "attention_window": _fmt(m.get("attention_window") or "full causal"),
+        "dtype": _fmt(m.get("dtype")), "dataset": d["dataset"],
+        "mixture": d.get("mixture") or "as prepared", "tokenizer": info["tokenizer"]["name"],
+        "vocab_size": f"{m['vocab_size']:,}", "tokenizer_sha256": info["tokenizer"]["sha256"][:16],
+        "seq_len": t["seq_len"], "planned_steps": f"{t['steps']:,}", "batch_size": t["batch_size"],
+        "optimizer": o["name"], "lr": f"{o['lr']:g}", "schedule": o["schedule"],
+        "warmup_steps": o["warmup_steps"], "weight_decay": f"{o['weight_decay']:g}",
+        "grad_clip": f"{o['grad_clip']:g}", "seed": cfg.get("seed"),
+        "final_train_loss": _fmt(info.get("final_train_loss")),
+        "final_eval_loss": _fmt(info.get("final_eval_loss")),
+        "ln_vocab": f"{math.log(m['vocab_size']):.4f}",
+        "nonfinite_skipped": info.get("nonfinite_skipped", 0),
+        "package_version": info["package_version"], "git_commit": info["git_commit"]}
+    blocks = {
+        "model_rows": [f"| {k} | {_fmt(v)} |" for k, v in rows],
+        "loss_curve": (["![loss curve](logs/loss_curve.png)", ""]
+                       if os.path.basename(files.get("loss_curve", "")) else []),
+        "evaluation": evaluation,
+        "files": [f"| `{rel}` | {size:,} |" for rel, size in files["sizes"]]}
+    template = (Path(__file__).parent / CARD_TEMPLATE).read_text(encoding="utf-8")
+    return _render(template, values, blocks)
 
 
 def build(checkpoint: str, output: str, *, evals: list[str] = (), step: int | None = None,

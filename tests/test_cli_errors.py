@@ -48,8 +48,8 @@ CASES = [
      ["Unknown command line flag 'bogus"], "sub"),
     ("train-stray-argument", "train", SMOKE + ["--workdir", "{d}/w6", "stray"],
      ["unexpected arguments ['stray']"], "sub"),
-    ("train-resume-step-type", "train", SMOKE + ["--workdir", "{d}/w7", "--resume-step=abc"],
-     ["resume_step"], "sub"),
+    ("train-step-type", "train", SMOKE + ["--workdir", "{d}/w7", "--step=abc"],
+     ["step"], "sub"),
     ("train-nan-lr", "train", SMOKE + ["--workdir", "{d}/w8", "--config.optim.lr=nan"],
      ["optim.lr=nan is not a finite number"], "sub"),
     ("train-periods-not-ints", "train", SMOKE + ["--workdir", "{d}/w9",
@@ -132,16 +132,23 @@ CASES = [
     ("data-no-source", "data", ["prepare", "--output", "{d}/p"],
      ["exactly one of --preset NAME or --manifest"], "in"),
     # checkpoint
-    ("checkpoint-verify-missing", "checkpoint", ["verify", "{d}/nope"],
+    ("checkpoint-verify-missing", "checkpoint", ["verify", "--checkpoint", "{d}/nope"],
      ["no checkpoint folder"], "sub"),
-    ("checkpoint-verify-empty", "checkpoint", ["verify", "{d}/emptyrun"],
+    ("checkpoint-verify-empty", "checkpoint", ["verify", "--checkpoint", "{d}/emptyrun"],
      ["no checkpoints in", "no step folders"], "in"),
-    ("checkpoint-rollback-missing", "checkpoint", ["rollback", "{d}/nope", "3"],
+    ("checkpoint-verify-no-folder", "checkpoint", ["verify"],
+     ["no checkpoint folder given", "--checkpoint DIR"], "in"),
+    ("checkpoint-rollback-missing", "checkpoint", ["rollback", "--checkpoint", "{d}/nope",
+                                                   "--step", "3"], ["no checkpoint folder"], "in"),
+    ("checkpoint-rollback-old-spelling", "checkpoint", ["rollback", "{d}/nope", "3"],
      ["no checkpoint folder"], "in"),
-    ("checkpoint-rollback-empty", "checkpoint", ["rollback", "{d}", "3"],
+    ("checkpoint-rollback-empty", "checkpoint", ["rollback", "--checkpoint", "{d}", "--step", "3"],
      ["step 3 not found", "holds no checkpoint"], "in"),
-    ("checkpoint-rollback-type", "checkpoint", ["rollback", "{d}", "abc"],
-     ["argument step: invalid int value"], "in"),
+    ("checkpoint-rollback-no-step", "checkpoint", ["rollback", "--checkpoint", "{d}"],
+     ["rollback needs the step", "--step N"], "in"),
+    ("checkpoint-rollback-type", "checkpoint", ["rollback", "--checkpoint", "{d}", "--step",
+                                                "abc"], ["argument --step: 'abc' is not an integer"],
+     "in"),
     ("checkpoint-no-command", "checkpoint", [], ["required: command"], "in"),
     # release
     ("release-missing-checkpoint", "release", ["--checkpoint", "{d}/nope", "--output", "{d}/r"],
@@ -160,7 +167,7 @@ CASES = [
 BENCHMARKS = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..",
                                                              "benchmarks"))
                     if f.endswith(".py") and f[:-3] not in ("__init__", "common", "hlo_cost",
-                                                             "gpu_aot"))
+                                                             "hlo_parse", "gpu_aot"))
 CASES += [(f"bench-{b}-flag", f"benchmarks.{b}", ["--bogus"], [f"(python -m benchmarks.{b})"],
            "sub") for b in BENCHMARKS]
 MODULES.update({f"benchmarks.{b}": f"benchmarks.{b}" for b in BENCHMARKS})
@@ -226,3 +233,47 @@ def test_bad_input_through_python_m(bad):
     assert sorted({c[1] for c in SUB}) == sorted(MODULES), "every CLI has a subprocess case"
     for name in ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "w10"):
         assert not os.path.exists(os.path.join(bad, name)), "nothing is written on bad input"
+
+
+# Old spellings kept as deprecated aliases (docs/cli.md, "Deprecated spellings"): each parses
+# to what the new spelling gives and prints one warning line naming the new one.
+ALIASES = [
+    ("eval", ["niah", "--checkpoint", "c", "--output", "o.json"], "--max-length", "--max-context",
+     "100", "max_context", 100),
+    ("eval", ["continual", "--checkpoint", "c", "--output", "o.json"], "--seq-len", "--max-length",
+     "64", "max_length", 64),
+    ("eval", ["perplexity", "--checkpoint", "c", "--text", "t", "--output", "o.json"],
+     "--memorize", "--learn-online", None, "learn_online", True),
+    ("generate", ["--checkpoint", "c", "--prompt", "p"], "--memorize", "--learn-online", None,
+     "learn_online", True),
+    ("data", ["tokenizer", "--input", "x", "--output", "t"], "--threads", "--workers", "3",
+     "workers", 3),
+]
+
+
+@pytest.mark.parametrize("cli,base,old,new,value,dest,want", ALIASES,
+                         ids=[f"{a[0]}{a[2]}" for a in ALIASES])
+def test_deprecated_spellings_mean_the_same_and_warn_once(cli, base, old, new, value, dest, want,
+                                                         capsys):
+    from nested_jax import cli as cli_lib
+    from nested_jax.data.__main__ import build_parser as data_parser
+    from nested_jax.eval.__main__ import build_parser as eval_parser
+
+    parser = {"eval": eval_parser, "data": data_parser, "generate": generate.build_parser}[cli]()
+    extra = lambda flag: [flag] + ([] if value is None else [value])  # noqa: E731
+    new_ns = parser.parse_args(base + extra(new))
+    assert capsys.readouterr().err == ""
+    cli_lib._WARNED.discard(old)
+    old_ns = parser.parse_args(base + extra(old) + extra(old))  # given twice: one warning
+    err = capsys.readouterr().err
+    assert getattr(old_ns, dest) == getattr(new_ns, dest) == want
+    assert err.count("warning:") == 1 and f"{old} is deprecated; use {new}" in err
+
+
+def test_checkpoint_positionals_are_deprecated_aliases(bad, capsys):
+    from nested_jax import cli as cli_lib
+
+    cli_lib._WARNED.clear()
+    rc = checkpoint_main(["rollback", os.path.join(bad, "nope"), "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "use --checkpoint DIR" in err and "use --step N" in err

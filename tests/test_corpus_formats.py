@@ -160,7 +160,7 @@ def test_tokenizer_reads_the_formats(corpus, monkeypatch):
            for name in ("docs.jsonl", "docs.parquet", "docs.jsonl.zst")}
     assert got["docs.parquet"] == got["docs.jsonl"] == got["docs.jsonl.zst"] and len(got["docs.jsonl"]) > 30
     rc = data_main(["tokenizer", "--input", str(corpus / "docs.parquet"), "--field", "text",
-                    "--split", "all", "--vocab-size", "400", "--threads", "1",
+                    "--split", "all", "--vocab-size", "400", "--workers", "1",
                     "--output", str(corpus / "tok" / "fmt")])
     assert rc == 0 and (corpus / "tok" / "fmt.model").is_file()
 

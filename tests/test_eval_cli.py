@@ -87,7 +87,7 @@ def test_memorisation_changes_hope_scores_and_is_a_noop_for_the_transformer(ckpt
 def test_needle_commands_write_json_and_heatmap(ckpts, tmp_path, cmd):
     lengths = "64" if cmd == "niah" else "160"
     d = _run([cmd, "--checkpoint", ckpts["transformer"], "--lengths", lengths + ",4096",
-              "--max-length", "256", "--depths", "0,100", "--samples", "1", "--distractors", "2",
+              "--max-context", "256", "--depths", "0,100", "--samples", "1", "--distractors", "2",
               "--memorize"], tmp_path / f"{cmd}.json")
     m = d["metrics"]
     assert d["settings"]["dropped_lengths"] == [4096]

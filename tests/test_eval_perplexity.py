@@ -172,9 +172,9 @@ def test_memorized_scoring_uses_the_online_scan(ckpts, tmp_path):
     txt.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "m.json"
     assert main(["perplexity", "--checkpoint", ckpts["hope_attention"], "--text", str(txt),
-                 "--memorize", "--output", str(out), "--no-progress"]) == 0
+                 "--learn-online", "--output", str(out), "--no-progress"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["memorize"]["applied"] and "updates" in doc["settings"]["fast_state"]
+    assert doc["learn_online"]["applied"] and "updates" in doc["settings"]["fast_state"]
     np.testing.assert_allclose(doc["metrics"]["overall"]["logprob"], mem.sum(), rtol=1e-5)
 
 

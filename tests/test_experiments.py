@@ -23,8 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "launch" / "experiments"))  # the tool's scripts import each other
 import driver  # noqa: E402
+import recipes  # noqa: E402
 import report  # noqa: E402
 import study  # noqa: E402
+import study_base  # noqa: E402
 
 DOMAINS = ["novels", "wikipedia", "math", "code"]
 
@@ -401,18 +403,18 @@ def test_study_scripts_dry_run(capsys):
 def test_study_flags_merge_in_place():
     """A study's flags replace the preset's flag of the same key where it stands (new keys go
     last), so a command reads as the preset plus what the study changes."""
-    preset = study.load_preset("cpu")
+    preset = study_base.load_preset("cpu")
     assert preset["config"] == "configs/smoke.py"
     assert "--config.model.cms.periods=(16,32,48)" in preset["train"]
-    merged = study.merge(preset["train"], ["--config.optim.lr=0.0001", "--config.seed=2"])
+    merged = study_base.merge(preset["train"], ["--config.optim.lr=0.0001", "--config.seed=2"])
     assert len(merged) == len(preset["train"]) + 1 and merged[-1] == "--config.seed=2"
     assert merged[preset["train"].index("--config.optim.lr=0.003")] == "--config.optim.lr=0.0001"
-    c = study.load_config(preset["config"], merged)  # the trainer's parser
+    c = study_base.load_config(preset["config"], merged)  # the trainer's parser
     assert c.optim.lr == 1e-4 and c.seed == 2 and c.model.cms.periods == (16, 32, 48)
-    assert study.overrides(merged)["model.d_model"] == "64"
+    assert study_base.overrides(merged)["model.d_model"] == "64"
     for name in ("cpu", "gpu", "tiny"):  # every evaluation of a study has its flags
-        assert set(study.load_preset(name)["eval"]) == {"curve", "zeroshot", "passkey", "niah",
-                                                        "sequential", "memo_zeroshot"}
+        assert set(study_base.load_preset(name)["eval"]) == {"curve", "zeroshot", "passkey",
+                                                             "niah", "sequential", "memo_zeroshot"}
 
 
 def test_driver_skips_finished_commands(tmp_path, capsys):
@@ -502,8 +504,9 @@ def test_every_study_records_what_the_report_reads(tmp_path, monkeypatch):
         return {"command": cmd, "rc": rc, "wall_s": 1.0, "tail": "", "reused": False,
                 "git_commit": "abc"}
 
-    monkeypatch.setattr(study.Driver, "run", fake_run)
-    monkeypatch.setattr(study, "machine_info", lambda env: dict(MACHINE))
+    monkeypatch.setattr(driver.Driver, "run", fake_run)
+    for module in (study_base, recipes):  # the study record, multi_device_smoke's devices
+        monkeypatch.setattr(module, "machine_info", lambda env: dict(MACHINE))
     runs = Path(os.path.relpath(tmp_path / "runs", ROOT))  # inside or outside the repo
     for name in study.STUDIES:
         assert study.main([name, "--tiny", "--out", str(tmp_path / "exp"), "--no-report",

@@ -141,15 +141,15 @@ def ckpt(tmp_path_factory):
     return str(wd)
 
 
-def test_cli_output_and_memorize(ckpt, tmp_path, capsys):
+def test_cli_output_and_learn_online(ckpt, tmp_path, capsys):
     out_json = tmp_path / "m.json"
     assert main(["--checkpoint", ckpt, "--prompt", "It was a dark night,", "--max-new-tokens",
-                 "12", "--ignore-eos", "--memorize", "--output", str(out_json)]) == 0
+                 "12", "--ignore-eos", "--learn-online", "--output", str(out_json)]) == 0
     m = json.loads(out_json.read_text())
     for key in ("prompt", "completion", "tokens", "tokens_per_sec", "checkpoint", "step"):
         assert key in m
     assert len(m["tokens"]) == 12 and m["step"] == 3 and m["sampling"]["greedy"]
-    assert m["memorize"] == {"requested": True, "applied": True}
+    assert m["learn_online"] == {"requested": True, "applied": True}
     # the reported rate is the generated tokens over the timed decode (Generation.tokens_per_sec)
     assert m["tokens_per_sec"] == pytest.approx(m["new_tokens"] / max(m["timing_s"]["decode"],
                                                                       1e-9), rel=5e-2)  # (decode time is rounded to 0.1 ms)

@@ -33,12 +33,14 @@ caught without re-reading the rest). Silent bit rot of an untouched file is caug
 `python -m nested_jax.checkpoint verify` (every byte), by evaluation (the items it reads)
 and by release (every byte). A step committed but killed before its record was written has
 no record: it is used unverified, like the steps of older versions.
+
+This module holds the Checkpointer (save, restore, the step policy, crash recovery),
+`rollback` and the config of a step's meta; the on-disk checks it relies on (folder marks,
+sha256 records, step inspection) are in nested_jax/checkpoint/integrity.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import glob
 import json
 import os
 import shutil
@@ -49,22 +51,14 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from nested_jax.checkpoint.integrity import (ROLLBACK_MARK, SUMS_FILE, UNHASHED, StepReport,
+                                             hash_tree, inspect_step, quarantine_name,
+                                             step_dirs)
 from nested_jax.cli import UserError
-from nested_jax.data.assets import file_sha256
 
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or does not match the run."""
-
-
-SUMS_FILE = "nested_jax_sha256.json"
-TMP_MARK = ".orbax-checkpoint-tmp"
-QUARANTINE_MARK = ".corrupt"
-ROLLBACK_MARK = ".rolled_back"
-# Orbax rewrites these after our sums are taken (commit timestamp, commit marker).
-_UNHASHED = {"_CHECKPOINT_METADATA", "commit_success.txt", SUMS_FILE}
-REQUIRED_ITEMS = ("params", "meta")
-META_FILE = os.path.join("meta", "metadata")
 
 
 def warn(msg: str) -> None:
@@ -123,118 +117,6 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(cfg)
 
 
-def hash_tree(root: str, skip_top: set[str] | frozenset = frozenset()) -> dict[str, dict]:
-    """{relative posix path: {"sha256", "bytes"}} of every file under root (sorted)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root).replace(os.sep, "/")
-            if rel in skip_top:
-                continue
-            out[rel] = {"sha256": file_sha256(full), "bytes": os.path.getsize(full)}
-    return out
-
-
-def step_dirs(directory: str) -> dict[str, list]:
-    """Entries of a checkpoint folder: committed steps, leftovers of killed saves, quarantined."""
-    out: dict[str, list] = {"steps": [], "tmp": [], "quarantined": [], "rolled_back": []}
-    if not os.path.isdir(directory):
-        return out
-    for name in sorted(os.listdir(directory)):
-        full = os.path.join(directory, name)
-        if not os.path.isdir(full):
-            continue
-        if name.isdigit():
-            out["steps"].append(int(name))
-        elif TMP_MARK in name:
-            out["tmp"].append(name)
-        elif QUARANTINE_MARK in name:
-            out["quarantined"].append(name)
-        elif ROLLBACK_MARK in name:
-            out["rolled_back"].append(name)
-    out["steps"].sort()
-    return out
-
-
-@dataclasses.dataclass
-class StepReport:
-    """What a quick inspection of one step directory found."""
-
-    path: str
-    problems: list[str]
-    items: list[str]
-    meta: dict | None
-    hashed_files: int  # files whose sha256 matched the record (0 = no record)
-    has_sums: bool
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def inspect_step(path: str, *, check_hashes: bool | str = True,
-                 hash_items: tuple[str, ...] | None = None) -> StepReport:
-    """Structure (Orbax step marker, required items, readable meta JSON) and, when the step
-    carries a sha256 record, every file's size and hash (`hash_items`: hash only the files
-    of these items, sizes for the rest). check_hashes="changed" hashes only the files
-    modified after the record was written (the resume check; module docstring)."""
-    problems: list[str] = []
-    items: list[str] = []
-    meta = None
-    hashed, has_sums = 0, False
-    if not os.path.isdir(path):
-        return StepReport(path, ["step directory is missing"], [], None, 0, False)
-    items = sorted(e for e in os.listdir(path) if os.path.isdir(os.path.join(path, e)))
-    if not os.path.isfile(os.path.join(path, "_CHECKPOINT_METADATA")):
-        problems.append("no _CHECKPOINT_METADATA (not a complete Orbax step)")
-    for item in REQUIRED_ITEMS:
-        if item not in items:
-            problems.append(f"item {item}/ is missing")
-    if "meta" in items:
-        try:
-            with open(os.path.join(path, META_FILE)) as f:
-                meta = json.load(f)
-            if not isinstance(meta, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            problems.append(f"meta is unreadable ({type(e).__name__}: {str(e)[:120]})")
-            meta = None
-    sums_path = os.path.join(path, SUMS_FILE)
-    if os.path.isfile(sums_path):
-        has_sums = True
-        try:
-            with open(sums_path) as f:
-                record = json.load(f)["files"]
-            recorded_at = os.path.getmtime(sums_path)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            problems.append(f"{SUMS_FILE} is unreadable ({type(e).__name__})")
-            record = {}
-        for rel, want in sorted(record.items()):
-            full = os.path.join(path, *rel.split("/"))
-            if not os.path.isfile(full):
-                problems.append(f"file {rel} is missing")
-            elif os.path.getsize(full) != want["bytes"]:
-                problems.append(f"file {rel} has {os.path.getsize(full)} bytes, "
-                                f"{want['bytes']} were written (truncated or overwritten)")
-            elif (check_hashes and (hash_items is None or rel.split("/")[0] in hash_items)
-                  and (check_hashes != "changed" or os.path.getmtime(full) > recorded_at)
-                  and file_sha256(full) != want["sha256"]):
-                problems.append(f"file {rel} does not match its recorded sha256 (corrupt)")
-            else:
-                hashed += 1
-    return StepReport(path, problems, items, meta, hashed, has_sums)
-
-
-def _quarantine_name(directory: str, step: int, mark: str = QUARANTINE_MARK) -> str:
-    base = os.path.join(directory, f"{step}{mark}")
-    cand, k = base, 1
-    while os.path.exists(cand):
-        cand, k = f"{base}.{k}", k + 1
-    return cand
-
-
 def rollback(path: str, step: int, *, lead: bool = True) -> list[str]:
     """Make `step` the newest checkpoint: move every later step of `path` (a training workdir or
     its checkpoints/ folder) aside to `<later>.rolled_back` (nothing is deleted) and keep a copy
@@ -266,7 +148,7 @@ def rollback(path: str, step: int, *, lead: bool = True) -> list[str]:
     if lead and later and os.path.basename(directory) == "checkpoints" and os.path.isfile(metrics):
         shutil.copy2(metrics, os.path.join(workdir, f"metrics.before_rollback_to_{step}.jsonl"))
     for s in later:
-        dest = _quarantine_name(directory, s, ROLLBACK_MARK)
+        dest = quarantine_name(directory, s, ROLLBACK_MARK)
         if lead:
             os.rename(os.path.join(directory, str(s)), dest)
         moved.append(os.path.basename(dest))
@@ -326,7 +208,7 @@ class Checkpointer:
                     "--workdir) to start training from scratch; `python -m nested_jax.checkpoint "
                     f"verify {self.directory}` lists the problems.")
         for step, rep in bad:
-            dest = _quarantine_name(self.directory, step)
+            dest = quarantine_name(self.directory, step)
             warn(f"checkpoint step {step} in {self.directory} is corrupt or truncated "
                  f"({'; '.join(rep.problems[:3])}); using the previous step instead and moving "
                  f"it to {os.path.basename(dest)} for inspection.")
@@ -342,7 +224,7 @@ class Checkpointer:
         path = os.path.join(self.directory, str(step))
         try:
             record = {"algorithm": "sha256", "step": step,
-                      "files": hash_tree(path, skip_top=_UNHASHED)}
+                      "files": hash_tree(path, skip_top=UNHASHED)}
             tmp = os.path.join(path, SUMS_FILE + ".tmp")
             with open(tmp, "w") as f:
                 json.dump(record, f, indent=1, sort_keys=True)

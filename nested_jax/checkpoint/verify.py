@@ -13,8 +13,8 @@ import dataclasses
 import json
 import os
 
-from nested_jax.checkpoint.io import (CheckpointError, SUMS_FILE, checkpoint_dir, inspect_step,
-                                      step_dirs)
+from nested_jax.checkpoint.integrity import SUMS_FILE, inspect_step, step_dirs
+from nested_jax.checkpoint.io import CheckpointError, checkpoint_dir
 from nested_jax.data.assets import file_sha256
 
 # Keys every training checkpoint's meta carries (written by nested_jax.train.loop).

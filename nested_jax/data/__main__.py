@@ -19,7 +19,8 @@ import shlex
 import sys
 import time
 
-from nested_jax.cli import ArgumentParser, UserError, check_output_dir, check_output_file, run
+from nested_jax.cli import (ArgumentParser, UserError, add_alias, check_output_dir,
+                            check_output_file, int_at_least, run)
 
 PROG = "python -m nested_jax.data"
 
@@ -50,7 +51,7 @@ def cmd_tokenizer(args) -> None:
         srcs, args.output, vocab_size=args.vocab_size, model_type=args.model_type,
         character_coverage=args.character_coverage, sample_limit=args.sample_limit,
         input_sentence_size=args.input_sentence_size, split=None if args.split == "all" else args.split,
-        seed=args.seed, num_threads=args.threads, command="python -m nested_jax.data " + shlex.join(sys.argv[1:]))
+        seed=args.seed, num_threads=args.workers, command="python -m nested_jax.data " + shlex.join(sys.argv[1:]))
     cov = stats["coverage"]
     print(f"wrote {args.output}.model/.vocab/.json  vocab={stats['vocab_size']} sha256={stats['sha256'][:16]}…  "
           f"train {stats['seconds']['train']} s  tokens/word={cov['tokens_per_word']:.3f}  "
@@ -95,7 +96,9 @@ def build_parser() -> ArgumentParser:
     t.add_argument("--sample-limit", type=int, default=200_000, help="max lines drawn per input (0 = all)")
     t.add_argument("--input-sentence-size", type=int, default=0, help="SentencePiece's own sample (0 = all)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=0, help="training threads (0 = all cores)")
+    t.add_argument("--workers", type=int_at_least(0), default=0,
+                   help="training threads (0 = all cores)")
+    add_alias(t, "--threads", "--workers", type=int_at_least(0))
     t.set_defaults(fn=cmd_tokenizer)
 
     r = sub.add_parser("prepare", help="clean, dedup, tokenise and pack a manifest into .npy shards")

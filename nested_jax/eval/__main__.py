@@ -11,13 +11,13 @@ import os
 import sys
 import time
 
-from nested_jax.cli import (ArgumentParser, check_output_file, float_at_least, int_at_least,
-                            ints_at_least, run)
+from nested_jax.cli import (DEFAULT_BATCH_SIZE, ArgumentParser, add_alias, check_output_file,
+                            float_at_least, int_at_least, ints_at_least, run)
 from nested_jax.eval.errors import EvalError
 
 EXAMPLES = """examples:
   python -m nested_jax.eval zeroshot --checkpoint runs/x --tasks piqa,arc_easy --limit 200 --output out/zs.json
-  python -m nested_jax.eval niah --checkpoint runs/x --max-length 8192 --samples 4 --output out/niah.json
+  python -m nested_jax.eval niah --checkpoint runs/x --max-context 8192 --samples 4 --output out/niah.json
   python -m nested_jax.eval passkey --checkpoint runs/x --lengths 2048,4096 --memorize --output out/pk.json
   python -m nested_jax.eval continual --checkpoints runs/x@1000 runs/x@2000 --output out/curve.json
   python -m nested_jax.eval continual --checkpoint runs/x --steps-per-phase 100 --output out/seq.json
@@ -37,7 +37,8 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     p.add_argument("--output", "--out", dest="output", required=True, help="JSON file to write")
     p.add_argument("--tokenizer", default=None,
                    help="override the tokenizer (.model path); its sha256 must match the checkpoint")
-    p.add_argument("--batch-size", type=_pos, default=16, help="rows per scoring batch")
+    p.add_argument("--batch-size", type=_pos, default=DEFAULT_BATCH_SIZE,
+                   help="rows per scoring batch")
     p.add_argument("--batch-tokens", type=_pos, default=32768,
                    help="cap on rows × padded length per batch (long inputs use fewer rows)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -79,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(n)
         n.add_argument("--lengths", type=ints_at_least(1), default=None,
                        help="prompt lengths in model tokens (default 2048,...,65536)")
-        n.add_argument("--max-length", type=_pos, default=65536, help="drop longer lengths")
+        n.add_argument("--max-context", type=_pos, default=65536,
+                       help="drop the --lengths longer than this")
+        add_alias(n, "--max-length", "--max-context", type=_pos)
         n.add_argument("--depths", type=ints_at_least(0, 100), default=None,
                        help="needle depths in percent (default 0,25,50,75,100)")
         n.add_argument("--samples", type=_pos, default=4, help="prompts per (length, depth)")
@@ -101,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", type=float_at_least(0.0), default=1e-4, help="(b) AdamW learning rate (constant)")
     c.add_argument("--weight-decay", type=float_at_least(0.0), default=0.0, help="(b) AdamW weight decay")
     c.add_argument("--windows", type=_pos, default=16, help="eval windows per domain")
-    c.add_argument("--seq-len", type=_nonneg, default=0, help="window length (0 = train.seq_len)")
+    c.add_argument("--max-length", type=_nonneg, default=0,
+                   help="window length in tokens (0 = the checkpoint's train.seq_len)")
+    add_alias(c, "--seq-len", "--max-length", type=_nonneg)
 
     from nested_jax.eval import perplexity  # flags live with the command (light import)
 
@@ -166,10 +171,10 @@ def cmd_needle(a, argv) -> dict:
 
     lengths = a.lengths or list(niah.DEFAULT_LENGTHS)
     depths = a.depths or list(niah.DEFAULT_DEPTHS)
-    kept = [L for L in lengths if L <= a.max_length]
+    kept = [L for L in lengths if L <= a.max_context]
     if not kept:
-        raise EvalError(f"every length in {lengths} exceeds --max-length {a.max_length}. Fix: "
-                        "raise --max-length or pass shorter --lengths.")
+        raise EvalError(f"every length in {lengths} exceeds --max-context {a.max_context}. Fix: "
+                        "raise --max-context or pass shorter --lengths.")
     bad = [d for d in depths if not 0 <= d <= 100]
     if bad or a.samples < 1 or a.distractors < 0:
         raise EvalError(f"bad sweep: depths {bad} must be in 0..100, --samples ≥ 1, "
@@ -224,7 +229,7 @@ def cmd_continual(a, argv) -> dict:
         for path, step in specs:
             loaded, model = _load(path, step, a)
             first = first or loaded
-            seq_len = a.seq_len or int(first.cfg.train.seq_len)
+            seq_len = a.max_length or int(first.cfg.train.seq_len)
             key = loaded.tokenizer.sha256
             if key not in sets_by_tok:
                 sets_by_tok[key] = continual.eval_sets(loaded.tokenizer, names, seq_len, a.windows)
@@ -254,7 +259,7 @@ def cmd_continual(a, argv) -> dict:
                         "--steps-per-phase 100; or pass --checkpoints for a forgetting curve.")
     phases = domains.parse_domains(a.phases) if a.phases else names
     loaded, model = _load(a.checkpoint, a.step, a)
-    seq_len = a.seq_len or int(loaded.cfg.train.seq_len)
+    seq_len = a.max_length or int(loaded.cfg.train.seq_len)
     doc = _base("continual", argv, loaded, a, seeds={"seed": a.seed})
     doc["settings"] = {"mode": "sequential", "phases": phases, "domains": names,
                        "steps_per_phase": a.steps_per_phase, "train_batch_size": a.train_batch_size,

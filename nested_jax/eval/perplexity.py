@@ -1,7 +1,7 @@
 """Perplexity of any text with lm-evaluation-harness's rolling-window definitions.
 
     python -m nested_jax.eval perplexity --checkpoint DIR --text a.txt b.jsonl.gz --field text \\
-        [--stride N] [--memorize] --output ppl.json
+        [--stride N] [--learn-online] --output ppl.json
     python -m nested_jax.eval perplexity --checkpoint DIR --text wikitext2 --output wiki.json
 
 Documents: a .txt file is one document; a .jsonl file has one document per line (the
@@ -30,7 +30,7 @@ weighted_perplexity / bits_per_byte aggregations):
     token_ce = -Σ logprob / #tokens, token_perplexity = exp(token_ce)
 
 HOPE variants (CMS levels): by default the fast state is frozen (the online scan reads
-the CMS meta weights, `online_forward(update=False)`, fresh per window). `--memorize`
+the CMS meta weights, `online_forward(update=False)`, fresh per window). `--learn-online`
 scores with the online scan with updates over each window (fresh per window): every
 completed segment's next-token loss (the window's own text, context included) updates
 the CMS levels before the next segment is scored — test-time learning, still causal.
@@ -288,7 +288,7 @@ def table(metrics: dict) -> str:
 
 # ---------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
-    from nested_jax.cli import int_at_least
+    from nested_jax.cli import DEFAULT_BATCH_SIZE, add_alias, int_at_least
 
     """Flags of `python -m nested_jax.eval perplexity`."""
     p.add_argument("--checkpoint", required=True, help="training workdir (or its checkpoints/)")
@@ -305,13 +305,15 @@ def add_arguments(p) -> None:
     p.add_argument("--prefix", choices=PREFIXES, default="eos",
                    help="token before each document (eos = document start, as in training; "
                         "none = the first token is not scored)")
-    p.add_argument("--memorize", action="store_true",
+    p.add_argument("--learn-online", action="store_true",
                    help="HOPE variants: score with the online scan with CMS updates over each "
                         "window (test-time learning); default: fast state frozen")
+    add_alias(p, "--memorize", "--learn-online")
     p.add_argument("--output", "--out", dest="output", required=True, help="JSON file to write")
     p.add_argument("--tokenizer", default=None,
                    help="override the tokenizer (.model path); its sha256 must match")
-    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="windows per batch")
+    p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
+                   help="windows per batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -336,7 +338,7 @@ def command(a, argv) -> dict:
     if stride > max_len:
         raise EvalError(f"--stride {stride} exceeds the window length {max_len}. Fix: a "
                         f"stride in 1..{max_len} (0 = {max_len}).")
-    memorize = bool(a.memorize and model.can_memorize)
+    memorize = bool(a.learn_online and model.can_memorize)
     doc = output.header("perplexity", argv)
     doc["checkpoint"] = output.checkpoint_info(loaded)
     doc["config"] = loaded.summary()
@@ -349,10 +351,10 @@ def command(a, argv) -> dict:
         "fast_state": ("online scan with CMS updates over each window" if memorize else
                        "frozen (CMS meta weights)" if model.can_memorize else "none"),
     }
-    doc["memorize"] = {"requested": bool(a.memorize), "applied": memorize}
-    if a.memorize and not memorize:
-        doc["memorize"]["note"] = (f"variant {loaded.cfg.model.variant} has no CMS levels: "
-                                   "--memorize is a no-op")
+    doc["learn_online"] = {"requested": bool(a.learn_online), "applied": memorize}
+    if a.learn_online and not memorize:
+        doc["learn_online"]["note"] = (f"variant {loaded.cfg.model.variant} has no CMS levels: "
+                                       "--learn-online is a no-op")
     doc["metrics"] = evaluate(model, loaded.tokenizer, sources, max_len=max_len, stride=stride,
                               prefix=a.prefix, batch_size=a.batch_size, memorize=memorize,
                               progress=not a.no_progress)

@@ -26,11 +26,13 @@ import numpy as np
 
 from lm_eval.api.model import LM
 
+from nested_jax.cli import DEFAULT_BATCH_SIZE
+
 # name → (type, default, help). Anything else in --model_args is an error naming it.
 ARGS = {
     "checkpoint": (str, None, "training workdir (or its checkpoints/ folder); required"),
     "step": (int, None, "checkpoint step (default: the latest)"),
-    "batch_size": (int, 16, "rows per scoring batch"),
+    "batch_size": (int, DEFAULT_BATCH_SIZE, "rows per scoring batch"),
     "max_length": (int, 0, "window length in tokens (default: the model's train.seq_len)"),
     "memorize": (bool, False, "HOPE variants: memorise each context before scoring it"),
     "memorize_steps": (int, 1, "passes over each context when memorising"),
@@ -78,7 +80,7 @@ def parse_model_args(kwargs: dict) -> dict:
         raise ModelArgsError(f"unknown model_args {', '.join(unknown)}. Valid: "
                              f"{', '.join(ARGS)}.")
     if str(kwargs.get("batch_size", "")).startswith("auto"):
-        raise ModelArgsError("batch_size=auto is not supported. Fix: pass a number, e.g. 16.")
+        raise ModelArgsError("batch_size=auto is not supported. Fix: pass a number, e.g. 8.")
     out = {k: _convert(k, kwargs.get(k, d)) for k, (_, d, _) in ARGS.items()}
     if not out["checkpoint"]:
         raise ModelArgsError("model_args needs checkpoint=DIR (a nested_jax training workdir).")

@@ -1,6 +1,6 @@
 """Entry point: python -m nested_jax.train --config configs/smoke.py --workdir runs/smoke.
 
-Rerunning the same command resumes from the latest intact checkpoint; `--resume-step N`
+Rerunning the same command resumes from the latest intact checkpoint; `--step N`
 resumes from step N instead (later steps are moved aside to `checkpoints/<step>.rolled_back`,
 not deleted); `--print-config` prints the resolved config as JSON and exits. Exit status:
 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint; 2 bad input (flag, config
@@ -26,9 +26,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     "name (smoke, pilot, ...: nested_jax/configs).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 flags.mark_flags_as_required(["config"])
-_RESUME_STEP = flags.DEFINE_integer(
-    "resume_step", None, "Resume from this checkpoint step instead of the latest (also "
-    "--resume-step); later steps are moved aside to checkpoints/<step>.rolled_back.")
+_STEP = flags.DEFINE_integer(
+    "step", None, "Resume from this checkpoint step instead of the latest; later steps are "
+    "moved aside to checkpoints/<step>.rolled_back.", lower_bound=0)
+_RESUME_STEP = flags.DEFINE_integer(  # the old spelling of --step (deprecated, warns once)
+    "resume_step", None, "Deprecated: --step.", lower_bound=0)
 _PRINT_CONFIG = flags.DEFINE_boolean(
     "print_config", False, "Print the resolved config (overrides applied, vocab_size from the "
     "tokenizer) as JSON and exit (also --print-config).")
@@ -63,6 +65,17 @@ def _parse(argv):
 def _fail(err, code: int):
     """One paragraph on stderr, no traceback."""
     sys.exit(cli.fail(err, code))
+
+
+def _resume_step() -> int | None:
+    """--step N, or the deprecated --resume-step N (one warning)."""
+    if _RESUME_STEP.value is None:
+        return _STEP.value
+    cli.warn_deprecated("--resume-step", "--step")
+    if _STEP.value is not None and _STEP.value != _RESUME_STEP.value:
+        _fail(f"--step {_STEP.value} and --resume-step {_RESUME_STEP.value} disagree. Fix: "
+              "pass --step N only.", cli.BAD_INPUT)
+    return _RESUME_STEP.value
 
 
 def _print_config(config) -> None:
@@ -109,7 +122,7 @@ def main(argv):
         preflight(config)  # values, tokenizer, data, devices: before anything is written
         from nested_jax.train.loop import train_and_evaluate
 
-        summary = train_and_evaluate(config, _WORKDIR.value, resume_step=_RESUME_STEP.value,
+        summary = train_and_evaluate(config, _WORKDIR.value, resume_step=_resume_step(),
                                      validated=True)  # preflight checked the config
     except cli.UserError as e:  # bad input (config, data, checkpoint): exit 2, no traceback
         _fail(cli.paragraph(e, fix_hint=HINT), 2)

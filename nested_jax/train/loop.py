@@ -117,7 +117,7 @@ def params_from(source: str, abstract_params, tokenizer_sha256: str):
 
 
 def _roll_back(workdir: str, resume_step: int) -> None:
-    """--resume-step: move the checkpoints after `resume_step` aside (process 0), all wait."""
+    """--step: move the checkpoints after `resume_step` aside (process 0), all wait."""
     proc = jax.process_index()
     moved = rollback(os.path.join(workdir, "checkpoints"), resume_step, lead=proc == 0)
     if jax.process_count() > 1:
@@ -125,7 +125,7 @@ def _roll_back(workdir: str, resume_step: int) -> None:
 
         multihost_utils.sync_global_devices("nested_jax_rollback")
     if moved and proc == 0:
-        print(f"[nested_jax] --resume-step {resume_step}: moved later checkpoints aside "
+        print(f"[nested_jax] --step {resume_step}: moved later checkpoints aside "
               f"({', '.join(moved)})", flush=True)
 
 
