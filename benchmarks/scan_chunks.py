@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from nested_jax.ops import memory
+from nested_jax.ops import memory, reference
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU, under a minute. Each memory: batch B, heads H, length T, chunk sizes.
@@ -88,7 +88,7 @@ def _grad_all(fn: Callable) -> Callable:
 def linear_cases(cfg):
     B, H, T = cfg["B"], cfg["H"], cfg["T"]
     args = titans_inputs(B, H, T)
-    token_loop = functools.partial(memory.titans_linear_reference, chunk_size=1)
+    token_loop = functools.partial(reference.titans_linear_reference, chunk_size=1)
     cases = {("token_loop", 1): memory.batched(token_loop)}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = memory.batched(
@@ -104,7 +104,7 @@ def mlp_cases(cfg):
     B, H, T = cfg["B"], cfg["H"], cfg["T"]
     hidden = MLP_HIDDEN_MULT * DK
     args = titans_inputs(B, H, T, hidden=hidden)
-    token_loop = functools.partial(memory.titans_mlp_reference, chunk_size=1)
+    token_loop = functools.partial(reference.titans_mlp_reference, chunk_size=1)
     cases = {("token_loop", 1): memory.batched(token_loop)}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = memory.batched(
@@ -135,7 +135,7 @@ def hope_cases(cfg):
     def make(fn, C):
         return batched(lambda p, x, q: fn(p, x, q, chunk_size=C, eta_scale=HOPE_ETA_SCALE))
 
-    cases = {("token_loop", 1): make(selfmod.selfmod_titans_reference, 1)}
+    cases = {("token_loop", 1): make(reference.selfmod_titans_reference, 1)}
     for C in cfg["chunks"]:
         cases[("chunked", C)] = make(selfmod.selfmod_titans, C)
     # ≈ 14·P FLOPs per token for each of the five memories (k, v, mem map D→D, η and α map

@@ -9,16 +9,6 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# Chunk scans as loops: training unrolls scans of up to 8 chunks (faster steps on CPU), which
-# multiplies XLA compile time; the tests' tiny models compile in about half the time rolled
-# (same ops, same results). Layer and segment scans are rolled by `tests` configs likewise.
-import nested_jax.ops.scan  # noqa: E402
-
-nested_jax.ops.scan.UNROLL_MAX = 1
-import nested_jax.model.online  # noqa: E402
-
-nested_jax.model.online.LAYER_UNROLL_MAX = 0  # layer scans as configured (tiny: rolled)
-
 # One XLA compilation cache for the whole run (a fresh folder per run, removed at exit): the
 # tests compile the same tiny models again and again (a new closure or an eager call traces
 # anew, but identical HLO is then a cache hit instead of seconds of XLA compile).

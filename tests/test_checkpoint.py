@@ -83,11 +83,13 @@ def test_old_checkpoint_configs_get_the_fields_added_since():
     cfg = default.get_config().to_dict()
     del cfg["model"]["unroll_layers"], cfg["model"]["online"]["unroll_segments"]
     del cfg["model"]["titans"]["residual_norm"]
+    del cfg["model"]["unroll_chunks"], cfg["model"]["online"]["unroll_layers"]
     cfg["model"]["selfmod"]["dgd"] = False  # written by the run: kept
     got = config_from_meta({"config": json.dumps(cfg)}).model
     assert got.unroll_layers == LEGACY_MODEL_FIELDS["unroll_layers"] == 1
     assert got.online.unroll_segments == 1 and got.titans.residual_norm is False
     assert got.selfmod.dgd is False
+    assert got.unroll_chunks == 16 and got.online.unroll_layers == 16  # the old module values
 
 
 def test_sha256_record_is_written_in_the_background_after_the_commit(tmp_path, monkeypatch):

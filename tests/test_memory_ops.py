@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 from nested_jax.ops import memory as M
+from nested_jax.ops import reference as ref
 
 TOL = 1e-5
 METHODS = ("cumulative", "log")
 linear = jax.jit(M.titans_linear, static_argnums=8, static_argnames=("remat_group", "coeff_method"))
-linear_ref = jax.jit(M.titans_linear_reference, static_argnums=8)
+linear_ref = jax.jit(ref.titans_linear_reference, static_argnums=8)
 mlp = jax.jit(
     M.titans_mlp, static_argnums=8, static_argnames=("activation", "remat_group", "coeff_method")
 )
-mlp_ref = jax.jit(M.titans_mlp_reference, static_argnums=8, static_argnames="activation")
+mlp_ref = jax.jit(ref.titans_mlp_reference, static_argnums=8, static_argnames="activation")
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +122,7 @@ def test_linear_outer_gradients_match_reference(chunk, method):
     args = make_inputs(T=64)
     weights = random_weights((64, 6), [(8, 6)] * 2)
     g = loss_grad(M.titans_linear, chunk_size=chunk, coeff_method=method)(weights, *args)
-    g_ref = loss_grad(M.titans_linear_reference, chunk_size=chunk)(weights, *args)
+    g_ref = loss_grad(ref.titans_linear_reference, chunk_size=chunk)(weights, *args)
     for name, a, b in zip("q k v theta eta alpha W0 S0".split(), g, g_ref):
         assert rel_err(a, b) < TOL, name
 
@@ -157,7 +158,7 @@ def test_linear_gate_extremes(method):
     g = loss_grad(M.titans_linear, chunk_size=16, coeff_method=method)(weights, *args)
     assert all(bool(jnp.isfinite(x).all()) for x in g)
     if method == "cumulative":  # products of gates only: exact gradients at η = 0, α = 1 too
-        g_ref = loss_grad(M.titans_linear_reference, chunk_size=16)(weights, *args)
+        g_ref = loss_grad(ref.titans_linear_reference, chunk_size=16)(weights, *args)
         assert rel_err(g, g_ref) < TOL
 
 
@@ -182,7 +183,7 @@ def test_linear_long_sequence_finite(method):
 
 def test_indivisible_length_raises():
     args = make_inputs(T=50)
-    for fn in (M.titans_linear, M.titans_linear_reference):
+    for fn in (M.titans_linear, ref.titans_linear_reference):
         with pytest.raises(ValueError, match=r"T=50.*chunk_size=16"):
             fn(*args, 16)
     params, mom = mlp_state(dv=6)
@@ -282,7 +283,7 @@ def test_mlp_outer_gradients_match_reference(chunk):
     args, (params, mom) = mlp_inputs(T=64)
     weights = random_weights((64, 8), [(8, 16), (16, 8)] * 2)
     g = loss_grad(M.titans_mlp, chunk_size=chunk)(weights, *args, params, mom)
-    g_ref = loss_grad(M.titans_mlp_reference, chunk_size=chunk)(weights, *args, params, mom)
+    g_ref = loss_grad(ref.titans_mlp_reference, chunk_size=chunk)(weights, *args, params, mom)
     for name, a, b in zip("q k v theta eta alpha params0 mom0".split(), g, g_ref):
         assert rel_err(a, b) < TOL, name
 

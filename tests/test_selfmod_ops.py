@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from nested_jax.ops import selfmod as sm
-from nested_jax.ops.delta_rule import dgd_linear, dgd_linear_reference
+from nested_jax.ops import reference as ref
+from nested_jax.ops.reference import dgd_linear, dgd_linear_reference
 
 D, H, T = 8, 16, 64
 ETA = 0.3  # eta_scale: large, so the gradient and DGD terms matter (stable for ‖x_t‖ ≈ 1)
@@ -73,7 +74,7 @@ def chunked_vg(C, Cm, mom, remat):
 def reference_vg():
     """One compile for every configuration: chunk sizes and momentum are traced."""
     def f(p, x, q, wy, ws, C, Cm, mom):
-        y, (mems, moms) = sm.selfmod_titans_reference(p, x, q, chunk_size=C, chunk_size_mem=Cm,
+        y, (mems, moms) = ref.selfmod_titans_reference(p, x, q, chunk_size=C, chunk_size_mem=Cm,
                                                       eta_scale=ETA, momentum=mom)
         return _loss(y, mems, wy, ws), (y, mems, moms)
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
@@ -101,7 +102,7 @@ def test_selfmod_chunked_matches_token_loop_values_and_outer_grads(cfg):
 @functools.lru_cache(None)
 def reference_value(adaptive, v_norm):
     def f(p, x, q, C, Cm):
-        return sm.selfmod_titans_reference(p, x, None if adaptive else q, chunk_size=C,
+        return ref.selfmod_titans_reference(p, x, None if adaptive else q, chunk_size=C,
                                            chunk_size_mem=Cm, eta_scale=ETA, v_norm=v_norm)
     return jax.jit(f)
 
@@ -191,11 +192,11 @@ def test_dgd_chunk_matches_token_loop(C, mom, gate, dgd):
     the dual-form reads y_t = M_t(q_t) after each in-chunk write; DGD and plain GD."""
     mem, k, vhat, eta, alpha, mom0 = chunk_inputs(C, gate)
     q = jax.random.normal(jax.random.PRNGKey(9), k.shape)
-    f = functools.partial(sm.dgd_chunk, momentum=mom, dgd=dgd, q_CxD=q)
-    r = functools.partial(sm.dgd_reference, momentum=mom, dgd=dgd, q_CxD=q)
-    out, ref = jax.jit(f)(mem, k, vhat, eta, alpha, mom0), jax.jit(r)(mem, k, vhat, eta, alpha, mom0)
-    assert rel(out, ref) < TOL
-    assert rel(out[2], ref[2]) < TOL  # the reads on their own
+    f = functools.partial(ref.dgd_chunk, momentum=mom, dgd=dgd, q_CxD=q)
+    r = functools.partial(ref.dgd_reference, momentum=mom, dgd=dgd, q_CxD=q)
+    out, want = jax.jit(f)(mem, k, vhat, eta, alpha, mom0), jax.jit(r)(mem, k, vhat, eta, alpha, mom0)
+    assert rel(out, want) < TOL
+    assert rel(out[2], want[2]) < TOL  # the reads on their own
 
 
 def test_dgd_chunk_grads_and_gate_extremes():
@@ -204,15 +205,15 @@ def test_dgd_chunk_grads_and_gate_extremes():
     def loss(fn, *args):
         return sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(fn(*args, momentum=0.9)))
 
-    g = jax.jit(jax.grad(functools.partial(loss, sm.dgd_chunk), argnums=tuple(range(6))))
-    g_ref = jax.jit(jax.grad(functools.partial(loss, sm.dgd_reference), argnums=tuple(range(6))))
+    g = jax.jit(jax.grad(functools.partial(loss, ref.dgd_chunk), argnums=tuple(range(6))))
+    g_ref = jax.jit(jax.grad(functools.partial(loss, ref.dgd_reference), argnums=tuple(range(6))))
     zero, one = jnp.zeros_like(alpha), jnp.ones_like(alpha)
     for e, a in [(eta, alpha), (zero, alpha), (eta, zero), (eta, 1e-30 * one), (eta, one)]:
-        out, ref = g(mem, k, vhat, e, a, mom0), g_ref(mem, k, vhat, e, a, mom0)
+        out, want = g(mem, k, vhat, e, a, mom0), g_ref(mem, k, vhat, e, a, mom0)
         assert finite(out)
         if bool((a > 1e-20).all()):  # dα is computed through log α: tiny α loses dα precision
-            assert rel(out, ref) < TOL
-        assert rel(out[:4] + out[5:], ref[:4] + ref[5:]) < TOL
+            assert rel(out, want) < TOL
+        assert rel(out[:4] + out[5:], want[:4] + want[5:]) < TOL
 
 
 # ---------------------------------------------------------------- dgd_linear (matrix memory)

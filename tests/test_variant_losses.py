@@ -4,8 +4,8 @@ losses at the smoke shape, at init and after two train steps, equal those record
 commit cc62fd2 (tests/fixtures/make_variant_losses.py, variant_losses.npz) to float32
 rounding.
 
-The chunk scans compile as in training (ops/scan.UNROLL_MAX, which tests otherwise lower to 1
-for compile time): the Titans memory amplifies the rounding difference between a looped and
+The chunk scans compile as in training (the smoke preset's model.unroll_chunks, which other
+tests lower to 1 for compile time): the Titans memory amplifies the rounding difference between a looped and
 an unrolled scan (8.9e-5 in a per-token CE at init, 0.33 after the two steps, measured on
 commit cc62fd2), so the reference and the check must build the same program shape."""
 
@@ -14,7 +14,6 @@ import pytest
 
 from tests.fixtures import make_variant_losses as ref
 
-DEFAULT_LAYER_UNROLL_MAX = 16  # nested_jax/model/online.py (tests/conftest.py sets 0)
 FIXTURE = np.load(__file__.replace("test_variant_losses.py", "fixtures/variant_losses.npz"))
 
 
@@ -22,12 +21,8 @@ FIXTURE = np.load(__file__.replace("test_variant_losses.py", "fixtures/variant_l
 # own equivalence tests are in tests/test_attention_gpu.py) with the slow set.
 @pytest.mark.parametrize("variant", [pytest.param(v, marks=() if v == "hope"
                                                   else pytest.mark.slow) for v in ref.VARIANTS])
-def test_losses_equal_the_recorded_ones(variant, monkeypatch):
-    from nested_jax.model import online
-    from nested_jax.ops import scan
-
-    monkeypatch.setattr(scan, "UNROLL_MAX", scan.DEFAULT_UNROLL_MAX)
-    monkeypatch.setattr(online, "LAYER_UNROLL_MAX", DEFAULT_LAYER_UNROLL_MAX)
+def test_losses_equal_the_recorded_ones(variant):
+    assert ref.config(variant).model.unroll_chunks == 16  # the training program's shape
     got = ref.losses(variant)
     for key in ("ce0", "ce2"):
         want = FIXTURE[f"{variant}/{key}"]

@@ -80,6 +80,8 @@ def checkpoint_dir(path: str) -> str:
 LEGACY_MODEL_FIELDS = {
     "unroll_layers": 1,  # compile-time only (loop unrolling): the value the code used then
     "online.unroll_segments": 1,
+    "unroll_chunks": 16,  # compile-time only: what ops/scan.py unrolled before it was a field
+    "online.unroll_layers": 16,  # compile-time only: model/online.py's former LAYER_UNROLL_MAX
     "online.remat": "block",  # compile-time only: per-block checkpointing, as the code did then
     "titans.residual_norm": False,
     "titans.depth": 2,

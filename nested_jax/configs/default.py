@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     m.remat = False  # gradient checkpointing (saves activation memory): per block; online variants (hope*): see online.remat
     m.unroll_layers = 4  # unroll the layer scan when n_layers <= this (less loop overhead, longer compile)
+    m.unroll_chunks = 16  # unroll a memory's chunk scan when it has <= this many chunks (GPU: 16 self-modifying chunks of a 128-token segment unrolled = 0.6× the kernels; longer compile)
 
     # Titans memory (variants titans, hope_hybrid). Defaults are the paper's (Titans §3–4)
     # unless marked "ours"; the paper normalises q and k only (§4.4).
@@ -115,6 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
     on.teach_decay_duration = 0  # steps of that decay
     on.surprise_threshold = 0.0  # skip a level update if the mean clipped ‖δ‖ of its period is below
     on.unroll_segments = 8  # unroll the segment scan when it has <= this many segments
+    on.unroll_layers = 16  # inside a segment, unroll the layer stack of blocks without a chunk scan of their own (hope_attention) when n_layers <= this (GPU: half the kernels)
     on.remat = "segment"  # with model.remat: "segment" checkpoints whole segments (least memory), "block" each block (fewer bytes moved, more memory)
     on.reset = "per_sequence"  # fast state: "per_sequence" (fresh each sequence) | "never" (streaming)
 

@@ -38,23 +38,21 @@ class OnlineConfigError(ValueError):
     pass
 
 
-# The segment scan unrolls the layer stack of blocks without a chunk scan of their own
-# (hope_attention) when n_layers <= this: in the teach signal's vjp a looped layer scan
-# stacks every block's residuals per layer (a dynamic-update-slice and copies each), which on
-# the GPU doubled the kernels of the pilot hope_attention step (H100 compile: 72.6k → 36.1k
-# device ops per step unrolled, compile 46 s; benchmarks/RESULTS.md, "The GPU program"). Blocks with
-# chunk scans keep model.unroll_layers (12 unrolled hope layers of 16 unrolled chunks did not
-# compile in 35 min). Tests set it to 0 (compile time; tests/conftest.py).
-LAYER_UNROLL_MAX = 16
-
-
 def layer_unroll(cfg) -> int | None:
-    """`run_blocks`' unroll_layers inside the segment scan (None: model.unroll_layers)."""
+    """`run_blocks`' unroll_layers inside the segment scan (None: model.unroll_layers).
+
+    The layer stack of blocks without a chunk scan of their own (hope_attention) is unrolled
+    when n_layers <= model.online.unroll_layers: in the teach signal's vjp a looped layer scan
+    stacks every block's residuals per layer (a dynamic-update-slice and copies each), which
+    on the GPU doubled the kernels of the pilot hope_attention step (H100 compile: 72.6k →
+    36.1k device ops per step unrolled, compile 46 s; benchmarks/RESULTS.md, "The GPU
+    program"). Blocks with chunk scans keep model.unroll_layers (12 unrolled hope layers of
+    16 unrolled chunks did not compile in 35 min)."""
     from nested_jax.model.variants import get
 
     if get(cfg.variant).memory is not None:  # blocks with a chunk scan of their own
         return None
-    return max(cfg.unroll_layers, LAYER_UNROLL_MAX)
+    return max(cfg.unroll_layers, cfg.online.unroll_layers)
 
 
 def level_optimizers(cms_cfg) -> dict:

@@ -27,6 +27,7 @@ class SelfModTitans(nnx.Module):
         self.h, self.k, self.dtype = h, k, dtype
         self.chunk_size, self.chunk_size_mem = s.chunk_size, s.chunk_size_mem or s.chunk_size
         self.eta_scale, self.momentum, self.remat_group = s.eta_scale, s.momentum, s.remat_group
+        self.unroll_max = cfg.unroll_chunks
         self.v_norm = s.v_norm
         self.adaptive_q = s.adaptive_q
         self.switches = dict(mem_read=s.mem_read, dgd=s.dgd, retention=s.retention,
@@ -69,6 +70,7 @@ class SelfModTitans(nnx.Module):
             return sm_ops.selfmod_titans(
                 mems, x, q, chunk_size=cs, chunk_size_mem=csm, eta_scale=self.eta_scale,
                 momentum=self.momentum, mom0=moms, remat_group=self.remat_group,
+                unroll_max=self.unroll_max,
                 v_norm=self.v_norm, **self.switches)
 
         if self.adaptive_q:  # q_t = M_q(x_t), learned in context

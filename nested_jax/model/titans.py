@@ -48,6 +48,7 @@ class TitansMemory(nnx.Module):
         self.h, self.k, self.dtype = h, k, dtype
         self.kind, self.chunk_size = t.memory, t.chunk_size
         self.theta_max, self.remat_group = t.theta_max, t.remat_group
+        self.unroll_max = cfg.unroll_chunks
         self.v_norm = t.v_norm
         self.residual_norm = t.memory == "mlp" and t.residual_norm
         self.depth = 1 if t.memory == "linear" else t.depth
@@ -140,12 +141,14 @@ class TitansMemory(nnx.Module):
         if self.kind == "linear":
             run = mem_ops.batched(mem_ops.titans_linear, state_has_batch=True)
             y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"][0], state["s"][0],
-                            chunk_size=chunk, remat_group=self.remat_group)
+                            chunk_size=chunk, remat_group=self.remat_group,
+                            unroll_max=self.unroll_max)
             w, s = (w,), (s,)
         else:
             def one(q, k, v, th, et, al, w, s, ln):
                 return mem_ops.titans_mlp(q, k, v, th, et, al, w, s, chunk,
-                                          remat_group=self.remat_group, residual_norm=ln)
+                                          remat_group=self.remat_group, residual_norm=ln,
+                                          unroll_max=self.unroll_max)
             ln = (self.ln_scale[...], self.ln_bias[...]) if self.residual_norm else None
             run = jax.vmap(jax.vmap(one), in_axes=(0,) * 8 + (None,))  # LN params per head only
             y, (w, s) = run(q, k, v, theta, eta, alpha, state["w"], state["s"], ln)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nested_jax.ops.scan import chunked_scan
+from nested_jax.ops.segsum import segsum
 
 TINY = 1e-30  # floor for α before its log (α = 0 then means α = 1e-30)
 
@@ -66,11 +66,7 @@ def decays(log_alpha_C, eta_C, momentum: float = 0.0) -> dict:
     """
     C = log_alpha_C.shape[0]
     la_n = jnp.concatenate([jnp.zeros((1,), log_alpha_C.dtype), log_alpha_C])
-    idx = jnp.arange(C + 1)
-    strict = idx[:, None] > idx[None, :]
-    # seg[t, s] = Σ_{s<j≤t} log α_j, summed directly (stable segment sum).
-    seg = jnp.cumsum(jnp.where(strict, jnp.broadcast_to(la_n[:, None], (C + 1, C + 1)), 0.0), 0)
-    dm = jnp.where(idx[:, None] >= idx[None, :], jnp.exp(seg), 0.0)
+    dm = jnp.exp(segsum(la_n))  # dm[t, s] = Π_{s<j≤t} α_j (0 for s > t)
     out = dict(gamma=dm[:, 0], lam=dm[:, 1:] * eta_C[None, :])
     if momentum:
         i = jnp.arange(C)
@@ -255,58 +251,3 @@ def check_chunks(T: int, chunk_size: int, what: str = "chunk_size") -> int:
     return T // chunk_size
 
 
-def dgd_linear(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV, chunk_size: int, *,
-               momentum: float = 0.0, remat_group: int = 0):
-    """Linear matrix memory with DGD + retention (paper Eq. 93, row convention), chunked.
-
-    Prediction k W; gradient at the chunk-start state W_ξ:
-        S_t = β S_{t-1} − η_t k_tᵀ (k_t W_ξ − v_t),   W_t = (α_t I − η_t k_t k_tᵀ) W_{t-1} + S_t
-    Reads use the chunk-start state: o_t = q_t W_ξ (chunk_size 1: read before write).
-    q,k [T,K], v [T,V], eta (step) and alpha (retention, 1 keeps) [T], W0,S0 [K,V].
-    S0 only matters for momentum β > 0. Returns o [T,V], (W_T, S_T).
-    """
-    T = q_TxK.shape[0]
-    n = check_chunks(T, chunk_size)
-    momentum = check_momentum(momentum)
-
-    def step(carry, inp):
-        W_KxV, S_KxV = carry
-        q_CxK, k_CxK, v_CxV, eta_C, la_C = inp
-        kW_CxV = k_CxK @ W_KxV
-        dec = decays(la_C, eta_C, momentum)
-        new = input_side_chunk(W_KxV, S_KxV, k_CxK, kW_CxV, kW_CxV - v_CxV, dec, momentum)
-        return new, q_CxK @ W_KxV
-
-    xs = (q_TxK, k_TxK, v_TxV, eta_T, log_retention(alpha_T))
-    xs = jax.tree.map(lambda a: a.reshape((n, chunk_size) + a.shape[1:]), xs)
-    (W, S), o_NxCxV = chunked_scan(step, (W0_KxV, S0_KxV), xs, remat_group)
-    return o_NxCxV.reshape(T, -1), (W, S)
-
-
-def dgd_linear_reference(q_TxK, k_TxK, v_TxV, eta_T, alpha_T, W0_KxV, S0_KxV,
-                         chunk_size: int, *, momentum: float = 0.0):
-    """Token loop with the same semantics as `dgd_linear` (autodiff inner gradient).
-
-    chunk_size and momentum may be traced scalars (validated only as Python numbers).
-    """
-    T = q_TxK.shape[0]
-    if isinstance(chunk_size, int) and isinstance(momentum, (int, float)):
-        check_chunks(T, chunk_size)
-        momentum = check_momentum(momentum)
-    eye_KxK = jnp.eye(k_TxK.shape[1], dtype=W0_KxV.dtype)
-
-    def loss(W, k_K, v_V):
-        return 0.5 * jnp.sum((k_K @ W - v_V) ** 2)
-
-    def step(carry, inp):
-        W, S, W_snap = carry
-        t, q_K, k_K, v_V, eta, alpha = inp
-        W_snap = jnp.where(t % chunk_size == 0, W, W_snap)
-        g = jax.grad(loss)(W_snap, k_K, v_V)
-        S = momentum * S - eta * g
-        W = (alpha * eye_KxK - eta * jnp.outer(k_K, k_K)) @ W + S
-        return (W, S, W_snap), q_K @ W_snap
-
-    xs = (jnp.arange(T), q_TxK, k_TxK, v_TxV, eta_T, alpha_T)
-    (W, S, _), o_TxV = jax.lax.scan(step, (W0_KxV, S0_KxV, W0_KxV), xs)
-    return o_TxV, (W, S)

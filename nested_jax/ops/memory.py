@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.ops.scan import chunked_scan
+from nested_jax.ops.segsum import segsum
 
 Array = jax.Array
 F32 = jnp.float32
@@ -58,19 +59,6 @@ def _safe_log1m(a: Array) -> Array:
     return jnp.where(ok, jnp.log1p(-jnp.where(ok, a, 0.0)), -jnp.inf)
 
 
-def _segsum(x_NxC: Array) -> Array:
-    """out[n, t, i] = Σ_{i < l ≤ t} x[n, l] for i ≤ t, -inf above the diagonal.
-
-    Masked cumulative sum (no difference of cumsums: no cancellation, and -inf
-    entries of x stay -inf instead of turning into NaN).
-    """
-    C = x_NxC.shape[-1]
-    strict = jnp.tril(jnp.ones((C, C), bool), -1)
-    x_NxCxC = jnp.where(strict[None], x_NxC[:, :, None], 0.0)
-    cs_NxCxC = jnp.cumsum(x_NxCxC, axis=1)
-    return jnp.where(jnp.tril(jnp.ones((1, C, C), bool)), cs_NxCxC, -jnp.inf)
-
-
 class ChunkCoeffs(NamedTuple):
     """Per-chunk scalars of the dual form (docs/memories.md, "Chunked dual form"), all chunks
     at once.
@@ -94,8 +82,8 @@ def _coeffs_log(theta_NxC: Array, eta_NxC: Array, alpha_NxC: Array) -> ChunkCoef
     Values are exact at η = 0 and α = 1; there d/dη (d/dα) of that gate is 0.
     """
     la_NxC, le_NxC = _safe_log1m(alpha_NxC), _safe_log(eta_NxC)
-    D_NxCxC = jnp.exp(_segsum(la_NxC))  # D[t, i] = Π_{i<l≤t} (1 − α_l)
-    P_NxCxC = jnp.exp(_segsum(le_NxC))  # P[i, j] = Π_{j<l≤i} η_l
+    D_NxCxC = jnp.exp(segsum(la_NxC))  # D[t, i] = Π_{i<l≤t} (1 − α_l)
+    P_NxCxC = jnp.exp(segsum(le_NxC))  # P[i, j] = Π_{j<l≤i} η_l
     mom_NxC = jnp.exp(jnp.cumsum(le_NxC, axis=1))  # Π_{l≤t} η_l
     hi = jax.lax.Precision.HIGHEST  # coefficients in full fp32 even where dots default to TF32
     G_NxCxC = jnp.einsum("nti,nij->ntj", D_NxCxC, P_NxCxC, precision=hi) * theta_NxC[:, None, :]
@@ -183,6 +171,7 @@ def titans_linear(
     S0_KxV: Array,
     chunk_size: int,
     remat_group: int = 0,
+    unroll_max: int = 1,
     coeff_method: str = "auto",
 ) -> tuple[Array, tuple[Array, Array]]:
     """Linear Titans memory, chunked dual form. Returns y [T,V], (W, S) end states.
@@ -211,52 +200,8 @@ def titans_linear(
         return (W_new, S_new), Y_CxV
 
     state0 = (jnp.asarray(W0_KxV, F32), jnp.asarray(S0_KxV, F32))
-    (W, S), Y_NxCxV = chunked_scan(step, state0, xs, remat_group)
+    (W, S), Y_NxCxV = chunked_scan(step, state0, xs, remat_group, unroll_max)
     return Y_NxCxV.reshape(q_TxK.shape[0], -1).astype(q_TxK.dtype), (W, S)
-
-
-def titans_linear_reference(
-    q_TxK, k_TxK, v_TxV, theta_T, eta_T, alpha_T, W0_KxV, S0_KxV, chunk_size: int
-):
-    """Token loop (lax.scan over tokens), gradients at the chunk-start state.
-
-    chunk_size = 1 is the exact per-token recurrence. Returns y [T,V], (W, S).
-    """
-
-    def predict(W, x):
-        return x @ W
-
-    def inner_grad(W, k, v):  # ∇_W ½‖kW − v‖² = kᵀ(kW − v)
-        return jnp.outer(k, k @ W - v)
-
-    return _token_loop(
-        predict, inner_grad, q_TxK, k_TxK, v_TxV, theta_T, eta_T, alpha_T,
-        W0_KxV, S0_KxV, chunk_size,
-    )
-
-
-def _token_loop(predict, inner_grad, q, k, v, theta, eta, alpha, params0, mom0, chunk_size):
-    """Shared token loop for a memory `predict(params, x_row)` with `inner_grad`."""
-    T = q.shape[0]
-    _num_chunks(T, chunk_size)
-    f32 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, F32), t)  # noqa: E731
-    params0, mom0 = f32(params0), f32(mom0)
-    xs = (*f32((q, k, v, theta, eta, alpha)), jnp.arange(T) % chunk_size == 0)
-
-    def step(carry, x):
-        p, mom, p_start = carry
-        qt, kt, vt, th, et, al, start = x
-        if chunk_size > 1:
-            p_start = jax.tree.map(lambda a, b: jnp.where(start, a, b), p, p_start)
-        else:
-            p_start = p
-        grad = inner_grad(p_start, kt, vt)
-        mom = jax.tree.map(lambda s, g: et * s - th * g, mom, grad)
-        p = jax.tree.map(lambda w, s: (1.0 - al) * w + s, p, mom)
-        return (p, mom, p_start), predict(p, qt)
-
-    (p, mom, _), y = jax.lax.scan(step, (params0, mom0, params0), xs)
-    return y.astype(q.dtype), (p, mom)
 
 
 # -------------------------------------------------------------------------- MLP memory
@@ -295,6 +240,7 @@ def titans_mlp(
     chunk_size: int,
     activation: str | Callable[[Array], Array] = "gelu",
     remat_group: int = 0,
+    unroll_max: int = 1,
     residual_norm: tuple[Array, Array] | None = None,
     coeff_method: str = "auto",
 ) -> tuple[Array, tuple[tuple[Array, ...], tuple[Array, ...]]]:
@@ -351,7 +297,8 @@ def titans_mlp(
         return (Wn, Sn), Y_CxV
 
     f32 = lambda t: tuple(jnp.asarray(a, F32) for a in t)  # noqa: E731
-    (params, mom), Y_NxCxV = chunked_scan(step, (f32(params0), f32(mom0)), xs, remat_group)
+    (params, mom), Y_NxCxV = chunked_scan(step, (f32(params0), f32(mom0)), xs, remat_group,
+                                          unroll_max)
     return Y_NxCxV.reshape(q_TxK.shape[0], -1).astype(q_TxK.dtype), (params, mom)
 
 
@@ -363,39 +310,6 @@ def mlp_read(params: tuple[Array, ...], q_TxK: Array, activation="gelu",
     for W in params[:-1]:
         h = act(h @ W)
     return _wrap(jnp.asarray(q_TxK, F32), h @ params[-1], residual_norm).astype(q_TxK.dtype)
-
-
-def titans_mlp_reference(
-    q_TxK,
-    k_TxK,
-    v_TxV,
-    theta_T,
-    eta_T,
-    alpha_T,
-    params0,
-    mom0,
-    chunk_size: int,
-    activation: str | Callable[[Array], Array] = "gelu",
-    residual_norm: tuple[Array, Array] | None = None,
-):
-    """Token loop for the (deep) MLP memory; inner gradients by autodiff (independent check)."""
-    act = _activation(activation)
-    _check_wrap(q_TxK, v_TxV, residual_norm)
-
-    def predict(p, x):
-        h = x
-        for W in p[:-1]:
-            h = act(h @ W)
-        return _wrap(x, h @ p[-1], residual_norm)
-
-    def inner_grad(p, k, v):
-        return jax.grad(lambda p: 0.5 * jnp.sum((predict(p, k) - v) ** 2))(p)
-
-    y, (p, mom) = _token_loop(
-        predict, inner_grad, q_TxK, k_TxK, v_TxV, theta_T, eta_T, alpha_T,
-        tuple(params0), tuple(mom0), chunk_size,
-    )
-    return y, (p, mom)
 
 
 # ------------------------------------------------------------------ batching over B, H

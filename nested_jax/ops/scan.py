@@ -12,17 +12,13 @@ from typing import Any, Callable
 
 import jax
 
-# Scans of at most this many steps are unrolled: on CPU the loop's per-op overhead dominates
-# short scans (e.g. the 2-4 chunks of one online segment); longer scans stay loops. 16 covers
-# the 16 self-modifying chunks of a 128-token segment: on the GPU (H100 compile) an unrolled
-# chunk scan drops the per-chunk residual writes and loop-carry copies, 1.12M → 0.68M device
-# ops per pilot `hope` step (benchmarks/RESULTS.md, "The GPU program").
-DEFAULT_UNROLL_MAX = 16
-UNROLL_MAX = DEFAULT_UNROLL_MAX  # tests lower it to 1 (compile time; tests/conftest.py)
-
-
-def _unroll(n: int) -> int:
-    return n if n <= UNROLL_MAX else 1
+def _unroll(n: int, unroll_max: int) -> int:
+    """Scans of at most `unroll_max` steps are unrolled (model.unroll_chunks): on CPU the
+    loop's per-op overhead dominates short scans (e.g. the 2-4 chunks of one online segment);
+    on the GPU (H100 compile) an unrolled chunk scan drops the per-chunk residual writes and
+    loop-carry copies, 1.12M → 0.68M device ops per pilot `hope` step at 16
+    (benchmarks/RESULTS.md, "The GPU program"). Longer scans stay loops."""
+    return n if n <= unroll_max else 1
 
 
 def chunked_scan(
@@ -30,14 +26,16 @@ def chunked_scan(
     carry: Any,
     xs: Any,
     remat_group: int = 0,
+    unroll_max: int = 1,
 ) -> tuple[Any, Any]:
     """`lax.scan(step, carry, xs)` with the N steps rematerialised in groups.
 
-    remat_group <= 0: plain scan, no remat. remat_group >= 1 must divide N.
+    remat_group <= 0: plain scan, no remat. remat_group >= 1 must divide N. Scans (of groups)
+    of at most `unroll_max` steps are unrolled (1: a loop).
     """
     n = jax.tree.leaves(xs)[0].shape[0]
     if remat_group <= 0:
-        return jax.lax.scan(step, carry, xs, unroll=_unroll(n))
+        return jax.lax.scan(step, carry, xs, unroll=_unroll(n, unroll_max))
     if n % remat_group:
         raise ValueError(
             f"remat_group={remat_group} must divide the number of chunks {n}; "
@@ -50,7 +48,7 @@ def chunked_scan(
     def group_body(c, xg):
         return jax.lax.scan(step, c, xg)
 
-    carry, ys_g = jax.lax.scan(group_body, carry, xs_g, unroll=_unroll(groups))
+    carry, ys_g = jax.lax.scan(group_body, carry, xs_g, unroll=_unroll(groups, unroll_max))
     ys = jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), ys_g)
     return carry, ys
 

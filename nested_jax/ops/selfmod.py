@@ -30,7 +30,6 @@ from nested_jax.ops.delta_rule import (
     input_side_chunk,
     input_side_read,
     input_side_solve,
-    log_retention,
     output_side_chunk,
     output_side_read,
 )
@@ -149,86 +148,9 @@ def _one_group(mem, mom, vhat_CxO=None):
     return grp if vhat_CxO is None else {**grp, "vhat": vhat_CxO[None]}
 
 
-def _dgd_chunk_log(mem, mom, k_CxD, vhat_CxO, eta_C, log_alpha_C, momentum, act, dgd=True,
-                   q_CxD=None):
-    """One chunk of DGD with log α given (finite for α → 0): (memory, momentum, reads).
-
-    reads (only when q is given): y_t = M_t(q_t), the memory after the in-chunk writes up
-    to t, from the dual form (`input_side_read`, `output_side_read`); else None.
-    dgd=False drops the rank-1 k kᵀ term (plain GD with retention, NL Table 6 "DGD → GD").
-    """
-    dec = decays(log_alpha_C, eta_C, momentum)
-    A, SA, ((B, SB),), reads = _chunk_groups(mem["A"], mom["A"], [_one_group(mem, mom, vhat_CxO)],
-                                             k_CxD, dec, momentum, act, dgd, q_CxD)
-    y_CxO = None if reads is None else reads[0][0]
-    return {**mem, "A": A, "B": B[0]}, {"A": SA, "B": SB[0]}, y_CxO
-
-
-def dgd_chunk(mem, k_CxD, vhat_CxO, eta_C, alpha_C, mom=None, *, momentum=0.0,
-              act=jax.nn.gelu, dgd=True, q_CxD=None):
-    """One chunk of DGD (module docstring, NL Eq. 88 with gradients at ξ), no token loop.
-
-    mem {"A","B"[,"P"]}, keys k [C,D], targets v̂ [C,O], step η and retention α [C];
-    mom {"A","B"} (None: zeros). chunk size C = 1 is the exact per-token recurrence.
-    Returns (memory, momentum) at the chunk end; with q [C,D] also the reads
-    y_t = M_t(q_t) after the in-chunk writes up to t: (memory, momentum, y [C,O]).
-    """
-    momentum = check_momentum(momentum)
-    mom = _zero_mom(mem) if mom is None else mom
-    new, new_mom, y = _dgd_chunk_log(mem, mom, k_CxD, vhat_CxO, eta_C, log_retention(alpha_C),
-                                     momentum, act, dgd, q_CxD)
-    return (new, new_mom) if q_CxD is None else (new, new_mom, y)
-
-
-def _inner_loss(AB, mem, k_D, vhat_O, act):
-    return 0.5 * jnp.sum((mlp_apply({**mem, **AB}, k_D[None], act)[0] - vhat_O) ** 2)
-
-
-def _token_update(run, mom, snap, k_D, vhat_O, eta, alpha, momentum, act, dgd=True):
-    """One token of the recurrence, gradient by autodiff at the snapshot `snap`."""
-    g = jax.grad(_inner_loss)({"A": snap["A"], "B": snap["B"]}, snap, k_D, vhat_O, act)
-    mom = {n: momentum * mom[n] - eta * g[n] for n in ("A", "B")}
-    eye_DxD = jnp.eye(k_D.shape[0], dtype=k_D.dtype)
-    pre_DxD = alpha * eye_DxD - eta * jnp.outer(k_D, k_D) if dgd else alpha * eye_DxD
-    return {**run, "A": pre_DxD @ run["A"] + mom["A"], "B": alpha * run["B"] + mom["B"]}, mom
-
-
-def dgd_reference(mem, k_CxD, vhat_CxO, eta_C, alpha_C, mom=None, *, momentum=0.0,
-                  act=jax.nn.gelu, dgd=True, q_CxD=None):
-    """Token loop of `dgd_chunk` (same chunk semantics, autodiff gradients at ξ)."""
-    momentum = check_momentum(momentum)
-    mom = _zero_mom(mem) if mom is None else mom
-    q_in = jnp.zeros_like(k_CxD) if q_CxD is None else q_CxD
-
-    def step(carry, inp):
-        q_D, *rest = inp
-        run, m = _token_update(*carry, mem, *rest, momentum, act, dgd)
-        return (run, m), mlp_apply(run, q_D[None], act)[0]
-
-    (run, mom), y = jax.lax.scan(step, (mem, mom), (q_in, k_CxD, vhat_CxO, eta_C, alpha_C))
-    return (run, mom) if q_CxD is None else (run, mom, y)
-
-
-def _gate_logit(mem, x_NxD, act):
-    return mlp_apply(mem, x_NxD, act)[:, 0] + mem["b"]
-
-
 def _groups(params0) -> tuple[tuple[str, ...], ...]:
     """Memories with equal shapes, stacked and vmapped together: (k, v[, q]), (η, α), (mem,)."""
     return (("k", "v") + (("q",) if "q" in params0 else ()), GATES, ("mem",))
-
-
-def _stack(tree: dict, names):
-    return jax.tree.map(lambda *a: jnp.stack(a), *[tree[n] for n in names])
-
-
-def _unstack(stacked, names) -> dict:
-    return {n: jax.tree.map(lambda a, i=i: a[i], stacked) for i, n in enumerate(names)}
-
-
-def _map_apply(stacked, z_NxD, act):
-    """M(z) for every memory of a stacked group: [G, N, O]."""
-    return jax.vmap(lambda m: mlp_apply(m, z_NxD, act))(stacked)
 
 
 def _read(st, x_CxD, G1, eta_scale, qk_norm, v_norm, retention, act):
@@ -286,7 +208,8 @@ def _validate(params0, x_TxD, q_TxD, chunk_size, chunk_size_mem, eta_scale, mome
 
 def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_mem=None,
                    eta_scale: float, momentum: float = 0.0, mom0=None, qk_norm: bool = True,
-                   v_norm: bool = False, remat_group: int = 0, act=jax.nn.gelu,
+                   v_norm: bool = False, remat_group: int = 0, unroll_max: int = 1,
+                   act=jax.nn.gelu,
                    mem_read: str = "dual", dgd: bool = True, retention: bool = True,
                    frozen: tuple = ()):
     """Self-modifying Titans (NL §8.1–8.2, Eqs. 83–93), one head: y [T,D], (memories, momenta).
@@ -317,7 +240,8 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
     Any two chunk sizes dividing T work: k, v, q, η, α never depend on M_mem, so one scan
     runs the other memories at chunk_size, a second runs M_mem at chunk_size_mem.
     remat_group: chunks per rematerialised group in each scan (must divide both chunk
-    counts; 0 = off). Inputs may be bf16: the state and all math are float32, y has x's dtype.
+    counts; 0 = off); unroll_max: chunk scans of at most this many steps are unrolled
+    (model.unroll_chunks; 1 = loops). Inputs may be bf16: the state and all math are float32, y has x's dtype.
     """
     chunk_size_mem, momentum = _validate(params0, x_TxD, q_TxD, chunk_size, chunk_size_mem,
                                          eta_scale, momentum, mem_read, frozen)
@@ -375,7 +299,8 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
         return a.reshape((T // c, c) + a.shape[1:])
 
     x32 = f32(x_TxD)
-    st, reads = chunked_scan(others_step, state0, chunks(x32, chunk_size), remat_group)
+    st, reads = chunked_scan(others_step, state0, chunks(x32, chunk_size), remat_group,
+                             unroll_max)
     k, v, eta, la, q_ad = jax.tree.map(lambda a: a.reshape((T,) + a.shape[2:]), reads)
     if q_ad is None:
         q_ad = l2norm(f32(q_TxD)) if qk_norm else f32(q_TxD)
@@ -386,7 +311,7 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
     coeffs = jax.vmap(lambda kk, la_c, eta_c, qq: chunk_coeffs(
         kk, la_c, eta_c, momentum, qq if dual else None, dgd))(k_N, la_N, eta_N, q_N)
     (m_m, s_m), y = chunked_scan(mem_step, (mems0["mem"], moms0["mem"]),
-                                 ((q_N, k_N, v_N), coeffs), remat_group)
+                                 ((q_N, k_N, v_N), coeffs), remat_group, unroll_max)
 
     H = mems0["k"]["A"].shape[-1]
 
@@ -400,65 +325,6 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
     mems = {**{n: m for n, (m, _) in out.items()}, "mem": m_m}
     moms = {**{n: s for n, (_, s) in out.items()}, "mem": s_m}
     return y.reshape(T, -1).astype(x_TxD.dtype), (mems, moms)
-
-
-def selfmod_titans_reference(params0, x_TxD, q_TxD=None, *, chunk_size: int,
-                             chunk_size_mem=None, eta_scale: float, momentum: float = 0.0,
-                             mom0=None, qk_norm: bool = True, v_norm: bool = False,
-                             act=jax.nn.gelu, mem_read: str = "dual", dgd: bool = True,
-                             retention: bool = True, frozen: tuple = ()):
-    """Token loop of `selfmod_titans`: snapshots refreshed on each chunk grid, autodiff grads.
-
-    Same semantics and switches; reads y_t from the running M_mem after token t's write
-    (mem_read="dual") or from its snapshot ("boundary"). chunk sizes, eta_scale and
-    momentum may also be traced scalars (one jit for many configurations in tests); only
-    Python numbers are validated.
-    """
-    if all(isinstance(a, (int, float)) for a in (chunk_size, eta_scale, momentum)):
-        chunk_size_mem, momentum = _validate(params0, x_TxD, q_TxD, chunk_size, chunk_size_mem,
-                                             eta_scale, momentum, mem_read, frozen)
-    chunk_size_mem = chunk_size if chunk_size_mem is None else chunk_size_mem
-    T = x_TxD.shape[0]
-    mems0 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params0)
-    moms0 = {n: _zero_mom(m) for n, m in mems0.items()} if mom0 is None else mom0
-    norm = l2norm if qk_norm else (lambda a: a)
-    q_in = jnp.zeros_like(x_TxD, jnp.float32) if q_TxD is None else jnp.asarray(q_TxD, jnp.float32)
-    groups = _groups(params0)
-    live = tuple(jnp.asarray([0.0 if n in frozen else 1.0 for n in g], jnp.float32)
-                 for g in groups)
-    periods = (chunk_size, chunk_size, chunk_size_mem)
-    upd = jax.vmap(_token_update, in_axes=(0, 0, 0, None, 0, 0, 0, None, None, None))
-
-    def step(carry, inp):
-        run, snap, moms = carry  # tuples over groups of stacked memories
-        t, x_D, q_D = inp
-        snap = tuple(jax.tree.map(lambda r, s, c=c: jnp.where(t % c == 0, r, s), r_g, s_g)
-                     for r_g, s_g, c in zip(run, snap, periods))
-        sn = {n: m for g, s_g in zip(groups, snap) for n, m in _unstack(s_g, g).items()}
-        x_1xD = x_D[None]
-        k_D = norm(mlp_apply(sn["k"], x_1xD, act))[0]
-        v_D = mlp_apply(sn["v"], x_1xD, act)[0]
-        v_D = l2norm(v_D) if v_norm else v_D
-        eta = eta_scale * jax.nn.softplus(_gate_logit(sn["eta"], x_1xD, act)[0])
-        alpha = jax.nn.sigmoid(_gate_logit(sn["alpha"], x_1xD, act)[0]) if retention else 1.0
-        q_1xD = norm(mlp_apply(sn["q"], x_1xD, act) if "q" in sn else q_D[None])
-        new = []
-        for r_g, m_g, s_g, live_g in zip(run, moms, snap, live):
-            vhat = _map_apply(s_g, v_D[None], act)[:, 0]
-            eta_g = live_g * eta
-            alpha_g = live_g * alpha + (1.0 - live_g)
-            new.append(upd(r_g, m_g, s_g, k_D, vhat, eta_g, alpha_g, momentum, act, dgd))
-        mem_now = _unstack(new[2][0] if mem_read == "dual" else snap[2], groups[2])["mem"]
-        y_D = mlp_apply(mem_now, q_1xD, act)[0]
-        return (tuple(n[0] for n in new), snap, tuple(n[1] for n in new)), y_D
-
-    run0 = (_stack(mems0, groups[0]), _stack(mems0, groups[1]), _stack(mems0, groups[2]))
-    mom_0 = (_stack(moms0, groups[0]), _stack(moms0, groups[1]), _stack(moms0, groups[2]))
-    xs = (jnp.arange(T), jnp.asarray(x_TxD, jnp.float32), q_in)
-    (run, _, moms), y = jax.lax.scan(step, (run0, run0, mom_0), xs)
-    mems = {n: v for g, r in zip(groups, run) for n, v in _unstack(r, g).items()}
-    moms = {n: v for g, r in zip(groups, moms) for n, v in _unstack(r, g).items()}
-    return y.astype(x_TxD.dtype), (mems, moms)
 
 
 def init_selfmod_params(key, d: int, hidden: int, *, adaptive_q: bool = False,
