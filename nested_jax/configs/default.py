@@ -125,6 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = t = ml_collections.ConfigDict()
     t.steps = 10_000  # number of optimizer updates
     t.batch_size = 32  # global batch size in sequences (split over all devices: mesh.data × mesh.fsdp)
+    t.grad_accum = 1  # microbatches per optimizer step: each device's rows run in this many sequential slices, gradients averaged (activation memory of one slice, the same update)
     t.seq_len = 2048  # tokens per training sequence
     t.log_every = 10  # write a metrics.jsonl record every this many steps
     t.max_nonfinite_in_a_row = 5  # skip non-finite steps; abort after this many in a row (0 = never)

@@ -75,9 +75,10 @@ tests/test_paper_presets.py` prints them): hope 750.0M, titans 753.1M, transform
 (nominal 760M: −1.3 %, −0.9 %, −1.4 %).
 
 Memory: HOPE's fast state (per-sequence CMS deltas, accumulators and self-modifying
-memories) is ~3.6 GiB per sequence (float32), carried through the segment scan. There is
-no gradient accumulation: run the 128-sequence batch over enough GPUs, or lower
-train.batch_size and raise train.steps in proportion (steps = 30e9 / (batch · 4096)).
+memories) is ~3.6 GiB per sequence (float32), carried through the segment scan: run the
+128-sequence batch over enough GPUs with --config.train.grad_accum=K (each device runs its
+rows in K slices, the same update), or lower train.batch_size and raise train.steps in
+proportion (steps = 30e9 / (batch · 4096)).
 Fewer, longer segments save memory: --config.model.online.segment_len=1024
 '--config.model.cms.periods=(1024,2048,0,0)'.
 """

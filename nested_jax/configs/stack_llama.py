@@ -31,7 +31,7 @@ stated anywhere we could read, with the reason; "ours" = this project's choice):
   segment_len    512 (the gcd of the periods: one online scan step per 512 tokens) — ours
   train.seq_len  4096 — paper (Titans' training length; NL-A: "other settings follow Titans")
   batch          8 sequences = 32,768 tokens per step (global): 1 per GPU on 8 H100s, what
-                 fits (above; the trainer has no gradient accumulation yet) — ours
+                 fits (above; larger global batches: --config.train.grad_accum) — ours
   steps          457,764 = 15e9 / 32,768 — paper (NL-A: 15B tokens of continual pre-training)
   optim          AdamW lr 2e-5, warm-up 500, cosine to 10 %, wd 0.1, b2 0.95, clip 1.0 —
                  guess (continual pre-training lrs of Llama-3 models are 1e-5…3e-5; the

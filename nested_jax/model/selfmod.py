@@ -44,7 +44,7 @@ class SelfModTitans(nnx.Module):
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_head)
         self.mems = nnx.Dict({n: nnx.Dict({p: nnx.Param(v) for p, v in m.items()})
                               for n, m in stacked.items()})
-        self.out_norm = RMSNorm(k, dtype=dtype)
+        self.out_norm = RMSNorm(k, eps=cfg.norm_eps, dtype=dtype)
         self.wo = Dense(h * k, d, std=out_std, rngs=rngs, dtype=dtype)
 
     def params0(self) -> dict:

@@ -85,7 +85,7 @@ class TitansMemory(nnx.Module):
                 self.ln_bias = nnx.Param(jnp.zeros((h, k), jnp.float32))
         else:
             raise ValueError(f"model.titans.memory={self.kind!r}; choose 'linear' or 'mlp'.")
-        self.out_norm = RMSNorm(k, dtype=dtype)
+        self.out_norm = RMSNorm(k, eps=cfg.norm_eps, dtype=dtype)
         self.wo = Dense(h * k, d, std=out_std, rngs=rngs, dtype=dtype)
         if retrieval:  # MAC: read-only queries of the segment-start memory (Titans Eq. 21)
             self.wq_r = Dense(d, h * k, std=d**-0.5, rngs=rngs, dtype=dtype)

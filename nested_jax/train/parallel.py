@@ -64,8 +64,9 @@ def _pmean_floats(tree, axes):
         lambda x: jax.lax.pmean(x, axes) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def shard_map_grad_fn(mesh, fn, fast_specs=None):
-    """`step.loss_and_grads` as a shard_map over the mesh (see the module docstring)."""
+def shard_map_grad_fn(mesh, fn, fast_specs=None, accum: int = 1):
+    """`step.loss_and_grads` as a shard_map over the mesh (see the module docstring); each
+    device accumulates over `accum` slices of its rows (train.grad_accum)."""
     axes = mesh_lib.BATCH_AXES
 
     def grad_fn(params, tokens_BxT1, step, fast=None):
@@ -73,7 +74,7 @@ def shard_map_grad_fn(mesh, fn, fast_specs=None):
 
         def body(params, tokens, step, fast):
             (loss, (metrics, new_fast)), grads = step_lib.loss_and_grads(
-                params, tokens, step, fast, fn=fn)
+                params, tokens, step, fast, fn=fn, accum=accum)
             grads = _pmean_floats(grads, axes)  # the one cross-device reduction
             return (jax.lax.pmean(loss, axes), _pmean_floats(metrics, axes),
                     new_fast if has_fast else None, grads)
@@ -95,9 +96,9 @@ def jit_train_step(config, mesh, shardings, *, fn, tx, lr_schedule):
         fast_specs = None
         if "fast" in shardings:
             fast_specs = jax.tree.map(lambda s: s.spec, shardings["fast"])
-        kw["grad_fn"] = shard_map_grad_fn(mesh, fn, fast_specs)
+        kw["grad_fn"] = shard_map_grad_fn(mesh, fn, fast_specs, config.train.grad_accum)
     step_fn = functools.partial(step_lib.train_step, fn=fn, tx=tx, lr_schedule=lr_schedule,
-                                **kw)
+                                accum=config.train.grad_accum, **kw)
     return jax.jit(step_fn,
                    in_shardings=(shardings, {"tokens": mesh_lib.batch_sharding(mesh)}),
                    out_shardings=(shardings, mesh_lib.replicated(mesh)),
@@ -111,3 +112,7 @@ def check_config(config, mesh) -> None:
         raise ValueError(
             f"train.batch_size={b} must be divisible by the number of devices ({n}) and "
             f"of processes ({p}); change --config.train.batch_size.")
+    if (b // n) % config.train.grad_accum:
+        raise ValueError(
+            f"train.grad_accum={config.train.grad_accum} must divide the {b // n} rows per "
+            "device; change --config.train.grad_accum or --config.train.batch_size.")

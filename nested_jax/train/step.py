@@ -18,9 +18,15 @@ def init_train_state(params, tx, fast=None) -> dict:
     return state
 
 
-def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn):
+def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn, accum: int = 1):
     """((mean loss, (metrics, final fast state)), grads) of one batch. Data parallelism
-    (nested_jax.train.parallel) runs this per device inside shard_map."""
+    (nested_jax.train.parallel) runs this per device inside shard_map. accum > 1
+    (train.grad_accum): the rows run in `accum` equal slices one after another (a scan:
+    activation memory of one slice), losses, metrics and gradients averaged — equal slices
+    make that the mean over all rows, the same update; the fast state's rows follow
+    their tokens."""
+    if accum > 1:
+        return _accumulated(params, tokens_BxT1, step, fast, fn=fn, accum=accum)
 
     frozen = tuple(getattr(fn.cfg, "freeze", ()) or ())
 
@@ -33,6 +39,57 @@ def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn):
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
 
+def _accumulated(params, tokens_BxT1, step, fast, *, fn, accum: int):
+    """`loss_and_grads` over `accum` row slices (its docstring)."""
+    from nested_jax.model.online import fast_axes
+
+    b = tokens_BxT1.shape[0]
+    if b % accum:
+        raise ValueError(f"train.grad_accum={accum} must divide the {b} rows of a batch.")
+
+    def split(x, axis):  # [.., B, ..] → [accum, .., B/accum, ..] (slice k: rows k·B/k …)
+        x = jnp.moveaxis(x, axis, 0)
+        x = x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
+        return jnp.moveaxis(x, 1, axis + 1)
+
+    def merge(x, axis):  # inverse of split
+        x = jnp.moveaxis(x, axis + 1, 1)
+        x = x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+        return jnp.moveaxis(x, 0, axis)
+
+    def batch_axis(axes):
+        return axes.index("batch") if "batch" in axes else None
+
+    axes = None if fast is None else fast_axes(fast)
+
+    def map_fast(f, tree):  # apply f(leaf, batch axis) where the leaf has one
+        return jax.tree.map(lambda x, a: x if batch_axis(a) is None else f(x, batch_axis(a)),
+                            tree, axes)
+
+    tok_k = split(tokens_BxT1, 0)
+    # fast-state leaves with rows are sliced like the tokens; the others (the token counter)
+    # are the same for every slice
+    fast_k = None if fast is None else map_fast(split, jax.tree.map(
+        lambda x, a: x if batch_axis(a) is not None else jnp.broadcast_to(x, (accum,) + x.shape),
+        fast, axes))
+
+    def one(acc, xs):
+        tok, f = xs
+        (loss, (metrics, new_fast)), grads = loss_and_grads(params, tok, step, f, fn=fn)
+        return jax.tree.map(jnp.add, acc, grads), (loss, metrics, new_fast)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (loss_k, metrics_k, new_fast_k) = jax.lax.scan(one, zeros, (tok_k, fast_k))
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    metrics = jax.tree.map(lambda m: m.mean(0), metrics_k)
+    new_fast = None
+    if fast is not None:
+        new_fast = jax.tree.map(
+            lambda x, a: x[-1] if batch_axis(a) is None else merge(x, batch_axis(a)),
+            new_fast_k, axes)
+    return (loss_k.mean(), (metrics, new_fast)), grads
+
+
 def _stop_frozen(params, patterns):
     """`params` with jax.lax.stop_gradient on the leaves `model.freeze` names."""
     from nested_jax.train.optim import frozen_labels
@@ -42,14 +99,15 @@ def _stop_frozen(params, patterns):
                         params, labels)
 
 
-def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, grad_fn=None):
+def train_step(state: dict, batch: dict, *, fn, tx, lr_schedule, grad_fn=None, accum: int = 1):
     """One optimizer update (the model has no stochastic layer: a step is a function of the
     state and the batch alone, so a restart reproduces it). `grad_fn` (same contract as
     `loss_and_grads`) replaces the gradient computation, e.g. by its shard_map data-parallel
-    form; the optimizer update stays global (GSPMD)."""
+    form; the optimizer update stays global (GSPMD). accum: train.grad_accum
+    (`loss_and_grads`)."""
     step = state["step"]
     if grad_fn is None:
-        grad_fn = functools.partial(loss_and_grads, fn=fn)
+        grad_fn = functools.partial(loss_and_grads, fn=fn, accum=accum)
     (loss, (metrics, fast)), grads = grad_fn(state["params"], batch["tokens"], step,
                                              state.get("fast"))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

@@ -68,6 +68,7 @@ RANGES = (
     ("optim.weight_decay", 0, None, True, True), ("optim.grad_clip", 0, None, True, True),
     ("optim.momentum", 0, 1, True, False), ("optim.adam_lr", 0, None, True, True),
     ("train.steps", 0, None, True, True), ("train.batch_size", 1, None, True, True),
+    ("train.grad_accum", 1, None, True, True),
     ("train.seq_len", 1, None, True, True), ("train.log_every", 1, None, True, True),
     ("train.max_nonfinite_in_a_row", 0, None, True, True),
     ("checkpoint.every_steps", 1, None, True, True),
@@ -258,9 +259,11 @@ def _fill_and_check(config, tokenizer_vocab: int) -> None:
             raise ConfigError(str(e)) from None
 
 
-# Fields that may change between a run and its resumption (length, cadence, logging).
+# Fields that may change between a run and its resumption (length, cadence, logging, how a
+# step is split over devices and microbatches, compile-time unrolling).
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "checkpoint.", "eval.", "logging.",
-                     "train.max_nonfinite_in_a_row", "optim.lr", "mesh.")
+                     "train.max_nonfinite_in_a_row", "optim.lr", "mesh.", "train.grad_accum",
+                     "model.unroll_", "model.online.unroll_")
 
 
 def _flatten(d, prefix=""):
@@ -341,3 +344,8 @@ def preflight(config) -> None:
         raise ConfigError(
             f"train.batch_size={t.batch_size} must be divisible by the number of devices "
             f"({mesh.size}). Fix: change --config.train.batch_size to a multiple of it.")
+    if (t.batch_size // mesh.size) % t.grad_accum:
+        raise ConfigError(
+            f"train.grad_accum={t.grad_accum} must divide the {t.batch_size // mesh.size} rows "
+            f"each of the {mesh.size} devices gets (train.batch_size={t.batch_size}). Fix: "
+            "change --config.train.grad_accum or --config.train.batch_size.")
