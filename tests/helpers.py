@@ -5,17 +5,14 @@ import functools
 import jax
 import ml_collections
 
+from tests.tiny import tiny_model
+
 
 def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(dict(
-        variant="transformer", vocab_size=64, d_model=32, n_layers=2, n_heads=4, head_dim=0,
-        d_ff=0, rope_base=10000.0, attention_window=0, tie_embeddings=True, init_std=0.02,
-        norm_eps=1e-6, dtype="float32", remat=False, unroll_layers=1, n_kv_heads=0,
-        attention_impl="auto", attention_bias=False, rope_scaling="none", rope_factor=8.0,
-        rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_len=8192, freeze=(),
-    ))
-    c.update(overrides)
-    return c
+    """A tiny Transformer++ (vocabulary 64, width 32, 2 layers, 4 heads): the model part of
+    tests/tiny.py's tiny_config, with `overrides` (model fields) set."""
+    return tiny_model("transformer", **{"vocab_size": 64, "d_model": 32, "n_layers": 2,
+                                        "n_heads": 4, **overrides})
 
 
 def losses_on_fixed_batch(model_cfg, optim_cfg, steps: int, total_steps: int = 20) -> tuple[list, dict]:

@@ -8,18 +8,12 @@ import pytest
 
 from configs import default, pilot, smoke
 from nested_jax.audit import audit, table
+from tests.tiny import set_fields
 
 
 def hope(**fields):
-    c = smoke.get_config()
-    c.model.variant = "hope"
-    for dotted, v in fields.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    """The smoke preset itself (what the audit reads) as HOPE, with `fields` set."""
+    return set_fields(smoke.get_config(), variant="hope", **fields)
 
 
 def test_shipped_presets_are_paper_faithful():

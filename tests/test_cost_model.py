@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import cost_model, hlo_cost
+from tests.tiny import tiny_config
 
 SDS = jax.ShapeDtypeStruct
 
@@ -91,14 +92,8 @@ def test_conditional_taken_fraction():
 
 
 def _tiny_transformer(unroll_layers):
-    from configs import smoke
-
-    c = smoke.get_config()
-    c.model.variant, c.model.vocab_size = "transformer", 256
-    c.model.d_model, c.model.n_layers, c.model.n_heads = 64, 3, 4
-    c.model.unroll_layers = unroll_layers
-    c.train.seq_len, c.train.batch_size = 64, 4
-    return c
+    return tiny_config("transformer", vocab_size=256, d_model=64, n_layers=3, n_heads=4,
+                       unroll_layers=unroll_layers, train=dict(seq_len=64, batch_size=4))
 
 
 def test_transformer_flops_match_analytic_through_the_layer_scan():

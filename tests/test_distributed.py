@@ -12,7 +12,6 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from configs import default
 from nested_jax.checkpoint import Checkpointer
 from nested_jax.model.lm import abstract_model, build_model
 from nested_jax.model.loss import streams
@@ -21,24 +20,20 @@ from nested_jax.train import distributed, mesh as mesh_lib, optim, parallel
 from nested_jax.train import sharding as sharding_lib
 from nested_jax.train import step as step_lib
 from nested_jax.train.validate import check_values
+from tests.tiny import tiny_config as _tiny_config
 
 B, T, STEPS = 4, 32, 3
 
 
 def tiny_config(variant="transformer", **mesh):
-    c = default.get_config()
-    m = c.model
-    m.variant, m.vocab_size, m.d_model, m.n_layers, m.n_heads = variant, 64, 32, 1, 2
-    m.selfmod.chunk_size, m.selfmod.chunk_size_mem = 4, 8
-    m.online.segment_len, m.online.teach_scale = 8, 1.0
-    m.unroll_layers, m.online.unroll_segments = 1, 1  # loops: faster compiles
-    m.cms.names, m.cms.periods = ("fast", "slow"), (8, 16)  # fast: 4 writes, slow: 2
-    m.cms.optimizers, m.cms.lrs = ("momentum", "momentum"), (1e-2, 1e-2)  # see below
-    c.train.batch_size, c.train.seq_len, c.train.steps = B, T, 10
-    c.optim.lr, c.optim.warmup_steps = 1e-3, 1
-    c.mesh.fsdp_min_size = 0
-    c.mesh.update(mesh)
-    return c
+    return _tiny_config(
+        variant, preset="default", vocab_size=64, d_model=32, n_layers=1, n_heads=2,
+        selfmod=dict(chunk_size=4, chunk_size_mem=8), online=dict(segment_len=8, teach_scale=1.0),
+        cms=dict(names=("fast", "slow"), periods=(8, 16),  # fast: 4 writes, slow: 2
+                 optimizers=("momentum", "momentum"), lrs=(1e-2, 1e-2)),  # see below
+        train=dict(batch_size=B, seq_len=T, steps=10),
+        optim=dict(lr=1e-3, warmup_steps=1),
+        mesh=dict(fsdp_min_size=0, **mesh))
 
 
 def _parts(c):

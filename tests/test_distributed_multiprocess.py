@@ -14,20 +14,22 @@ import jax
 import numpy as np
 from flax import nnx
 
-from configs import smoke
 from nested_jax.checkpoint import Checkpointer, config_from_meta
 from nested_jax.model.lm import build_model
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train.loop import train_and_evaluate
+from tests.tiny import ROLLED, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-OVERRIDES = dict(  # tiny Transformer++ on the vendored novels; lr schedule independent of steps
-    **{"model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "train.seq_len": 32,
-       "train.batch_size": 4, "train.log_every": 1, "eval.num_batches": 1,
-       "eval.batch_size": 4, "eval.every_steps": 3, "checkpoint.every_steps": 3,
-       "checkpoint.max_to_keep": 5, "optim.schedule": "constant", "optim.warmup_steps": 1,
-       "optim.lr": 3e-3, "logging.progress_bar": False, "logging.plot": False})
+# A tiny Transformer++ on the vendored novels (lr schedule independent of steps), in-process
+# and on the command line alike (loops: ROLLED).
+OVERRIDES = {
+    **ROLLED, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "train.seq_len": 32,
+    "train.batch_size": 4, "train.log_every": 1, "eval.num_batches": 1,
+    "eval.batch_size": 4, "eval.every_steps": 3, "checkpoint.every_steps": 3,
+    "checkpoint.max_to_keep": 5, "optim.schedule": "constant", "optim.warmup_steps": 1,
+    "optim.lr": 3e-3, "logging.progress_bar": False, "logging.plot": False}
 
 # Runs the real CLI (flags → distributed.initialize → train_and_evaluate) and prints every
 # metrics record this process produced (process 0 writes them; the others drop them).
@@ -61,12 +63,7 @@ def _free_port() -> int:
 
 
 def _config(steps):
-    c = smoke.get_config()
-    for k, v in OVERRIDES.items():
-        group, name = k.split(".")
-        setattr(c[group], name, v)
-    c.train.steps = steps
-    return c
+    return tiny_config(**OVERRIDES, **{"train.steps": steps})
 
 
 def _records(out: str) -> list[dict]:

@@ -7,27 +7,20 @@ import shutil
 
 import pytest
 
-from configs import smoke
 from nested_jax.eval.__main__ import main
 from nested_jax.train.loop import train_and_evaluate
+from tests.tiny import tiny_config
 
 
 def _tiny(variant: str):
-    c = smoke.get_config()
-    c.model.variant = variant
-    c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
-    c.model.online.segment_len = 16
-    c.model.cms.names = ("fast", "mid")
-    c.model.cms.periods = (16, 16)
-    c.model.cms.optimizers = ("precond", "precond")
-    c.model.cms.lrs = (1e-2, 1e-2)
-    c.model.online.teach_scale = 1.0
-    c.train.steps, c.train.batch_size, c.train.seq_len, c.train.log_every = 2, 2, 32, 1
-    c.optim.warmup_steps = 1
-    c.checkpoint.every_steps, c.checkpoint.async_save = 1, False
-    c.eval.every_steps, c.eval.num_batches, c.eval.batch_size = 100, 1, 2
-    c.logging.progress_bar, c.logging.plot = False, False
-    return c
+    return tiny_config(
+        variant, d_model=32, n_layers=1, n_heads=2, online=dict(segment_len=16, teach_scale=1.0),
+        cms=dict(names=("fast", "mid"), periods=(16, 16), optimizers=("precond", "precond"),
+                 lrs=(1e-2, 1e-2)),
+        train=dict(steps=2, batch_size=2, seq_len=32, log_every=1), optim=dict(warmup_steps=1),
+        checkpoint=dict(every_steps=1, async_save=False),
+        eval=dict(every_steps=100, num_batches=1, batch_size=2),
+        logging=dict(progress_bar=False, plot=False))
 
 
 @pytest.fixture(scope="session")

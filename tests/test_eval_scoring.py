@@ -132,16 +132,14 @@ def test_pad_len_buckets():
                                      pytest.param("titans", marks=pytest.mark.slow)])  # ~20 s
 def test_chunked_plain_forward_equals_the_full_forward(variant):
     """Long inputs of plain variants run chunk by chunk with the key/value cache."""
-    from configs import default
     from nested_jax.eval.models import from_loaded
     from nested_jax.eval.restore import Loaded
     from nested_jax.model.lm import init_params
+    from tests.tiny import tiny_config
 
-    cfg = default.get_config()
-    m = cfg.model
-    m.variant, m.vocab_size, m.d_model, m.n_layers, m.n_heads = variant, 64, 32, 1, 2
-    m.titans.chunk_size = 8
-    fn, params = init_params(m, 0)
+    cfg = tiny_config(variant, preset="default", vocab_size=64, d_model=32, n_layers=1,
+                      n_heads=2, titans=dict(chunk_size=8))
+    fn, params = init_params(cfg.model, 0)
     loaded = Loaded(fn=fn, params=params, cfg=cfg, tokenizer=None, step=0, meta={}, directory="")
     full, chunked = from_loaded(loaded, chunk=0), from_loaded(loaded, chunk=32)
     assert chunked.fit(16) == 16 and chunked.fit(40) == 64 and chunked.fit(70) == 96

@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
 from nested_jax.model.variants import online_names
 
 from nested_jax.model.lm import init_params
 from nested_jax.model.loss import lm_loss
 from nested_jax.model.online import OnlineConfigError, check_online_config, online_forward
 from nested_jax.ops.losses import token_cross_entropy
+from tests.tiny import tiny_config
 
 ONLINE_VARIANTS = online_names()
 
@@ -27,15 +27,12 @@ V = 64
 
 
 def tiny(variant, *, layers=1, t_seg=8):
-    c = default.get_config()
-    m = c.model
-    m.variant, m.vocab_size, m.d_model, m.n_layers, m.n_heads = variant, V, 16, layers, 2
-    m.titans.chunk_size, m.selfmod.chunk_size, m.selfmod.chunk_size_mem = 4, 4, 8
-    m.online.segment_len = t_seg
-    m.unroll_layers, m.online.unroll_segments = 1, 1  # loops: faster compiles
-    m.cms.names, m.cms.periods = ("fast", "mid", "slow"), (8, 16, 24)
-    m.cms.optimizers, m.cms.lrs = ("gd",) * 3, (0.1,) * 3
-    return c
+    return tiny_config(
+        variant, preset="default", vocab_size=V, d_model=16, n_layers=layers, n_heads=2,
+        titans=dict(chunk_size=4), selfmod=dict(chunk_size=4, chunk_size_mem=8),
+        online=dict(segment_len=t_seg),
+        cms=dict(names=("fast", "mid", "slow"), periods=(8, 16, 24), optimizers=("gd",) * 3,
+                 lrs=(0.1,) * 3))
 
 
 def _tokens(b, t, seed=0):
@@ -109,11 +106,9 @@ def test_teach_scale_sets_the_cms_step_size():
     per-token clip is off (it would cap the larger signal) and the sequence is one segment, so
     the fast state holds exactly that first update (measured over two segments the second
     update, which reads the first, makes it 7.4×; with the default clip 5.7×)."""
-    c = default.get_config()  # the default CMS settings (optimizer, lr), a tiny shape
-    c.model.variant, c.model.vocab_size, c.model.d_model, c.model.n_layers = "hope_attention", V, 16, 1
-    c.model.n_heads, c.model.online.segment_len = 2, 8
-    c.model.cms.periods = (8, 16, 24, 0)
-    c.model.online.teach_clip = 0.0
+    c = tiny_config(  # the default CMS settings (optimizer, lr), a tiny shape
+        "hope_attention", preset="default", vocab_size=V, d_model=16, n_layers=1, n_heads=2,
+        online=dict(segment_len=8, teach_clip=0.0), cms=dict(periods=(8, 16, 24, 0)))
     assert tuple(c.model.cms.optimizers) == ("gd",) * 4
     fn, params = init_params(c.model, 0)
     toks = _tokens(2, 8)

@@ -190,20 +190,18 @@ def test_freeze_leaves_frozen_parameters_bitwise_unchanged():
 def test_frozen_leaves_get_no_gradient_and_the_rest_the_same(variant):
     """model.freeze stops the outer gradient at the frozen leaves (their weight-gradient work
     is skipped): exactly 0 there, and every trained leaf's gradient is unchanged."""
-    from nested_jax.configs.default import get_config
     from nested_jax.model.lm import init_params
     from nested_jax.train import optim, step as step_lib
+    from tests.tiny import tiny_model
 
     pats = ("embed.*", "blocks.attn.*")
     tokens = jax.random.randint(jax.random.key(2), (2, 33), 0, 64)
     out = {}
     for freeze in ((), pats):
-        cfg = get_config().model
-        cfg.variant, cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads = variant, 64, 32, 1, 2
-        cfg.online.segment_len = 16
-        cfg.cms.names, cfg.cms.periods = ("fast", "mid"), (16, 32)
-        cfg.cms.optimizers, cfg.cms.lrs = ("gd", "gd"), (1e-1, 1e-1)
-        cfg.freeze = freeze
+        cfg = tiny_model(variant, vocab_size=64, d_model=32, n_layers=1, n_heads=2,
+                         online=dict(segment_len=16), freeze=freeze,
+                         cms=dict(names=("fast", "mid"), periods=(16, 32), optimizers=("gd", "gd"),
+                                  lrs=(1e-1, 1e-1)))
         fn, params = init_params(cfg, seed=0)
         (loss, _), grads = step_lib.loss_and_grads(params, tokens, jnp.int32(0), fn=fn)
         out[freeze] = (float(loss), grads, optim.frozen_labels(params, pats))
@@ -224,6 +222,7 @@ def test_stack_llama_preset_trains_a_stacked_model_with_fsdp(dirs, tmp_path):
     from nested_jax.configs.stack_llama import get_config
     from nested_jax.data import assets
     from nested_jax.train.loop import train_and_evaluate
+    from tests.tiny import rolled
 
     st = stack(dirs["src"], tmp_path / "st", periods=(16, 32), lr=1e-2, seq_len=64)["output"]
     c = get_config(st)
@@ -236,6 +235,7 @@ def test_stack_llama_preset_trains_a_stacked_model_with_fsdp(dirs, tmp_path):
     c.data.dataset, c.data.cache_dir = str(tmp_path / "m.json"), str(tmp_path / "cache")
     c.train.seq_len, c.train.batch_size, c.train.steps = 64, 2, 2
     c.model.dtype = "float32"
+    rolled(c)  # scans as loops: compile time only (the preset's model and run are unchanged)
     c.optim.warmup_steps, c.eval.every_steps, c.eval.num_batches = 1, 2, 1
     c.checkpoint.every_steps, c.logging.progress_bar = 2, False
     summary = train_and_evaluate(c, str(tmp_path / "run"))

@@ -18,22 +18,20 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from nested_jax.configs import smoke  # noqa: E402
 from nested_jax.lmeval import register, task_manager  # noqa: E402
 from nested_jax.lmeval.model import ModelArgsError, parse_model_args  # noqa: E402
 from nested_jax.train.loop import train_and_evaluate  # noqa: E402
+from tests.tiny import tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    c = smoke.get_config()
-    c.model.variant = "transformer"
-    c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
-    c.train.steps, c.train.batch_size, c.train.seq_len, c.train.log_every = 3, 4, 64, 1
-    c.optim.warmup_steps = 1
-    c.checkpoint.every_steps, c.checkpoint.async_save = 3, False
-    c.eval.every_steps, c.eval.num_batches, c.eval.batch_size = 100, 1, 2
-    c.logging.progress_bar, c.logging.plot = False, False
+    c = tiny_config(
+        "transformer", d_model=32, n_layers=1, n_heads=2,
+        train=dict(steps=3, batch_size=4, seq_len=64, log_every=1), optim=dict(warmup_steps=1),
+        checkpoint=dict(every_steps=3, async_save=False),
+        eval=dict(every_steps=100, num_batches=1, batch_size=2),
+        logging=dict(progress_bar=False, plot=False))
     wd = str(tmp_path_factory.mktemp("lmeval") / "run")
     train_and_evaluate(c, wd)
     return wd
@@ -160,16 +158,14 @@ def test_memorize_on_a_hope_checkpoint_equals_eval_zeroshot_memorised(tmp_path):
     from nested_jax.eval.scoring import encode_pair, score_requests
     from nested_jax.eval.tasks import load_items
 
-    c = smoke.get_config()
-    c.model.variant = "hope_attention"
-    c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
-    c.model.online.segment_len = 16
-    c.model.cms.names, c.model.cms.periods = ("fast", "mid"), (16, 32)
-    c.model.cms.optimizers, c.model.cms.lrs = ("gd", "gd"), (1e-1, 1e-1)
-    c.train.steps, c.train.batch_size, c.train.seq_len = 2, 2, 64
-    c.optim.warmup_steps, c.checkpoint.every_steps, c.checkpoint.async_save = 1, 2, False
-    c.eval.every_steps, c.eval.num_batches, c.eval.batch_size = 100, 1, 2
-    c.logging.progress_bar, c.logging.plot = False, False
+    c = tiny_config(
+        "hope_attention", d_model=32, n_layers=1, n_heads=2, online=dict(segment_len=16),
+        cms=dict(names=("fast", "mid"), periods=(16, 32), optimizers=("gd", "gd"),
+                 lrs=(1e-1, 1e-1)),
+        train=dict(steps=2, batch_size=2, seq_len=64), optim=dict(warmup_steps=1),
+        checkpoint=dict(every_steps=2, async_save=False),
+        eval=dict(every_steps=100, num_batches=1, batch_size=2),
+        logging=dict(progress_bar=False, plot=False))
     wd = str(tmp_path / "hope")
     train_and_evaluate(c, wd)
     register()

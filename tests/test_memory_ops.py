@@ -10,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nested_jax.configs import default
 from nested_jax.ops import memory as M
 from nested_jax.ops import reference as ref
 
 TOL = 1e-5
 METHODS = ("cumulative", "log")
+TRAINING_UNROLL = default.get_config().model.unroll_chunks  # chunk scans training unrolls
 linear = jax.jit(M.titans_linear, static_argnums=8, static_argnames=("remat_group", "coeff_method"))
 linear_ref = jax.jit(ref.titans_linear_reference, static_argnums=8)
 mlp = jax.jit(
@@ -117,11 +119,16 @@ def random_weights(y_shape, state_shapes, seed=5):
     return f(y_shape), [f(s) for s in state_shapes]
 
 
-@pytest.mark.parametrize("chunk,method", [(1, "cumulative"), (16, "cumulative"), (16, "log")])
-def test_linear_outer_gradients_match_reference(chunk, method):
+# TRAINING_UNROLL: the 4 chunks' scan unrolled, as training compiles it (model.unroll_chunks
+# = 16 in the presets; the tests' model configs loop).
+@pytest.mark.parametrize("chunk,method,unroll", [(1, "cumulative", 1), (16, "cumulative", 1),
+                                                 (16, "log", 1),
+                                                 (16, "cumulative", TRAINING_UNROLL)])
+def test_linear_outer_gradients_match_reference(chunk, method, unroll):
     args = make_inputs(T=64)
     weights = random_weights((64, 6), [(8, 6)] * 2)
-    g = loss_grad(M.titans_linear, chunk_size=chunk, coeff_method=method)(weights, *args)
+    g = loss_grad(M.titans_linear, chunk_size=chunk, coeff_method=method,
+                  unroll_max=unroll)(weights, *args)
     g_ref = loss_grad(ref.titans_linear_reference, chunk_size=chunk)(weights, *args)
     for name, a, b in zip("q k v theta eta alpha W0 S0".split(), g, g_ref):
         assert rel_err(a, b) < TOL, name
@@ -278,11 +285,11 @@ def test_deep_memory_chunked_equals_token_loop(depth, wrapped):
     assert rel_err(y, y_ref) < TOL and rel_err(state, state_ref) < TOL
 
 
-@pytest.mark.parametrize("chunk", [1, 16])
-def test_mlp_outer_gradients_match_reference(chunk):
+@pytest.mark.parametrize("chunk,unroll", [(1, 1), (16, 1), (16, TRAINING_UNROLL)])  # see above
+def test_mlp_outer_gradients_match_reference(chunk, unroll):
     args, (params, mom) = mlp_inputs(T=64)
     weights = random_weights((64, 8), [(8, 16), (16, 8)] * 2)
-    g = loss_grad(M.titans_mlp, chunk_size=chunk)(weights, *args, params, mom)
+    g = loss_grad(M.titans_mlp, chunk_size=chunk, unroll_max=unroll)(weights, *args, params, mom)
     g_ref = loss_grad(ref.titans_mlp_reference, chunk_size=chunk)(weights, *args, params, mom)
     for name, a, b in zip("q k v theta eta alpha params0 mom0".split(), g, g_ref):
         assert rel_err(a, b) < TOL, name

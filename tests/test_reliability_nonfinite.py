@@ -27,8 +27,8 @@ from tests.test_reliability_resume import records, tiny_config
 def force_nan_at(monkeypatch, steps):
     orig = step_lib.loss_and_grads
 
-    def patched(params, tokens_BxT1, step, fast=None, *, fn):
-        (loss, aux), grads = orig(params, tokens_BxT1, step, fast, fn=fn)
+    def patched(params, tokens_BxT1, step, fast=None, *, fn, accum=1):
+        (loss, aux), grads = orig(params, tokens_BxT1, step, fast, fn=fn, accum=accum)
         f = jnp.where(jnp.isin(step + 1, jnp.asarray(steps, jnp.int32)), jnp.nan, 1.0)
         return (loss * f, aux), jax.tree.map(lambda g: g * f, grads)
 

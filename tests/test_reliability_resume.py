@@ -28,15 +28,15 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
 from nested_jax.checkpoint import Checkpointer
 from nested_jax.checkpoint.io import step_dirs
 from nested_jax.train.loop import train_and_evaluate
+from tests.tiny import ROLLED, tiny_config as _tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
-OVERRIDES = {
-    "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2,
+OVERRIDES = {  # the in-process runs and the command line alike (loops: ROLLED)
+    **ROLLED, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2,
     "train.steps": STEPS, "train.batch_size": 4, "train.seq_len": 32, "train.log_every": 1,
     "optim.warmup_steps": 4,
     "checkpoint.every_steps": 6, "eval.every_steps": 8, "eval.num_batches": 1,
@@ -50,14 +50,7 @@ CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": os.path.join(
 
 
 def tiny_config(**extra):
-    c = smoke.get_config()
-    for k, v in {**OVERRIDES, **extra}.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return _tiny_config(**{**OVERRIDES, **extra})
 
 
 def cli_args(workdir, module="nested_jax.train", **extra):

@@ -5,19 +5,17 @@ import os
 
 import numpy as np
 
-from configs import smoke
 from nested_jax.train.loop import train_and_evaluate
+from tests.tiny import tiny_config
 
 
 def _cfg(steps):
-    c = smoke.get_config()
-    c.model.d_model, c.model.n_layers, c.model.n_heads = 64, 2, 4
-    c.train.steps, c.train.batch_size, c.train.seq_len, c.train.log_every = steps, 16, 64, 5
-    c.optim.warmup_steps = 10
-    c.checkpoint.every_steps = 50
-    c.eval.every_steps, c.eval.num_batches, c.eval.batch_size = 50, 2, 16
-    c.logging.progress_bar = False
-    return c
+    return tiny_config(
+        d_model=64, n_layers=2, n_heads=4,
+        train=dict(steps=steps, batch_size=16, seq_len=64, log_every=5),
+        optim=dict(warmup_steps=10), checkpoint=dict(every_steps=50),
+        eval=dict(every_steps=50, num_batches=2, batch_size=16),
+        logging=dict(progress_bar=False))
 
 
 def test_tiny_model_learns_real_text_and_resumes(tmp_path):

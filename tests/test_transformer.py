@@ -78,13 +78,12 @@ def test_bf16_compute_keeps_fp32_params_and_matches_loss():
 
 def test_decay_mask_spares_stacked_norms_and_biases():
     """The layer scan stacks norm scales into [L, d]: they must still not decay."""
-    from configs.smoke import get_config as smoke_config
     from nested_jax.train import optim
+    from tests.tiny import tiny_model
 
     names, stacked = {}, 0
     for variant in ("transformer", "titans", "hope_hybrid"):
-        c = smoke_config().model
-        c.variant, c.vocab_size, c.d_model, c.n_layers = variant, 64, 32, 2
+        c = tiny_model(variant, vocab_size=64, d_model=32, n_layers=2)
         _, params = init_params(c, seed=0)
         mask = optim.decay_mask(params)
         for (path, leaf), (_, d) in zip(jax.tree_util.tree_leaves_with_path(params),

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
 from nested_jax.model.variants import online_names
 
 from nested_jax.model.lm import init_params
@@ -20,6 +19,7 @@ from nested_jax.ops.losses import token_cross_entropy
 from nested_jax.ops.teach import teach_scale_at
 from nested_jax.train import optim, step as step_lib
 from tests.helpers import OffsetFn
+from tests.tiny import load_preset, tiny_config
 
 ONLINE_VARIANTS = online_names()
 
@@ -28,17 +28,12 @@ T = 32
 
 
 def tiny(variant, **online):
-    c = default.get_config()
-    m = c.model
-    m.variant, m.vocab_size, m.d_model, m.n_layers, m.n_heads = variant, 64, 16, 2, 2
-    m.titans.chunk_size, m.selfmod.chunk_size, m.selfmod.chunk_size_mem = 4, 4, 8
-    m.online.segment_len = 8
-    m.unroll_layers, m.online.unroll_segments = 1, 1  # loops: compile in a fraction of the time
-    m.cms.names, m.cms.periods = ("fast", "mid", "slow"), (8, 16, 64)
-    m.cms.optimizers, m.cms.lrs = ("precond", "momentum", "precond"), (1e-2, 1e-2, 1e-2)
-    for k, v in online.items():
-        m.online[k] = v
-    return c
+    return tiny_config(
+        variant, preset="default", vocab_size=64, d_model=16, n_layers=2, n_heads=2,
+        titans=dict(chunk_size=4), selfmod=dict(chunk_size=4, chunk_size_mem=8),
+        online={"segment_len": 8, **online},
+        cms=dict(names=("fast", "mid", "slow"), periods=(8, 16, 64),
+                 optimizers=("precond", "momentum", "precond"), lrs=(1e-2, 1e-2, 1e-2)))
 
 
 @functools.cache
@@ -216,6 +211,29 @@ def test_memory_branches_stay_finite_on_long_sequences_with_default_gates():
         branch = cls(c.model, out_std=0.02, rngs=nnx.Rngs(0))
         y, _ = jax.jit(lambda x, b=branch: b(x))(x)
         assert np.all(np.isfinite(np.asarray(y))), cls.__name__
+
+
+@pytest.mark.parametrize("memory", ("linear", "mlp"))
+def test_model_unroll_chunks_unrolls_the_titans_memory(memory):
+    """model.unroll_chunks reaches the Titans memory's chunk scan: at training's value (the
+    presets' 16; the tests' configs loop, tests/tiny.py) the compiled memory has no chunk loop
+    left and reads the same as the loop. The unrolled backward equals the token loop in
+    tests/test_memory_ops.py; the self-modifying memory compiles unrolled, forward and
+    backward, in tests/test_variant_losses.py (hope)."""
+    from nested_jax.model.titans import TitansMemory
+
+    training = load_preset().model.unroll_chunks
+    x = np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32)  # 4 chunks of 4
+    out, loops = {}, {}
+    for unroll in (1, training):
+        c = tiny("titans")
+        c.model.unroll_chunks, c.model.titans.memory = unroll, memory
+        graph, params = nnx.split(TitansMemory(c.model, out_std=0.02, rngs=nnx.Rngs(0)))
+        f = jax.jit(lambda p, x, g=graph: nnx.merge(g, p)(x)[0]).lower(params, x).compile()
+        loops[unroll] = f.as_text().count(" while(")
+        out[unroll] = f(params, x)
+    assert loops[training] < loops[1], loops
+    np.testing.assert_allclose(out[training], out[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", ("hope_attention",

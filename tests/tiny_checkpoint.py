@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import os
 
-from configs import smoke
+from tests.tiny import tiny_config as _tiny_config
 
 
 def tiny_config(variant: str, seq_len: int = 64):
     """Smoke preset shrunk: width 32, 1 layer, 2 heads, the shipped 2k tokenizer; segments of
     16 tokens, CMS periods 16/32 with a strong teach signal (memorisation visibly acts)."""
-    c = smoke.get_config()
-    m = c.model
-    m.variant, m.vocab_size = variant, 2048  # novels_2k
-    m.d_model, m.n_layers, m.n_heads = 32, 1, 2
-    m.titans.chunk_size = 8  # read blocks: titans 8, hope_hybrid 8, hope 16 (= segment)
-    m.online.segment_len = 16
-    m.cms.names, m.cms.periods = ("fast", "mid"), (16, 32)
-    m.cms.optimizers, m.cms.lrs = ("precond", "precond"), (1e-2, 1e-2)
-    m.online.teach_scale = 1.0
-    m.online.unroll_segments = 1  # one compiled segment body (tests compile, not run, long)
-    c.train.seq_len = seq_len
-    return c
+    return _tiny_config(
+        variant, vocab_size=2048,  # novels_2k
+        d_model=32, n_layers=1, n_heads=2,
+        titans=dict(chunk_size=8),  # read blocks: titans 8, hope_hybrid 8, hope 16 (= segment)
+        online=dict(segment_len=16, teach_scale=1.0),
+        cms=dict(names=("fast", "mid"), periods=(16, 32), optimizers=("precond", "precond"),
+                 lrs=(1e-2, 1e-2)),
+        train=dict(seq_len=seq_len))
 
 
 def write_checkpoint(config, workdir: str, *, seed: int = 0, step: int = 3):
