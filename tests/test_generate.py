@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nested_jax.eval.decode import Decoder, sample_logits
+from nested_jax.eval.decode import Decoder, block_len, sample_logits
 from nested_jax.generate import main
 from nested_jax.model.variants import online_names
 
@@ -64,7 +64,7 @@ def _reference(fn, params, seq, update):
     position compared, so causality keeps it out)."""
     n = seq.shape[1]
     online = fn.cfg.variant in ONLINE_VARIANTS
-    t = MAX_LEN if online else MAX_LEN + 8  # titans: 9 chunks, a loop (8 would be unrolled)
+    t = MAX_LEN if online else MAX_LEN + block_len(fn.cfg)  # a multiple of the read block
     tokens = np.full((1, t + 1), 3, np.int32)
     tokens[:, :n] = seq
     if online:
@@ -176,3 +176,20 @@ def test_cli_missing_checkpoint_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: ") and "Fix:" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_titans_mac_decodes_in_mac_segments():
+    """Memory as context attends within MAC segments and retrieves at their start, so its
+    read block is the MAC segment (the variant spec's read_block), not the memory chunk:
+    greedy decoding equals the teacher-forced forward."""
+    c = tiny_config("titans")
+    c.model.titans.mode, c.model.titans.mac_segment = "mac", 16  # chunk 8: two per segment
+    assert block_len(c.model) == 16
+    fn, params = init_params(c.model, seed=1)
+    dec = Decoder(fn, params, max_len=MAX_LEN, prefill=1)
+    prompt = np.random.RandomState(0).randint(4, 2048, (1, P)).astype(np.int32)
+    g = dec.generate(prompt, N, stop_at_eos=False, want_logits=True)
+    seq = np.concatenate([prompt, g.tokens], axis=1)
+    am_ref, lp_ref = _reference(fn, params, seq, update=False)
+    _check_matches(g, seq, am_ref, lp_ref)

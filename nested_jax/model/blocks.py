@@ -187,6 +187,8 @@ class TitansBlock(_Base):
         if self.mode == "mac":
             o, new["titans"] = self._mac(x, _get(carry, "titans"))
             x = x + o.astype(x.dtype)
+            if carry is not None and "kv" in carry:  # MAC attends within its segments only:
+                new["kv"] = carry["kv"]  # the buffer passes through (same carry structure)
         elif self.mode == "mal":
             m, new["titans"] = self.titans(self.mem_norm(x), _get(carry, "titans"))
             x = x + m.astype(x.dtype)
