@@ -67,11 +67,6 @@ class Variant:
             return tuple(t for t in self.tilings if not t.scope)
         return self.tilings
 
-    def call_length(self, m, seq_len: int) -> int:
-        """The length one forward call computes in training: the online segment for
-        online variants, the sequence otherwise."""
-        return int(m.online.segment_len) if self.online else int(seq_len)
-
     def read_block(self, m) -> int:
         """The smallest run of tokens the model computes exactly on its own from a carry
         at a multiple of it (the decoder's read block, eval/decode.py): the lcm of the

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from nested_jax.model.loss import token_losses
+from nested_jax.model.online import fast_axes
 
 
 def init_train_state(params, tx, fast=None) -> dict:
@@ -41,8 +42,6 @@ def loss_and_grads(params, tokens_BxT1, step, fast=None, *, fn, accum: int = 1):
 
 def _accumulated(params, tokens_BxT1, step, fast, *, fn, accum: int):
     """`loss_and_grads` over `accum` row slices (its docstring)."""
-    from nested_jax.model.online import fast_axes
-
     b = tokens_BxT1.shape[0]
     if b % accum:
         raise ValueError(f"train.grad_accum={accum} must divide the {b} rows of a batch.")
