@@ -43,6 +43,7 @@ Table on stdout; DIR/results.json (rows + per-variant detail) and DIR/roofline.p
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import os
@@ -132,7 +133,10 @@ def lower_train_step(c, devices=None):
                             state, shardings)
     batch = {"tokens": jax.ShapeDtypeStruct((b, t + 1), jnp.int32,
                                             sharding=mesh_lib.batch_sharding(mesh))}
-    return step.lower(state_in, batch), state["params"]
+    # Pallas's Triton lowering asks the default device which GPU it compiles for.
+    target = jax.default_device(devices[0]) if devices else contextlib.nullcontext()
+    with target:
+        return step.lower(state_in, batch), state["params"]
 
 
 def compile_train_step(c):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nested_jax.model.layers import CausalConv, Dense, RMSNorm
-from nested_jax.ops import selfmod as sm_ops
+from nested_jax.ops import selfmod as sm_ops, selfmod_fused
 from nested_jax.ops.scan import call_chunk
 
 
@@ -28,6 +28,7 @@ class SelfModTitans(nnx.Module):
         self.chunk_size, self.chunk_size_mem = s.chunk_size, s.chunk_size_mem or s.chunk_size
         self.eta_scale, self.momentum, self.remat_group = s.eta_scale, s.momentum, s.remat_group
         self.unroll_max = cfg.unroll_chunks
+        self.kernel = s.kernel
         self.v_norm = s.v_norm
         self.adaptive_q = s.adaptive_q
         self.switches = dict(mem_read=s.mem_read, dgd=s.dgd, retention=s.retention,
@@ -73,7 +74,14 @@ class SelfModTitans(nnx.Module):
                 unroll_max=self.unroll_max,
                 v_norm=self.v_norm, **self.switches)
 
-        if self.adaptive_q:  # q_t = M_q(x_t), learned in context
+        if self.kernel == "pallas" and cs == self.chunk_size:  # whole chunks: one kernel
+            sw = self.switches  # (decoding's shorter calls take XLA's scan below)
+            y, (mems, moms) = selfmod_fused.selfmod_heads(
+                state["mems"], state["moms"], heads(u), heads(self.wq(u)), chunk_size=cs,
+                chunk_size_mem=csm, eta_scale=self.eta_scale, v_norm=self.v_norm,
+                retention=sw["retention"], mem_read=sw["mem_read"],
+                remat_group=self.remat_group, unroll_max=self.unroll_max)
+        elif self.adaptive_q:  # q_t = M_q(x_t), learned in context
             y, (mems, moms) = jax.vmap(jax.vmap(lambda m, s, x: one(m, s, x, None)))(
                 state["mems"], state["moms"], heads(u))
         else:

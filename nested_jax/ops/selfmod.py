@@ -184,6 +184,35 @@ def _keep_frozen(new, old, live_G, chunk: int, momentum: float):
     return {**new, **pick("A", "SA", live_cols), **pick("Bq", "SBq", live_q)}
 
 
+def mem_scan(mem0, mom0, q_TxD, k_TxD, v_TxD, eta_T, la_T, *, chunk_size_mem: int,
+             momentum: float, act, dgd: bool, mem_read: str, remat_group: int,
+             unroll_max: int):
+    """M_mem's scan (NL Eq. 88 with self-targets M_mem,ξ(v)) given the projections' k, v, q,
+    η, log α for every token: (y [T,O], (M_mem, its momenta)). Its keys, gates and queries
+    are known before the scan, so its decays, WY/UT inverses and read masks are computed for
+    all chunks at once, leaving the scan body a few matmuls."""
+    dual = mem_read == "dual"
+    T = k_TxD.shape[0]
+
+    def mem_step(carry, inp):
+        mem, mom = carry
+        (q_CxD, k_CxD, v_CxD), dec = inp
+        A, SA, ((B, SB),), reads = _chunk_groups(mem["A"], mom["A"], [_one_group(mem, mom)],
+                                                 k_CxD, dec, momentum, act, dgd,
+                                                 q_CxD if dual else None, v_CxD=v_CxD)
+        y = reads[0][0] if dual else mlp_apply(mem, q_CxD, act)
+        return ({**mem, "A": A, "B": B[0]}, {"A": SA, "B": SB[0]}), y
+
+    q_N, k_N, v_N, eta_N, la_N = jax.tree.map(
+        lambda a: a.reshape((T // chunk_size_mem, chunk_size_mem) + a.shape[1:]),
+        (q_TxD, k_TxD, v_TxD, eta_T, la_T))
+    coeffs = jax.vmap(lambda kk, la_c, eta_c, qq: chunk_coeffs(
+        kk, la_c, eta_c, momentum, qq if dual else None, dgd))(k_N, la_N, eta_N, q_N)
+    (m_m, s_m), y = chunked_scan(mem_step, (mem0, mom0), ((q_N, k_N, v_N), coeffs),
+                                 remat_group, unroll_max)
+    return y.reshape(T, -1), (m_m, s_m)
+
+
 def _validate(params0, x_TxD, q_TxD, chunk_size, chunk_size_mem, eta_scale, momentum,
               mem_read="dual", frozen=()):
     T = x_TxD.shape[0]
@@ -284,17 +313,6 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
             new = _keep_frozen(new, st, live_G, x_CxD.shape[0], momentum)
         return new, (k, v, eta, la, q)
 
-    dual = mem_read == "dual"
-
-    def mem_step(carry, inp):
-        mem, mom = carry
-        (q_CxD, k_CxD, v_CxD), dec = inp
-        A, SA, ((B, SB),), reads = _chunk_groups(mem["A"], mom["A"], [_one_group(mem, mom)],
-                                                 k_CxD, dec, momentum, act, dgd,
-                                                 q_CxD if dual else None, v_CxD=v_CxD)
-        y = reads[0][0] if dual else mlp_apply(mem, q_CxD, act)
-        return ({**mem, "A": A, "B": B[0]}, {"A": SA, "B": SB[0]}), y
-
     def chunks(a, c):
         return a.reshape((T // c, c) + a.shape[1:])
 
@@ -304,14 +322,10 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
     k, v, eta, la, q_ad = jax.tree.map(lambda a: a.reshape((T,) + a.shape[2:]), reads)
     if q_ad is None:
         q_ad = l2norm(f32(q_TxD)) if qk_norm else f32(q_TxD)
-    q_N, k_N, v_N, eta_N, la_N = jax.tree.map(lambda a: chunks(a, chunk_size_mem),
-                                              (q_ad, k, v, eta, la))
-    # M_mem's keys, gates and queries are known before its scan: its decays, WY/UT inverses
-    # and read masks for all chunks at once, leaving the scan body a few matmuls.
-    coeffs = jax.vmap(lambda kk, la_c, eta_c, qq: chunk_coeffs(
-        kk, la_c, eta_c, momentum, qq if dual else None, dgd))(k_N, la_N, eta_N, q_N)
-    (m_m, s_m), y = chunked_scan(mem_step, (mems0["mem"], moms0["mem"]),
-                                 ((q_N, k_N, v_N), coeffs), remat_group, unroll_max)
+    y, (m_m, s_m) = mem_scan(mems0["mem"], moms0["mem"], q_ad, k, v, eta, la,
+                             chunk_size_mem=chunk_size_mem, momentum=momentum, act=act,
+                             dgd=dgd, mem_read=mem_read, remat_group=remat_group,
+                             unroll_max=unroll_max)
 
     H = mems0["k"]["A"].shape[-1]
 
@@ -324,7 +338,7 @@ def selfmod_titans(params0, x_TxD, q_TxD=None, *, chunk_size: int, chunk_size_me
     out |= {n: unstack(G1 + j, n, st["Bg"][j], st["SBg"][j]) for j, n in enumerate(gate_names)}
     mems = {**{n: m for n, (m, _) in out.items()}, "mem": m_m}
     moms = {**{n: s for n, (_, s) in out.items()}, "mem": s_m}
-    return y.reshape(T, -1).astype(x_TxD.dtype), (mems, moms)
+    return y.astype(x_TxD.dtype), (mems, moms)
 
 
 def init_selfmod_params(key, d: int, hidden: int, *, adaptive_q: bool = False,

@@ -33,7 +33,7 @@ def choices() -> dict[str, tuple]:
     model.variant is checked against the variant registry. The model modules are imported
     on use, as in check_values, so importing this module loads no JAX."""
     from nested_jax.model import blocks, cms, lm, online, titans
-    from nested_jax.ops import attention, selfmod
+    from nested_jax.ops import attention, selfmod, selfmod_fused
     from nested_jax.train import optim, parallel
 
     return {
@@ -45,6 +45,7 @@ def choices() -> dict[str, tuple]:
         "model.titans.memory": titans.MEMORIES,
         "model.titans.depth": titans.DEPTHS,
         "model.selfmod.mem_read": selfmod.MEM_READS,
+        "model.selfmod.kernel": selfmod_fused.KERNELS,
         "model.online.reset": online.RESETS,
         "model.online.remat": online.REMATS,
         "optim.name": optim.OPTIMIZERS,
@@ -199,6 +200,30 @@ def check_values(config) -> None:
     if variant.reads("selfmod") and m.selfmod.eta_scale < 0:
         raise ConfigError(f"model.selfmod.eta_scale={m.selfmod.eta_scale} must be >= 0. Fix: "
                           "--config.model.selfmod.eta_scale=0.1 (the default).")
+    if variant.reads("selfmod") and m.selfmod.kernel == "pallas":
+        _check_fused_selfmod(m)
+
+
+def _check_fused_selfmod(m) -> None:
+    """model.selfmod.kernel="pallas" implements the paper's default switches, on power-of-two
+    tiles (Triton's rule)."""
+    from nested_jax.ops import selfmod_fused
+
+    s = m.selfmod
+    frozen = tuple(n for n, on in (("k", s.inner_k), ("v", s.inner_v)) if not on)
+    bad = selfmod_fused.unsupported(momentum=s.momentum, dgd=s.dgd, frozen=frozen,
+                                    adaptive_q=s.adaptive_q)
+    if bad:
+        raise ConfigError(f"model.selfmod.kernel='pallas' does not implement model.selfmod."
+                          f"{', '.join(bad)}. Fix: --config.model.selfmod.kernel=xla (same "
+                          "model, XLA's chunk scan) or the default switches.")
+    head = m.head_dim or m.d_model // m.n_heads
+    sizes = {"head dim": head, "model.selfmod.chunk_size": s.chunk_size,
+             "memory hidden (model.selfmod.hidden_mult × head dim)": s.hidden_mult * head}
+    odd = [f"{k}={v}" for k, v in sizes.items() if v & (v - 1)]
+    if odd:
+        raise ConfigError(f"model.selfmod.kernel='pallas' needs powers of two: {', '.join(odd)}."
+                          " Fix: --config.model.selfmod.kernel=xla, or power-of-two sizes.")
 
 
 def finalize_config(config, tokenizer_vocab: int) -> None:
