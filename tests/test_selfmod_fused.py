@@ -1,10 +1,11 @@
-"""The self-modifying projection memories as one Pallas kernel per segment
-(nested_jax/ops/selfmod_fused.py, `model.selfmod.kernel = "pallas"`; issue 20 item 2).
+"""HOPE's self-modifying Titans with its two chunk scans as Pallas kernels
+(nested_jax/ops/selfmod_fused.py on nested_jax/ops/kernel_scan.py, `model.selfmod.kernel =
+"pallas"`; issue 20 item 2).
 
 On the CPU the kernels run in Pallas's interpreter, so these tests check the kernels' own
-math (the forward kernel, and the backward kernel that differentiates the chunk step from
-each chunk's saved start state) against XLA's chunk scan in ops/selfmod.py, which shares
-none of the kernel's code: values of every output and state, and gradients of every input.
+math (the forward kernels, and the backward kernels that differentiate each chunk step from
+its saved start state) against XLA's chunk scans in ops/selfmod.py, which share none of the
+kernels' code: values of every output and state, and gradients of every input.
 The per-token training losses of a whole hope model on the kernel path equal the ones
 recorded from commit cc62fd2 (slow: the interpreter is slow). The H100 compile of the
 kernels (gpu-aot extra) checks that Triton accepts them: one kernel each way."""
@@ -22,7 +23,7 @@ from nested_jax.train.validate import ConfigError, check_values
 from tests.tiny import tiny_config
 
 
-def _inputs(B=1, nh=2, T=16, D=8, hidden=8, seed=0):
+def _inputs(B=1, nh=2, T=32, D=8, hidden=8, seed=0):
     keys = jax.random.split(jax.random.PRNGKey(seed), nh + 3)
     per_head = [sm.init_selfmod_params(k, D, hidden) for k in keys[:nh]]
     p0 = jax.tree.map(lambda *a: jnp.stack(a), *per_head)
@@ -57,8 +58,8 @@ SWITCHES = {"paper": dict(v_norm=False, retention=True, mem_read="dual"),
 @pytest.mark.parametrize("switches", [pytest.param(s, marks=() if s == "paper" else pytest.mark.slow)
                                       for s in SWITCHES])
 def test_kernel_equals_the_xla_chunk_scan_values_and_gradients(switches):
-    """Two chunks of 8 per call (the carried state crosses a chunk boundary inside the
-    kernel), M_mem in chunks of 16: outputs y, every memory's end state and momentum, and
+    """Four chunks of 8 for the projection memories and two of 16 for M_mem per call (the
+    state crosses chunk boundaries inside both kernels): outputs y, every memory's end state and momentum, and
     the gradients of a loss that reads all of them wrt every state leaf, x and q."""
     kw = dict(chunk_size=8, chunk_size_mem=16, eta_scale=0.3, **SWITCHES[switches])
     mems, moms, x, q = _inputs()
@@ -131,24 +132,24 @@ needs_plugin = pytest.mark.skipif(
 @needs_plugin
 def test_kernels_compile_for_the_h100(tmp_path):
     """The pilot's per-layer shapes (6 sequences × 8 heads, head 64, segment 128, chunks of
-    8) compile for an H100 without a GPU; forward and backward are one Triton kernel each."""
+    8 and 32) compile for an H100 without a GPU: one Triton kernel per scan each way."""
     from benchmarks import gpu_aot
 
     dev = gpu_aot.gpu_devices("h100")[0]
     sh = jax.sharding.SingleDeviceSharding(dev)
-    B, nh, T, D = 6, 8, 128, 64
-    shapes = [(B, nh, T, D), (B, nh, 4, D, D), (B, nh, 2, D, D), (B, nh, 2, D), (B, nh, 2, D),
-              (B, nh, 2)]
-    args = [jax.ShapeDtypeStruct(s, jnp.float32, sharding=sh) for s in shapes]
-    opts = tuple(sorted(dict(eta_scale=0.1, qk_norm=True, retention=True,
-                             v_norm=True).items()))
+    mems, moms, x, q = jax.eval_shape(lambda: _inputs(B=6, nh=8, T=128, D=64, hidden=64))
+    args = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), t)
+            for t in (mems, x, q)]
+    kw = dict(chunk_size=8, chunk_size_mem=32, eta_scale=0.1, v_norm=True)
 
-    def loss(*a):
-        return sum(jnp.sum(o) for o in sf.projection_segment(*a, 8, opts)[:10])
+    def loss(mems, x, q):
+        y, (m, s) = sf.selfmod_heads(mems, moms, x, q, **kw)
+        return jnp.sum(y) + sum(jnp.sum(a) for a in jax.tree.leaves((m, s)))
 
     with jax.default_device(dev):
-        lowered = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower()
+        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*args).lower()
     gpu_aot.compile_for_gpu(lowered, str(tmp_path))
     thunks = open(glob.glob(str(tmp_path / "*thunk_sequence.txt"))[0]).read()
-    assert thunks.count("kernel=selfmod_segment_fwd") == 1
-    assert thunks.count("kernel=selfmod_segment_bwd") == 1
+    for name in ("selfmod_projections", "selfmod_mem"):
+        for way in ("fwd", "bwd"):
+            assert thunks.count(f"kernel={name}_{way},") == 1, (name, way)

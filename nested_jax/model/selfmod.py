@@ -74,13 +74,12 @@ class SelfModTitans(nnx.Module):
                 unroll_max=self.unroll_max,
                 v_norm=self.v_norm, **self.switches)
 
-        if self.kernel == "pallas" and cs == self.chunk_size:  # whole chunks: one kernel
-            sw = self.switches  # (decoding's shorter calls take XLA's scan below)
+        if self.kernel == "pallas" and (cs, csm) == (self.chunk_size, self.chunk_size_mem):
+            sw = self.switches  # whole chunks: the kernels (decoding's short calls: XLA below)
             y, (mems, moms) = selfmod_fused.selfmod_heads(
                 state["mems"], state["moms"], heads(u), heads(self.wq(u)), chunk_size=cs,
                 chunk_size_mem=csm, eta_scale=self.eta_scale, v_norm=self.v_norm,
-                retention=sw["retention"], mem_read=sw["mem_read"],
-                remat_group=self.remat_group, unroll_max=self.unroll_max)
+                retention=sw["retention"], mem_read=sw["mem_read"])
         elif self.adaptive_q:  # q_t = M_q(x_t), learned in context
             y, (mems, moms) = jax.vmap(jax.vmap(lambda m, s, x: one(m, s, x, None)))(
                 state["mems"], state["moms"], heads(u))
