@@ -33,9 +33,12 @@ Projection (device peaks in `benchmarks.gpu_aot.PEAKS`: dense bf16 FLOP/s, HBM b
                compile: every kernel × LAUNCH_US)
     comm     = collective bytes per device × (n−1)/n ÷ link bandwidth (`--devices n` > 1:
                the all-gathers / reduce-scatters of FSDP; NVLink, no overlap assumed)
-    time/step = roofline + launch + comm;  projected tokens/s = tokens/step ÷ time/step
+    in-kernel = inside our Pallas kernels (`model.selfmod.kernel = "pallas"`), which XLA's
+               cost analysis cannot see: launches × waves × one program's FLOPs ÷ one
+               SM's FP32 rate (`gpu_aot.in_kernel_seconds`: a floor, ideal issue)
+    time/step = roofline + launch + comm + in-kernel;  projected tokens/s = tokens/step ÷ time/step
     projected_mfu = model FLOPs (6·N + attention, benchmarks.train_throughput) ÷ (time · peak)
-Both terms are reported. The launch constants are estimates (see benchmarks/gpu_aot.py);
+Every term is reported. The launch constants are estimates (see benchmarks/gpu_aot.py);
 `launch/gpu_check.sh` compares with a measured step when a GPU is lent.
 
 Table on stdout; DIR/results.json (rows + per-variant detail) and DIR/roofline.png.
@@ -108,7 +111,15 @@ def lower_train_step(c, devices=None):
     """Lower the training step of config `c` from abstract inputs on `devices` (default:
     this machine's first device; GPU compile-only devices from `benchmarks.gpu_aot`), one
     device being the per-GPU program of a data-parallel run. Returns (lowered, abstract
-    params)."""
+    params). The model is built and traced with the first device as JAX's default device,
+    so a model choosing its kernels by platform (model.selfmod.kernel = "auto") and
+    Pallas's Triton lowering both see the GPU it is compiled for."""
+    target = jax.default_device(devices[0]) if devices else contextlib.nullcontext()
+    with target:
+        return _lower_train_step(c, devices)
+
+
+def _lower_train_step(c, devices):
     from flax import nnx
 
     from nested_jax.model.lm import abstract_model, build_model
@@ -133,10 +144,7 @@ def lower_train_step(c, devices=None):
                             state, shardings)
     batch = {"tokens": jax.ShapeDtypeStruct((b, t + 1), jnp.int32,
                                             sharding=mesh_lib.batch_sharding(mesh))}
-    # Pallas's Triton lowering asks the default device which GPU it compiles for.
-    target = jax.default_device(devices[0]) if devices else contextlib.nullcontext()
-    with target:
-        return step.lower(state_in, batch), state["params"]
+    return step.lower(state_in, batch), state["params"]
 
 
 def compile_train_step(c):
@@ -200,11 +208,13 @@ def project(costs: dict, tokens: int, model_fpt: float, dev: dict,
     roof = max(t_compute, t_memory)
     launch = costs["kernels"] * LAUNCH_US * 1e-6 if launch_s is None else launch_s
     comm = comm_seconds(costs, dev, n_devices)
-    t = roof + launch + comm
+    kernel = costs.get("kernel_s", 0.0)  # inside our Pallas kernels (gpu_aot.in_kernel_seconds)
+    t = roof + launch + comm + kernel
     local = tokens / n_devices  # the tokens one device's program processes
     return {"flops_per_token": costs["flops"] / local, "bytes_per_token": costs["bytes"] / local,
             "arithmetic_intensity": costs["flops"] / max(costs["bytes"], 1.0),
             "roofline_s": roof, "launch_s": launch, "comm_s": comm, "step_time_s": t,
+            "in_kernel_s": kernel, "in_kernel_flops_per_step": costs.get("kernel_flops", 0.0),
             "compute_time_s": t_compute, "memory_time_s": t_memory,
             "bound": ("launch" if launch > max(roof, comm) else "communication" if comm > roof
                       else "compute" if t_compute >= t_memory else "memory"),
@@ -235,6 +245,8 @@ def compile_counts(c, device: str, compile_on: str, flags: str = "default",
         th = dump["thunks"]
         costs = {**dump["hlo"], "kernels": th["device_ops"], "hlo_kernels": dump["hlo"]["kernels"]}
         mem = gpu_aot.memory_bytes(comp.compiled)
+        costs["kernel_s"], costs["kernel_flops"] = gpu_aot.in_kernel_seconds(
+            th, gpu_aot.PEAKS[device])
         return {"costs": costs, "thunks": th, "launch_s": gpu_aot.launch_seconds(th),
                 "memory": mem, "compile_s": compile_s, "params": params,
                 "xla": hlo_cost.xla_cost_analysis(comp.compiled)}
@@ -286,6 +298,7 @@ def analyse(c, dev: dict, device: str = "h100", compile_on: str = "cpu",
     if th is not None:
         detail["thunk_loops"] = th["loops"]
         detail["thunk_kinds"] = th["kinds"]
+        detail["custom_kernels"] = th.get("custom_kernels", {})  # Pallas kernels: runs/step
     return row, detail
 
 
@@ -298,7 +311,7 @@ COLUMNS = [("variant", "variant", ""), ("flags", "flags", ""), ("params_M", "par
            ("kernels_per_step", "kernels/step", ",.0f"), ("graph_launches", "graphs/step", ",.0f"),
            ("host_loop_iterations", "host iters", ",.0f"),
            ("roof_ms", "roofline ms", ".1f"), ("launch_ms", "launch ms", ".1f"),
-           ("comm_ms", "comm ms", ".1f"),
+           ("comm_ms", "comm ms", ".1f"), ("in_kernel_ms", "in-kernel ms", ".1f"),
            ("step_ms", "step ms", ".1f"), ("device_gib", "GiB/device", ".1f"),
            ("compile_s", "compile s", ".0f")]
 
@@ -312,7 +325,7 @@ def print_report(rows, details, dev, preset, note):
     view = [dict(r, params_M=r["params"] / 1e6, mflops_per_token=r["flops_per_token"] / 1e6,
                  model_mflops=r["model_flops_per_token"] / 1e6, kb_per_token=r["bytes_per_token"] / 1e3,
                  roof_ms=r["roofline_s"] * 1e3, launch_ms=r["launch_s"] * 1e3,
-                 comm_ms=r.get("comm_s", 0.0) * 1e3,
+                 comm_ms=r.get("comm_s", 0.0) * 1e3, in_kernel_ms=r.get("in_kernel_s", 0.0) * 1e3,
                  step_ms=r["step_time_s"] * 1e3, device_gib=gib(r.get("device_bytes")))
             for r in rows]
     print(common.format_table(view, COLUMNS))

@@ -43,10 +43,14 @@ TARGETS = {"h100": "h100_sxm.txtpb", "h200": "h200.txtpb"}
 NVLINK_BYTES_PER_S = 450e9
 # Dense bf16 tensor-core FLOP/s (no sparsity) and HBM bytes/s, from NVIDIA's H100 / H200
 # SXM datasheets; the spec files' memory_bandwidth agrees (3.35e12, 4.8e12).
+# fp32_flops: FP32 on the CUDA cores (67 TFLOP/s, both datasheets), what a Triton kernel's
+# IEEE float32 matmuls run at; sms: streaming multiprocessors (132 on the SXM parts).
 PEAKS = {"h100": {"name": "NVIDIA H100 SXM (80 GB)", "peak_flops": 989e12, "bandwidth": 3.35e12,
-                  "memory_bytes": 84942979072, "link_bandwidth": NVLINK_BYTES_PER_S},
+                  "memory_bytes": 84942979072, "link_bandwidth": NVLINK_BYTES_PER_S,
+                  "fp32_flops": 67e12, "sms": 132},
          "h200": {"name": "NVIDIA H200 SXM (141 GB)", "peak_flops": 989e12, "bandwidth": 4.8e12,
-                  "memory_bytes": 151397597184, "link_bandwidth": NVLINK_BYTES_PER_S}}
+                  "memory_bytes": 151397597184, "link_bandwidth": NVLINK_BYTES_PER_S,
+                  "fp32_flops": 67e12, "sms": 132}}
 LAUNCH_US = 4.0        # per device op launched from the host stream (estimate, see docstring)
 GRAPH_LAUNCH_US = 8.0  # per command-buffer (CUDA graph) launch (estimate)
 GRAPH_NODE_US = 1.0    # per device op inside a command buffer (estimate)
@@ -206,14 +210,17 @@ class ThunkCounts:
     host_loop_iterations: float = 0.0  # iterations of loops the host drives
     loops: list = dataclasses.field(default_factory=list)
     kinds: dict = dataclasses.field(default_factory=dict)
+    custom_kernels: dict = dataclasses.field(default_factory=dict)  # Pallas/Triton: name -> runs
 
     @property
     def device_ops(self) -> float:
         return self.kernels + self.gemms + self.dnn + self.copies + self.memsets + self.other
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("loops", "kinds")}
-        return {**d, "device_ops": self.device_ops, "loops": self.loops, "kinds": self.kinds}
+        lists = ("loops", "kinds", "custom_kernels")
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in lists}
+        return {**d, "device_ops": self.device_ops, "loops": self.loops, "kinds": self.kinds,
+                "custom_kernels": self.custom_kernels}
 
 
 class ThunkTree:
@@ -231,6 +238,9 @@ class ThunkTree:
         c.kinds[t.kind] = c.kinds.get(t.kind, 0.0) + mult
         if t.kind in KERNEL_KINDS:
             c.kernels += mult
+            named = re.search(r"kernel=(\w+?)(?:__\d+)?,", t.text)
+            if t.kind == "kCustomKernel" and named:  # XLA numbers repeated kernels name__N
+                c.custom_kernels[named.group(1)] = c.custom_kernels.get(named.group(1), 0.0) + mult
             if re.search(r"kernel=\w*gemm", t.text):
                 c.matmuls += mult
         elif t.kind in GEMM_KINDS:
@@ -324,6 +334,26 @@ def read_dump(dump_dir: str, cond_taken_fraction: float | None = None) -> dict:
     if report:
         out["memory_report_head"] = open(report).read(4000)
     return out
+
+
+def in_kernel_seconds(thunks: dict, dev: dict) -> tuple[float, float]:
+    """(seconds, FLOPs) per step inside our Pallas kernels (nested_jax/ops/kernel_scan.py),
+    which XLA's cost analysis cannot see: each launch runs its programs in waves of one per
+    SM, a program's chunk steps at one SM's share of the FP32 rate — a floor (ideal
+    issue, no stalls), in series with the rest of the step."""
+    from nested_jax.ops import kernel_scan
+
+    per_sm = dev["fp32_flops"] / dev["sms"]
+    seconds = flops = 0.0
+    for name, runs in thunks.get("custom_kernels", {}).items():
+        k = kernel_scan.GPU_KERNELS.get(name)
+        if k is None:
+            continue
+        f = k["flops"]()
+        waves = -(-k["programs"] // dev["sms"])
+        seconds += runs * waves * f / per_sm
+        flops += runs * k["programs"] * f
+    return seconds, flops
 
 
 def launch_seconds(thunks: dict) -> float:

@@ -8,7 +8,8 @@
 # step is recorded and the rest still run):
 #   doctor       python -m nested_jax.doctor
 #   throughput   benchmarks.train_throughput at the pilot shape (512×12, seq 2048, batch 6,
-#                bf16), one process per variant: tokens/s, MFU, peak GPU memory
+#                bf16), one process per variant: tokens/s, MFU, peak GPU memory (hope twice:
+#                its chunk scans as Pallas kernels, the default on a GPU, and as XLA's)
 #   train        a short configs/pilot_smoke.py training (loss must fall, no non-finite step)
 #   scan_chunks  linear, MLP and HOPE DGD memories, chunk 16 / 64, bf16 inputs, vs token loop
 #   cost_model   only when no projection is committed (benchmarks/out/cost_pilot/results.json,
@@ -61,7 +62,9 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 SITE="${NJ_SITE:-/tmp/site}"
-VARIANTS="transformer titans hope_attention hope hope_hybrid"
+# hope runs its chunk scans as Pallas kernels on a GPU (model.selfmod.kernel=auto); the
+# same step with XLA's chunk scans follows it, so one run measures both.
+VARIANTS="transformer titans hope_attention hope hope+model.selfmod.kernel=xla hope_hybrid"
 if [ "$CPU" = 1 ]; then
   export JAX_PLATFORMS=cpu
   GPUS=0
@@ -153,8 +156,9 @@ else
   TP=(--preset pilot --train-steps 0 --budget 5); TP_LIMIT=120
 fi
 for v in $VARIANTS; do
-  run_step "throughput_$v" "$TP_LIMIT" "$PY" -m benchmarks.train_throughput "${TP[@]}" \
-    --variants "$v" --output "$OUTPUT/throughput/$v"
+  tag="${v//[^A-Za-z0-9_]/_}"  # hope+model.selfmod.kernel=xla → hope_model_selfmod_kernel_xla
+  run_step "throughput_$tag" "$TP_LIMIT" "$PY" -m benchmarks.train_throughput "${TP[@]}" \
+    --variants "$v" --output "$OUTPUT/throughput/$tag"
 done
 
 TRAIN=("$PY" -m nested_jax.train --config configs/pilot_smoke.py --workdir "$OUTPUT/train_pilot_smoke"

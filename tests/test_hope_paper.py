@@ -39,7 +39,10 @@ def _tokens(b, t, seed=0):
     return jax.random.randint(jax.random.key(seed), (b, t + 1), 0, V)
 
 
-@pytest.mark.parametrize("variant", ["titans", "hope", "hope_attention", "hope_hybrid"])
+# titans and hope_hybrid (~11 s each) run with the slow set (suite time budget).
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.slow)
+                                     if v in ("titans", "hope_hybrid") else v
+                                     for v in ("titans", "hope", "hope_attention", "hope_hybrid")])
 def test_every_parameter_gets_an_outer_gradient(variant):
     """The LM loss reaches every leaf (the memories' initial states M_□,0 — M_v included —
     gates, convs, CMS meta weights): none has an all-zero outer gradient."""

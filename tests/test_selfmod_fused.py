@@ -63,8 +63,20 @@ def test_kernel_equals_the_xla_chunk_scan_values_and_gradients(switches):
     the gradients of a loss that reads all of them wrt every state leaf, x and q."""
     kw = dict(chunk_size=8, chunk_size_mem=16, eta_scale=0.3, **SWITCHES[switches])
     mems, moms, x, q = _inputs()
-    yx, (mx, sx) = jax.jit(functools.partial(_xla, kw))(mems, moms, x, q)
-    yf, (mf, sf_) = jax.jit(functools.partial(_fused, kw))(mems, moms, x, q)
+    w = jax.random.normal(jax.random.PRNGKey(9), x.shape)
+
+    def loss(f, mems, x, q):  # reads every output: y, each memory and momentum
+        y, (m, s) = f(kw, mems, moms, x, q)
+        return (jnp.sum(y * w) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(m))
+                + sum(jnp.sum(a * a) for a in jax.tree.leaves(s))), (y, m, s)
+
+    def run(f):  # one compile per path: outputs and gradients together
+        grad = jax.value_and_grad(functools.partial(loss, f), argnums=(0, 1, 2), has_aux=True)
+        (_, out), g = jax.jit(grad)(mems, x, q)
+        return out, g
+
+    (yx, mx, sx), gx = run(_xla)
+    (yf, mf, sf_), gf = run(_fused)
     np.testing.assert_allclose(yf, yx, rtol=1e-5, atol=1e-6)
     for name in mx:
         for key in mx[name]:
@@ -74,16 +86,6 @@ def test_kernel_equals_the_xla_chunk_scan_values_and_gradients(switches):
             np.testing.assert_allclose(sf_[name][key], sx[name][key], rtol=1e-5, atol=1e-7,
                                        err_msg=f"momentum {name}.{key}")
     assert float(jnp.abs(mx["k"]["A"] - mems["k"]["A"]).max()) > 1e-3  # the memories moved
-
-    w = jax.random.normal(jax.random.PRNGKey(9), yx.shape)
-
-    def loss(f, mems, x, q):
-        y, (m, s) = f(kw, mems, moms, x, q)
-        return (jnp.sum(y * w) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(m))
-                + sum(jnp.sum(a * a) for a in jax.tree.leaves(s)))
-
-    gx = jax.jit(jax.grad(functools.partial(loss, _xla), argnums=(0, 1, 2)))(mems, x, q)
-    gf = jax.jit(jax.grad(functools.partial(loss, _fused), argnums=(0, 1, 2)))(mems, x, q)
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(gx), jax.tree.leaves(gf)):
         scale = float(jnp.abs(want).max())
         assert scale > 0, path
@@ -153,3 +155,42 @@ def test_kernels_compile_for_the_h100(tmp_path):
     for name in ("selfmod_projections", "selfmod_mem"):
         for way in ("fwd", "bwd"):
             assert thunks.count(f"kernel={name}_{way},") == 1, (name, way)
+
+
+def test_auto_takes_xla_on_the_cpu():
+    """The default ("auto") builds XLA's chunk scans unless the model is built for a GPU: the
+    CPU program (and every recorded loss) is the one it was."""
+    from nested_jax.configs import default
+
+    s = default.get_config().model.selfmod
+    assert s.kernel == "auto"
+    sizes = dict(head_dim=64, hidden=64, chunk_size=8, chunk_size_mem=32, momentum=0.0,
+                 dgd=True, frozen=(), adaptive_q=False)
+    assert not sf.use_kernels("auto", **sizes)
+    assert sf.use_kernels("pallas", **sizes) and not sf.use_kernels("xla", **sizes)
+
+
+@needs_plugin
+def test_auto_takes_the_kernels_for_a_gpu_where_they_apply():
+    from benchmarks import gpu_aot
+
+    ok = dict(head_dim=64, hidden=64, chunk_size=8, chunk_size_mem=32, momentum=0.0,
+              dgd=True, frozen=(), adaptive_q=False)
+    with jax.default_device(gpu_aot.gpu_devices("h100")[0]):
+        assert sf.target_platform() == "gpu"
+        assert sf.use_kernels("auto", **ok)
+        for change in (dict(head_dim=128, hidden=128), dict(head_dim=48, hidden=48),
+                       dict(momentum=0.9), dict(frozen=("k",)), dict(chunk_size_mem=24)):
+            assert not sf.use_kernels("auto", **{**ok, **change}), change
+
+
+def test_layers_unroll_when_the_chunk_scans_are_kernels():
+    """With its chunk scans as kernels a hope block is small, so the online scan unrolls the
+    layer stack as it does for blocks without a scan (the pilot's 12 layers: 97k → 41k
+    device ops on the H100 compile); with XLA's scans it keeps model.unroll_layers."""
+    from nested_jax.model.online import layer_unroll
+
+    m = tiny_config("hope", **{"selfmod.kernel": "pallas"}).model
+    assert layer_unroll(m) == max(m.unroll_layers, m.online.unroll_layers)
+    m.selfmod.kernel = "xla"
+    assert layer_unroll(m) is None

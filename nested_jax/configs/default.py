@@ -90,10 +90,11 @@ def get_config() -> ml_collections.ConfigDict:
     sm.hidden_mult = 1  # residual-MLP memory hidden width = hidden_mult × head dim
     sm.conv_width = 4  # causal depthwise conv on the memory input
     sm.remat_group = 0  # chunks per rematerialised group (0 = off)
-    # The k, v, η, α memories' chunk scan: XLA (~37 kernels per chunk step on a GPU) | "pallas"
-    # (one kernel per segment and head, ops/selfmod_fused.py; paper defaults only; on the
-    # CPU it runs in Pallas's interpreter, for tests). Same math either way.
-    sm.kernel = "xla"
+    # The chunk scans: "auto" = one Pallas kernel per segment and head each way on a GPU
+    # (ops/selfmod_fused.py; paper switches, power-of-two head ≤ 64), else XLA's scans (~37
+    # kernels per chunk step on a GPU) | "xla" | "pallas" (forced; on the CPU Pallas's
+    # interpreter, for tests). Same math either way.
+    sm.kernel = "auto"
 
     m.cms = cm = ml_collections.ConfigDict()  # Continuum Memory System (hope* variants)
     cm.names = ("fast", "mid", "slow", "ultra")  # levels, applied in this order

@@ -28,7 +28,7 @@ class SelfModTitans(nnx.Module):
         self.chunk_size, self.chunk_size_mem = s.chunk_size, s.chunk_size_mem or s.chunk_size
         self.eta_scale, self.momentum, self.remat_group = s.eta_scale, s.momentum, s.remat_group
         self.unroll_max = cfg.unroll_chunks
-        self.kernel = s.kernel
+        self.fused = selfmod_fused.model_uses_kernels(cfg)  # the chunk scans as kernels
         self.v_norm = s.v_norm
         self.adaptive_q = s.adaptive_q
         self.switches = dict(mem_read=s.mem_read, dgd=s.dgd, retention=s.retention,
@@ -74,7 +74,7 @@ class SelfModTitans(nnx.Module):
                 unroll_max=self.unroll_max,
                 v_norm=self.v_norm, **self.switches)
 
-        if self.kernel == "pallas" and (cs, csm) == (self.chunk_size, self.chunk_size_mem):
+        if self.fused and (cs, csm) == (self.chunk_size, self.chunk_size_mem):
             sw = self.switches  # whole chunks: the kernels (decoding's short calls: XLA below)
             y, (mems, moms) = selfmod_fused.selfmod_heads(
                 state["mems"], state["moms"], heads(u), heads(self.wq(u)), chunk_size=cs,

@@ -30,6 +30,7 @@ through is stop_gradient'ed — and its outer gradient takes first derivatives o
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
@@ -37,7 +38,18 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+# jax 0.12 marks Pallas's Triton backend deprecated (in favour of Mosaic GPU) and says so at
+# every lowering. It is what lowers these kernels today (docs/architecture.md, "The program
+# on a GPU", says so, and model.selfmod.kernel=xla avoids it), so the notice is silenced.
+warnings.filterwarnings("ignore", message="The Pallas Triton backend is deprecated",
+                        category=DeprecationWarning)
+
 NUM_WARPS, NUM_STAGES = 8, 1  # Triton launch: 256 threads per (sequence, head); no pipelining
+
+# The kernels lowered for a GPU in this process, by name: {"programs": per launch, "flops":
+# a function giving one program's FLOPs}. XLA's cost analysis cannot see inside a Triton
+# kernel; benchmarks/cost_model.py multiplies these by the launches it counts.
+GPU_KERNELS: dict[str, dict] = {}
 
 
 class Scan(NamedTuple):
@@ -148,6 +160,36 @@ def _by_platform(fn, *args):
                                       default=functools.partial(fn, interpret=True))
 
 
+def _record(name: str, scan: Scan, state, consts, tokens, backward: bool) -> None:
+    B, nh, T = tokens[0].shape[:3]
+    shapes = tuple(tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in group)
+                   for group in (state, consts, tokens))
+    GPU_KERNELS[name] = {"programs": B * nh, "flops": functools.partial(
+        _program_flops, scan, *shapes, T // scan.chunk, backward)}
+
+
+def _program_flops(scan: Scan, state, consts, tokens, n_chunks: int, backward: bool) -> float:
+    """FLOPs of one (sequence, head) program: its chunk steps (the backward's: the step's
+    vjp, its recomputed forward included), by XLA's cost analysis of the step (CPU)."""
+    one = lambda a, rows=None: jax.ShapeDtypeStruct(  # noqa: E731
+        (rows,) + a.shape[3:] if rows else a.shape[3:], jnp.float32)
+    st = tuple(tuple(one(a) for _ in range(a.shape[2])) for a in state)
+    co = tuple(tuple(one(a) for _ in range(a.shape[2])) for a in consts)
+    tok = tuple(one(a, scan.chunk) for a in tokens)
+
+    def step(s, c, t):
+        return _step(scan, s, c, t, False)[:2]
+
+    if backward:
+        fn, args = (lambda s, c, t, ct: jax.vjp(step, s, c, t)[1](ct),
+                    (st, co, tok, jax.eval_shape(step, st, co, tok)))
+    else:
+        fn, args = step, (st, co, tok)
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return n_chunks * float(cost.get("flops", 0.0))
+
+
 def _starts_shape(a, n_chunks):
     return a.shape[:2] + (n_chunks,) + a.shape[2:]
 
@@ -158,6 +200,8 @@ def _forward(state, consts, tokens, *, scan: Scan, interpret: bool):
     n = (len(state), len(consts), len(tokens), len(scan.out_tails))
     shapes = ([(B, nh, T) + tuple(t) for t in scan.out_tails] + [a.shape for a in state] * 2
               + [_starts_shape(a, n_chunks) for a in state])
+    if not interpret:
+        _record(scan.name + "_fwd", scan, state, consts, tokens, backward=False)
     outs = _call(functools.partial(_fwd_kernel, scan=scan, n=n), scan.name + "_fwd",
                  tuple(state) + tuple(consts) + tuple(tokens), shapes, interpret)
     return tuple(_split(tuple(outs), (n[3], n[0], n[0], n[0])))
@@ -167,6 +211,9 @@ def _backward(consts, tokens, starts, cts, *, scan: Scan, interpret: bool):
     n = (len(starts), len(consts), len(tokens), len(scan.out_tails))
     shapes = ([a.shape for a in tokens] + [a.shape[:2] + a.shape[3:] for a in starts]
               + [a.shape for a in consts])
+    if not interpret:
+        state = tuple(jax.ShapeDtypeStruct(a.shape[:2] + a.shape[3:], a.dtype) for a in starts)
+        _record(scan.name + "_bwd", scan, state, consts, tokens, backward=True)
     outs = _call(functools.partial(_bwd_kernel, scan=scan, n=n), scan.name + "_bwd",
                  tuple(consts) + tuple(tokens) + tuple(starts) + tuple(cts), shapes, interpret)
     return tuple(_split(tuple(outs), (n[2], n[0], n[1])))

@@ -159,7 +159,12 @@ def mem_step(state, consts, tokens, with_moms: bool, *, dual: bool):
     return new, (y,), moms
 
 
-KERNELS = ("xla", "pallas")  # model.selfmod.kernel: XLA's chunk scans | this module's kernels
+# model.selfmod.kernel: "auto" = these kernels when the model is built for a GPU and they
+# apply (`use_kernels`), else XLA's chunk scans; "xla" | "pallas" force one (pallas on the
+# CPU runs Pallas's interpreter: tests).
+KERNELS = ("auto", "xla", "pallas")
+MAX_TILE = 64  # "auto" takes the kernels up to memories of 64 × 64 (what has been compiled:
+#                 the state stays within an SM's shared memory; larger: XLA's scans)
 _INPUTS, _OUTPUTS, _GATES = ("k", "v", "eta", "alpha"), ("k", "v"), ("eta", "alpha")
 
 
@@ -170,6 +175,36 @@ def unsupported(*, momentum: float, dgd: bool, frozen: tuple, adaptive_q: bool) 
     bad += [f"inner_{n}=False" for n in frozen]
     bad += ["adaptive_q=True"] if adaptive_q else []
     return bad
+
+
+def target_platform() -> str:
+    """The platform the program being built is for: the default device's (a compile-only
+    GPU under `jax.default_device`, as benchmarks/cost_model.py does), else the backend's."""
+    dev = jax.config.jax_default_device
+    platform = getattr(dev, "platform", None) or jax.default_backend()
+    return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+
+
+def use_kernels(choice: str, *, head_dim: int, hidden: int, chunk_size: int,
+                chunk_size_mem: int, **switches) -> bool:
+    """Whether `model.selfmod.kernel = choice` runs these kernels (switches as `unsupported`
+    takes them). "pallas" always (the config check rejects what it cannot run)."""
+    if choice != "auto":
+        return choice == "pallas"
+    sizes = (head_dim, hidden, chunk_size, chunk_size_mem)
+    return (target_platform() == "gpu" and not unsupported(**switches)
+            and all(n & (n - 1) == 0 for n in sizes) and max(head_dim, hidden) <= MAX_TILE)
+
+
+def model_uses_kernels(m) -> bool:
+    """`use_kernels` for a model config (config.model): what `SelfModTitans` will build."""
+    s = m.selfmod
+    head = m.head_dim or m.d_model // m.n_heads
+    return use_kernels(s.kernel, head_dim=head, hidden=s.hidden_mult * head,
+                       chunk_size=s.chunk_size, chunk_size_mem=s.chunk_size_mem or s.chunk_size,
+                       momentum=s.momentum, dgd=s.dgd, adaptive_q=s.adaptive_q,
+                       frozen=tuple(n for n, on in (("k", s.inner_k), ("v", s.inner_v))
+                                    if not on))
 
 
 def selfmod_heads(mems, moms, x_BxHxTxD, q_BxHxTxD, *, chunk_size: int, chunk_size_mem: int,

@@ -219,6 +219,7 @@ def _check_fused_selfmod(m) -> None:
                           "model, XLA's chunk scan) or the default switches.")
     head = m.head_dim or m.d_model // m.n_heads
     sizes = {"head dim": head, "model.selfmod.chunk_size": s.chunk_size,
+             "model.selfmod.chunk_size_mem": s.chunk_size_mem or s.chunk_size,
              "memory hidden (model.selfmod.hidden_mult × head dim)": s.hidden_mult * head}
     odd = [f"{k}={v}" for k, v in sizes.items() if v & (v - 1)]
     if odd:
