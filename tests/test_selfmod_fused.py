@@ -194,3 +194,16 @@ def test_layers_unroll_when_the_chunk_scans_are_kernels():
     assert layer_unroll(m) == max(m.unroll_layers, m.online.unroll_layers)
     m.selfmod.kernel = "xla"
     assert layer_unroll(m) is None
+
+
+def test_gspmd_runs_xla_scans():
+    """A Pallas kernel has no SPMD partitioning rule, so under mesh.mode="gspmd" the
+    finalized config takes XLA's scans ("auto" → "xla"); a forced "pallas" stays."""
+    from nested_jax.train.validate import finalize_config
+
+    c = tiny_config("hope", **{"mesh.mode": "gspmd", "vocab_size": 0})
+    finalize_config(c, 256)
+    assert c.model.selfmod.kernel == "xla"
+    c = tiny_config("hope", **{"mesh.mode": "gspmd", "vocab_size": 0, "selfmod.kernel": "pallas"})
+    finalize_config(c, 256)
+    assert c.model.selfmod.kernel == "pallas"

@@ -258,6 +258,10 @@ def _fill_and_check(config, tokenizer_vocab: int) -> None:
             "attention shares each key/value head among n_heads / n_kv_heads query heads. "
             "Fix: pick --config.model.n_kv_heads among the divisors of n_heads (0 = n_heads)."
         )
+    if config.mesh.mode == "gspmd" and m.selfmod.kernel == "auto":
+        # A Pallas kernel has no SPMD partitioning rule: under GSPMD XLA would run it
+        # replicated on every device, so "auto" takes XLA's scans there (same math).
+        m.selfmod.kernel = "xla"
     head_dim = m.head_dim or m.d_model // m.n_heads
     if head_dim % 2:
         raise ConfigError(f"head dim {head_dim} must be even for RoPE. Fix: change "
