@@ -75,7 +75,8 @@ def test_thunk_accounting_compiled_live(flags, tmp_path):
 @needs_plugin
 def test_smoke_train_step_compiles_for_the_h100(tmp_path):
     """benchmarks.cost_model on the smoke step, compiled for the H100 deviceless: device
-    ops counted, HBM bytes, GPU memory; hope has more kernels per token than transformer."""
+    ops counted, HBM bytes, GPU memory; hope has more kernels per token than transformer,
+    and the work inside its Pallas kernels enters the projected step time."""
     from benchmarks import cost_model
 
     rows = cost_model.main(["--preset", "smoke", "--variants", "transformer,hope",
@@ -84,8 +85,12 @@ def test_smoke_train_step_compiles_for_the_h100(tmp_path):
     for r in rows:
         assert r["compiled_for"] == "gpu"
         assert r["kernels_per_step"] > 0 and r["device_bytes"] > 0
-        assert r["step_time_s"] == pytest.approx(r["roofline_s"] + r["launch_s"])
+        assert r["step_time_s"] == pytest.approx(r["roofline_s"] + r["launch_s"] + r["comm_s"]
+                                                 + r["in_kernel_s"])
     assert by["hope"]["kernels_per_step"] > 5 * by["transformer"]["kernels_per_step"]
+    # hope's chunk scans are Pallas kernels for a GPU ("auto"): their own work is counted
+    assert by["hope"]["in_kernel_s"] > 0 and by["hope"]["in_kernel_flops_per_step"] > 0
+    assert by["transformer"]["in_kernel_s"] == 0
 
 
 @pytest.mark.slow

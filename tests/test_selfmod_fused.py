@@ -86,6 +86,10 @@ def test_kernel_equals_the_xla_chunk_scan_values_and_gradients(switches):
             np.testing.assert_allclose(sf_[name][key], sx[name][key], rtol=1e-5, atol=1e-7,
                                        err_msg=f"momentum {name}.{key}")
     assert float(jnp.abs(mx["k"]["A"] - mems["k"]["A"]).max()) > 1e-3  # the memories moved
+    # undifferentiated (inference), the forward kernels keep no chunk-start states
+    y_read, (m_read, _) = jax.jit(functools.partial(_fused, kw))(mems, moms, x, q)
+    np.testing.assert_allclose(y_read, yx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m_read["mem"]["A"], mx["mem"]["A"], rtol=1e-5, atol=1e-6)
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(gx), jax.tree.leaves(gf)):
         scale = float(jnp.abs(want).max())
         assert scale > 0, path

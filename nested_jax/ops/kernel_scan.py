@@ -84,15 +84,16 @@ def _step(scan: Scan, state, consts, tokens, with_moms: bool):
     return scan.step(state, consts, tokens, with_moms, **dict(scan.opts))
 
 
-def _fwd_kernel(*refs, scan: Scan, n: tuple):
+def _fwd_kernel(*refs, scan: Scan, n: tuple, keep_starts: bool):
     n_s, n_c, n_i, n_o = n
-    st, co, tok, out, end, mom, starts = _split(refs, (n_s, n_c, n_i, n_o, n_s, n_s, n_s))
+    st, co, tok, out, end, mom, starts = _split(
+        refs, (n_s, n_c, n_i, n_o, n_s, n_s, n_s if keep_starts else 0))
     chunk = scan.chunk
     n_chunks = tok[0].shape[0] // chunk
     consts = _load(co)
 
     def run(c, state, with_moms):
-        _store(starts, state, (c,))
+        _store(starts, state, (c,))  # the backward's residuals (nothing without keep_starts)
         rows = pl.ds(c * chunk, chunk)
         new, outs, moms = _step(scan, state, consts, tuple(r[rows] for r in tok), with_moms)
         for r, o in zip(out, outs):
@@ -194,17 +195,20 @@ def _starts_shape(a, n_chunks):
     return a.shape[:2] + (n_chunks,) + a.shape[2:]
 
 
-def _forward(state, consts, tokens, *, scan: Scan, interpret: bool):
+def _forward(state, consts, tokens, *, scan: Scan, interpret: bool, keep_starts: bool):
+    """(outputs, end state, momenta[, chunk-start states]) of the forward kernel; without
+    keep_starts (nothing will differentiate it: inference) the starts are not written."""
     B, nh, T = tokens[0].shape[:3]
     n_chunks = T // scan.chunk
     n = (len(state), len(consts), len(tokens), len(scan.out_tails))
     shapes = ([(B, nh, T) + tuple(t) for t in scan.out_tails] + [a.shape for a in state] * 2
-              + [_starts_shape(a, n_chunks) for a in state])
+              + ([_starts_shape(a, n_chunks) for a in state] if keep_starts else []))
+    name = scan.name + ("_fwd" if keep_starts else "_read")
     if not interpret:
-        _record(scan.name + "_fwd", scan, state, consts, tokens, backward=False)
-    outs = _call(functools.partial(_fwd_kernel, scan=scan, n=n), scan.name + "_fwd",
-                 tuple(state) + tuple(consts) + tuple(tokens), shapes, interpret)
-    return tuple(_split(tuple(outs), (n[3], n[0], n[0], n[0])))
+        _record(name, scan, state, consts, tokens, backward=False)
+    outs = _call(functools.partial(_fwd_kernel, scan=scan, n=n, keep_starts=keep_starts),
+                 name, tuple(state) + tuple(consts) + tuple(tokens), shapes, interpret)
+    return tuple(_split(tuple(outs), (n[3], n[0], n[0], n[0] if keep_starts else 0)))
 
 
 def _backward(consts, tokens, starts, cts, *, scan: Scan, interpret: bool):
@@ -226,11 +230,12 @@ def scan_op(scan: Scan):
     custom derivative (module docstring). A chunk scan with the same `scan` reuses it."""
 
     @jax.custom_vjp
-    def op(state, consts, tokens):
-        return _run(state, consts, tokens)[:3]
+    def op(state, consts, tokens):  # undifferentiated: the kernel that keeps no residuals
+        return _run(state, consts, tokens, keep_starts=False)[:3]
 
-    def _run(state, consts, tokens):
-        return _by_platform(functools.partial(_forward, scan=scan), state, consts, tokens)
+    def _run(state, consts, tokens, keep_starts=True):
+        return _by_platform(functools.partial(_forward, scan=scan, keep_starts=keep_starts),
+                            state, consts, tokens)
 
     # The rule calls a custom_vjp itself (`op_with_starts`): an enclosing differentiation
     # (the online step's outer gradient through the teach signal's vjp) then meets a custom
