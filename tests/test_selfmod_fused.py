@@ -184,7 +184,8 @@ def test_auto_takes_the_kernels_for_a_gpu_where_they_apply():
         assert sf.target_platform() == "gpu"
         assert sf.use_kernels("auto", **ok)
         for change in (dict(head_dim=128, hidden=128), dict(head_dim=48, hidden=48),
-                       dict(momentum=0.9), dict(frozen=("k",)), dict(chunk_size_mem=24)):
+                       dict(momentum=0.9), dict(frozen=("k",)), dict(chunk_size_mem=24),
+                       dict(chunk_size_mem=64), dict(chunk_size=32)):
             assert not sf.use_kernels("auto", **{**ok, **change}), change
 
 

@@ -163,8 +163,11 @@ def mem_step(state, consts, tokens, with_moms: bool, *, dual: bool):
 # apply (`use_kernels`), else XLA's chunk scans; "xla" | "pallas" force one (pallas on the
 # CPU runs Pallas's interpreter: tests).
 KERNELS = ("auto", "xla", "pallas")
-MAX_TILE = 64  # "auto" takes the kernels up to memories of 64 × 64 (what has been compiled:
-#                 the state stays within an SM's shared memory; larger: XLA's scans)
+# "auto" takes the kernels within the sizes compiled for an H100 (sm_90, 8 warps): memories
+# up to 64 × 64, chunks up to 16 (projections) and 32 (M_mem). At head 64 those use up to
+# 202 KB of an SM's 227 KB of shared memory; M_mem chunks of 64 did not finish compiling in
+# 15 minutes. Beyond them: XLA's scans ("pallas" still forces the kernels).
+MAX_TILE, MAX_CHUNK, MAX_CHUNK_MEM = 64, 16, 32
 _INPUTS, _OUTPUTS, _GATES = ("k", "v", "eta", "alpha"), ("k", "v"), ("eta", "alpha")
 
 
@@ -193,7 +196,8 @@ def use_kernels(choice: str, *, head_dim: int, hidden: int, chunk_size: int,
         return choice == "pallas"
     sizes = (head_dim, hidden, chunk_size, chunk_size_mem)
     return (target_platform() == "gpu" and not unsupported(**switches)
-            and all(n & (n - 1) == 0 for n in sizes) and max(head_dim, hidden) <= MAX_TILE)
+            and all(n & (n - 1) == 0 for n in sizes) and max(head_dim, hidden) <= MAX_TILE
+            and chunk_size <= MAX_CHUNK and chunk_size_mem <= MAX_CHUNK_MEM)
 
 
 def model_uses_kernels(m) -> bool:
