@@ -33,7 +33,7 @@ Projection (device peaks in `benchmarks.gpu_aot.PEAKS`: dense bf16 FLOP/s, HBM b
                compile: every kernel × LAUNCH_US)
     comm     = collective bytes per device × (n−1)/n ÷ link bandwidth (`--devices n` > 1:
                the all-gathers / reduce-scatters of FSDP; NVLink, no overlap assumed)
-    in-kernel = inside our Pallas kernels (`model.selfmod.kernel = "pallas"`), which XLA's
+    in-kernel = inside our Pallas kernels (hope on a GPU, `model.selfmod.kernel`), which XLA's
                cost analysis cannot see: launches × waves × one program's FLOPs ÷ one
                SM's FP32 rate (`gpu_aot.in_kernel_seconds`: a floor, ideal issue)
     time/step = roofline + launch + comm + in-kernel;  projected tokens/s = tokens/step ÷ time/step

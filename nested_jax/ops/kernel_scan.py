@@ -245,11 +245,8 @@ def scan_op(scan: Scan):
         return _run(state, consts, tokens)
 
     def fwd(state, consts, tokens):
-        out = op_with_starts(state, consts, tokens)
-        # Residuals as copies, not the inputs themselves: jax 0.12.1's dead-code rule for a
-        # custom_vjp with unused outputs miscounts residuals that forward its inputs.
-        kept = jax.lax.optimization_barrier((consts, tokens))
-        return out[:3], (kept, out[3])
+        out, res = fwd_s(state, consts, tokens)
+        return out[:3], res
 
     def bwd(res, cts):
         (consts, tokens), starts = jax.lax.stop_gradient(res)  # first derivatives only
@@ -260,6 +257,8 @@ def scan_op(scan: Scan):
 
     def fwd_s(state, consts, tokens):
         out = op_with_starts(state, consts, tokens)
+        # Residuals as copies, not the inputs themselves: jax 0.12.1's dead-code rule for a
+        # custom_vjp with unused outputs miscounts residuals that forward its inputs.
         kept = jax.lax.optimization_barrier((consts, tokens))
         return out, (kept, out[3])
 

@@ -171,6 +171,11 @@ MAX_TILE, MAX_CHUNK, MAX_CHUNK_MEM = 64, 16, 32
 _INPUTS, _OUTPUTS, _GATES = ("k", "v", "eta", "alpha"), ("k", "v"), ("eta", "alpha")
 
 
+def not_powers_of_two(sizes: dict) -> list[str]:
+    """The `name=value` of each size that is not a power of two (Triton's tiles must be)."""
+    return [f"{k}={v}" for k, v in sizes.items() if v & (v - 1)]
+
+
 def unsupported(*, momentum: float, dgd: bool, frozen: tuple, adaptive_q: bool) -> list[str]:
     """The switches these kernels do not implement, as `field=value` strings (empty: fine)."""
     bad = [f"momentum={momentum}"] if momentum else []
@@ -194,21 +199,40 @@ def use_kernels(choice: str, *, head_dim: int, hidden: int, chunk_size: int,
     takes them). "pallas" always (the config check rejects what it cannot run)."""
     if choice != "auto":
         return choice == "pallas"
-    sizes = (head_dim, hidden, chunk_size, chunk_size_mem)
+    sizes = dict(head_dim=head_dim, hidden=hidden, chunk_size=chunk_size,
+                 chunk_size_mem=chunk_size_mem)
     return (target_platform() == "gpu" and not unsupported(**switches)
-            and all(n & (n - 1) == 0 for n in sizes) and max(head_dim, hidden) <= MAX_TILE
+            and not not_powers_of_two(sizes) and max(head_dim, hidden) <= MAX_TILE
             and chunk_size <= MAX_CHUNK and chunk_size_mem <= MAX_CHUNK_MEM)
+
+
+def _model_args(m) -> tuple[dict, dict]:
+    """(sizes, switches) of a model config (config.model) as `use_kernels` takes them."""
+    s = m.selfmod
+    head = m.head_dim or m.d_model // m.n_heads
+    sizes = dict(head_dim=head, hidden=s.hidden_mult * head, chunk_size=s.chunk_size,
+                 chunk_size_mem=s.chunk_size_mem or s.chunk_size)
+    frozen = tuple(n for n, on in (("k", s.inner_k), ("v", s.inner_v)) if not on)
+    return sizes, dict(momentum=s.momentum, dgd=s.dgd, frozen=frozen, adaptive_q=s.adaptive_q)
+
+
+def model_problems(m) -> tuple[list[str], list[str]]:
+    """What stops these kernels for a model config: (its unsupported switches, its sizes
+    that are not powers of two), as `field=value` strings."""
+    sizes, switches = _model_args(m)
+    return unsupported(**switches), not_powers_of_two(
+        {_SIZE_NAMES[k]: v for k, v in sizes.items()})
+
+
+_SIZE_NAMES = {"head_dim": "head dim", "chunk_size": "model.selfmod.chunk_size",
+               "chunk_size_mem": "model.selfmod.chunk_size_mem",
+               "hidden": "memory hidden (model.selfmod.hidden_mult × head dim)"}
 
 
 def model_uses_kernels(m) -> bool:
     """`use_kernels` for a model config (config.model): what `SelfModTitans` will build."""
-    s = m.selfmod
-    head = m.head_dim or m.d_model // m.n_heads
-    return use_kernels(s.kernel, head_dim=head, hidden=s.hidden_mult * head,
-                       chunk_size=s.chunk_size, chunk_size_mem=s.chunk_size_mem or s.chunk_size,
-                       momentum=s.momentum, dgd=s.dgd, adaptive_q=s.adaptive_q,
-                       frozen=tuple(n for n, on in (("k", s.inner_k), ("v", s.inner_v))
-                                    if not on))
+    sizes, switches = _model_args(m)
+    return use_kernels(m.selfmod.kernel, **sizes, **switches)
 
 
 def selfmod_heads(mems, moms, x_BxHxTxD, q_BxHxTxD, *, chunk_size: int, chunk_size_mem: int,

@@ -209,19 +209,11 @@ def _check_fused_selfmod(m) -> None:
     tiles (Triton's rule)."""
     from nested_jax.ops import selfmod_fused
 
-    s = m.selfmod
-    frozen = tuple(n for n, on in (("k", s.inner_k), ("v", s.inner_v)) if not on)
-    bad = selfmod_fused.unsupported(momentum=s.momentum, dgd=s.dgd, frozen=frozen,
-                                    adaptive_q=s.adaptive_q)
+    bad, odd = selfmod_fused.model_problems(m)
     if bad:
         raise ConfigError(f"model.selfmod.kernel='pallas' does not implement model.selfmod."
                           f"{', '.join(bad)}. Fix: --config.model.selfmod.kernel=xla (same "
                           "model, XLA's chunk scan) or the default switches.")
-    head = m.head_dim or m.d_model // m.n_heads
-    sizes = {"head dim": head, "model.selfmod.chunk_size": s.chunk_size,
-             "model.selfmod.chunk_size_mem": s.chunk_size_mem or s.chunk_size,
-             "memory hidden (model.selfmod.hidden_mult × head dim)": s.hidden_mult * head}
-    odd = [f"{k}={v}" for k, v in sizes.items() if v & (v - 1)]
     if odd:
         raise ConfigError(f"model.selfmod.kernel='pallas' needs powers of two: {', '.join(odd)}."
                           " Fix: --config.model.selfmod.kernel=xla, or power-of-two sizes.")
