@@ -52,6 +52,33 @@ NUM_WARPS, NUM_STAGES = 8, 1  # Triton launch: 256 threads per (sequence, head);
 GPU_KERNELS: dict[str, dict] = {}
 
 
+HI = jax.lax.Precision.HIGHEST  # float32 matmuls stay float32 on the GPU (no TF32)
+
+
+def mm(a, b):
+    """a · b of 2-D float32 blocks (what Triton's dot takes), IEEE float32."""
+    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=HI,
+                               preferred_element_type=jnp.float32)
+
+
+def mm_t(a, b):
+    """a · bᵀ."""
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=HI,
+                               preferred_element_type=jnp.float32)
+
+
+def t_mm(a, b):
+    """aᵀ · b."""
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=HI,
+                               preferred_element_type=jnp.float32)
+
+
+def last_row(a_C, axis: int = 0):
+    """a[-1] along `axis` without a slice (Triton has none): the masked sum, exact."""
+    idx = jax.lax.broadcasted_iota(jnp.int32, a_C.shape, axis)
+    return jnp.sum(jnp.where(idx == a_C.shape[axis] - 1, a_C, 0.0), axis=axis)
+
+
 class Scan(NamedTuple):
     """A chunk scan for `scan_op`: the step, the chunk length, a name for its kernels, the
     per-token output shapes after the token axis, and the step's static switches."""
@@ -144,7 +171,9 @@ def _spec(shape):
     return pl.BlockSpec((None, None) + rest, lambda b, h: (b, h) + (0,) * len(rest))
 
 
-def _call(kernel, name, ins, out_shapes, interpret: bool):
+def call(kernel, name, ins, out_shapes, interpret: bool):
+    """pallas_call of `kernel` with one program per (sequence, head): every [B, nh, …] input
+    and output's block is that pair's slice; float32 outputs of `out_shapes`."""
     B, nh = ins[0].shape[:2]
     return pl.pallas_call(
         kernel, grid=(B, nh), in_specs=[_spec(a.shape) for a in ins],
@@ -155,7 +184,7 @@ def _call(kernel, name, ins, out_shapes, interpret: bool):
     )(*ins)
 
 
-def _by_platform(fn, *args):
+def by_platform(fn, *args):
     """The Triton kernel on GPUs, Pallas's interpreter elsewhere (chosen when lowering)."""
     return jax.lax.platform_dependent(*args, cuda=functools.partial(fn, interpret=False),
                                       default=functools.partial(fn, interpret=True))
@@ -206,7 +235,7 @@ def _forward(state, consts, tokens, *, scan: Scan, interpret: bool, keep_starts:
     name = scan.name + ("_fwd" if keep_starts else "_read")
     if not interpret:
         _record(name, scan, state, consts, tokens, backward=False)
-    outs = _call(functools.partial(_fwd_kernel, scan=scan, n=n, keep_starts=keep_starts),
+    outs = call(functools.partial(_fwd_kernel, scan=scan, n=n, keep_starts=keep_starts),
                  name, tuple(state) + tuple(consts) + tuple(tokens), shapes, interpret)
     return tuple(_split(tuple(outs), (n[3], n[0], n[0], n[0] if keep_starts else 0)))
 
@@ -218,7 +247,7 @@ def _backward(consts, tokens, starts, cts, *, scan: Scan, interpret: bool):
     if not interpret:
         state = tuple(jax.ShapeDtypeStruct(a.shape[:2] + a.shape[3:], a.dtype) for a in starts)
         _record(scan.name + "_bwd", scan, state, consts, tokens, backward=True)
-    outs = _call(functools.partial(_bwd_kernel, scan=scan, n=n), scan.name + "_bwd",
+    outs = call(functools.partial(_bwd_kernel, scan=scan, n=n), scan.name + "_bwd",
                  tuple(consts) + tuple(tokens) + tuple(starts) + tuple(cts), shapes, interpret)
     return tuple(_split(tuple(outs), (n[2], n[0], n[1])))
 
@@ -228,14 +257,25 @@ def scan_op(scan: Scan):
     """f(state, consts, tokens) -> (outputs, end state, momenta), each a tuple of [B, nh, …]
     float32 arrays (tokens and outputs [B, nh, T, …]; T a multiple of scan.chunk), with a
     custom derivative (module docstring). A chunk scan with the same `scan` reuses it."""
+    return differentiable(functools.partial(_forward, scan=scan),
+                          functools.partial(_backward, scan=scan))
+
+
+def differentiable(forward: Callable, backward: Callable):
+    """f(state, consts, tokens) -> (outputs, end state, momenta) from a pair of kernel
+    launchers, with the derivative of the module docstring:
+    forward(state, consts, tokens, *, interpret, keep_starts) -> (outputs, end, momenta[,
+    chunk-start states]); backward(consts, tokens, starts, cts, *, interpret) -> (cotangents
+    of tokens, of the start state, of consts), cts the flat cotangents of (outputs, end,
+    momenta). Each tuple of [B, nh, …] float32 arrays (momenta may be empty)."""
 
     @jax.custom_vjp
     def op(state, consts, tokens):  # undifferentiated: the kernel that keeps no residuals
         return _run(state, consts, tokens, keep_starts=False)[:3]
 
     def _run(state, consts, tokens, keep_starts=True):
-        return _by_platform(functools.partial(_forward, scan=scan, keep_starts=keep_starts),
-                            state, consts, tokens)
+        return by_platform(functools.partial(forward, keep_starts=keep_starts),
+                           state, consts, tokens)
 
     # The rule calls a custom_vjp itself (`op_with_starts`): an enclosing differentiation
     # (the online step's outer gradient through the teach signal's vjp) then meets a custom
@@ -251,8 +291,7 @@ def scan_op(scan: Scan):
     def bwd(res, cts):
         (consts, tokens), starts = jax.lax.stop_gradient(res)  # first derivatives only
         flat = tuple(a for group in jax.lax.stop_gradient(cts) for a in group)
-        dtok, dstate, dconsts = _by_platform(functools.partial(_backward, scan=scan),
-                                             consts, tokens, starts, flat)
+        dtok, dstate, dconsts = by_platform(backward, consts, tokens, starts, flat)
         return dstate, dconsts, dtok
 
     def fwd_s(state, consts, tokens):

@@ -19,25 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from nested_jax.ops.kernel_scan import Scan, scan_op
+from nested_jax.ops.kernel_scan import mm as _mm, mm_t as _mm_t, t_mm as _t_mm
 from nested_jax.ops.norms import l2norm
 
-HI = jax.lax.Precision.HIGHEST  # float32 matmuls stay float32 on the GPU (no TF32)
 N_IN, N_OUT, N_GATE = 4, 2, 2   # input sides (k, v, η, α), [H,D] output sides (k, v), gates
-
-
-def _mm(a, b):
-    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=HI,
-                               preferred_element_type=jnp.float32)
-
-
-def _mm_t(a, b):  # a · bᵀ
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=HI,
-                               preferred_element_type=jnp.float32)
-
-
-def _t_mm(a, b):  # aᵀ · b
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=HI,
-                               preferred_element_type=jnp.float32)
 
 
 def _decays(la_C, eta_C):
