@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nested_jax.ops import selfmod as sm, selfmod_fused as sf
+from nested_jax.ops import kernel_scan, selfmod as sm, selfmod_fused as sf
 from nested_jax.train.validate import ConfigError, check_values
 from tests.tiny import tiny_config
 
@@ -181,7 +181,7 @@ def test_auto_takes_the_kernels_for_a_gpu_where_they_apply():
     ok = dict(head_dim=64, hidden=64, chunk_size=8, chunk_size_mem=32, momentum=0.0,
               dgd=True, frozen=(), adaptive_q=False)
     with jax.default_device(gpu_aot.gpu_devices("h100")[0]):
-        assert sf.target_platform() == "gpu"
+        assert kernel_scan.target_platform() == "gpu"
         assert sf.use_kernels("auto", **ok)
         for change in (dict(head_dim=128, hidden=128), dict(head_dim=48, hidden=48),
                        dict(momentum=0.9), dict(frozen=("k",)), dict(chunk_size_mem=24),

@@ -93,6 +93,7 @@ LEGACY_MODEL_FIELDS = {
     "selfmod.inner_v": True,
     "selfmod.adaptive_q": False,
     "selfmod.kernel": "auto",  # compile-time choice of kernel, same math
+    "titans.kernel": "auto",  # compile-time choice of kernel, same math
     "n_kv_heads": 0,  # one key/value head per query head, as attention was before GQA
     "attention_impl": "auto",  # compile-time choice of kernel (cuDNN / XLA), same math
     "rope_scaling": "none",  # plain RoPE frequencies, as before Llama imports

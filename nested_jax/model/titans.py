@@ -15,7 +15,7 @@ from flax import nnx
 
 from nested_jax.model.layers import CausalConv, Dense, RMSNorm, normal
 from nested_jax.ops import memory as mem_ops
-from nested_jax.ops import norms
+from nested_jax.ops import norms, titans_fused
 from nested_jax.ops.scan import call_chunk
 
 
@@ -49,6 +49,7 @@ class TitansMemory(nnx.Module):
         self.kind, self.chunk_size = t.memory, t.chunk_size
         self.theta_max, self.remat_group = t.theta_max, t.remat_group
         self.unroll_max = cfg.unroll_chunks
+        self.fused = titans_fused.model_uses_kernels(cfg)  # the chunk scan as kernels
         self.v_norm = t.v_norm
         self.residual_norm = t.memory == "mlp" and t.residual_norm
         self.depth = 1 if t.memory == "linear" else t.depth
@@ -144,6 +145,10 @@ class TitansMemory(nnx.Module):
                             chunk_size=chunk, remat_group=self.remat_group,
                             unroll_max=self.unroll_max)
             w, s = (w,), (s,)
+        elif self.fused and titans_fused.fits_call(t, chunk):
+            ln = (self.ln_scale[...], self.ln_bias[...]) if self.residual_norm else None
+            y, (w, s) = titans_fused.titans_mlp_heads(q, k, v, theta, eta, alpha, state["w"],
+                                                      state["s"], ln, chunk)
         else:
             def one(q, k, v, th, et, al, w, s, ln):
                 return mem_ops.titans_mlp(q, k, v, th, et, al, w, s, chunk,

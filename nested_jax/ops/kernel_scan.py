@@ -79,6 +79,26 @@ def last_row(a_C, axis: int = 0):
     return jnp.sum(jnp.where(idx == a_C.shape[axis] - 1, a_C, 0.0), axis=axis)
 
 
+def target_platform() -> str:
+    """The platform the program being built is for: the default device's (a compile-only
+    GPU under `jax.default_device`, as benchmarks/cost_model.py does), else the backend's."""
+    dev = jax.config.jax_default_device
+    platform = getattr(dev, "platform", None) or jax.default_backend()
+    return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+
+
+KERNELS = ("auto", "xla", "pallas")  # model.selfmod.kernel, model.titans.kernel
+
+
+def choose(choice: str, fits: bool) -> bool:
+    """Whether a memory's `kernel = choice` builds its kernels: "pallas" always (the config
+    check rejects what they cannot run), "auto" where they fit and the program is for a
+    GPU, "xla" never."""
+    if choice != "auto":
+        return choice == "pallas"
+    return fits and target_platform() == "gpu"
+
+
 class Scan(NamedTuple):
     """A chunk scan for `scan_op`: the step, the chunk length, a name for its kernels, the
     per-token output shapes after the token axis, and the step's static switches."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nested_jax.ops.kernel_scan import Scan, scan_op
+from nested_jax.ops.kernel_scan import Scan, choose, scan_op
 from nested_jax.ops.kernel_scan import mm as _mm, mm_t as _mm_t, t_mm as _t_mm
 from nested_jax.ops.norms import l2norm
 
@@ -147,7 +147,6 @@ def mem_step(state, consts, tokens, with_moms: bool, *, dual: bool):
 # model.selfmod.kernel: "auto" = these kernels when the model is built for a GPU and they
 # apply (`use_kernels`), else XLA's chunk scans; "xla" | "pallas" force one (pallas on the
 # CPU runs Pallas's interpreter: tests).
-KERNELS = ("auto", "xla", "pallas")
 # "auto" takes the kernels within the sizes compiled for an H100 (sm_90, 8 warps): memories
 # up to 64 × 64, chunks up to 16 (projections) and 32 (M_mem). At head 64 those use up to
 # 202 KB of an SM's 227 KB of shared memory; M_mem chunks of 64 did not finish compiling in
@@ -170,25 +169,15 @@ def unsupported(*, momentum: float, dgd: bool, frozen: tuple, adaptive_q: bool) 
     return bad
 
 
-def target_platform() -> str:
-    """The platform the program being built is for: the default device's (a compile-only
-    GPU under `jax.default_device`, as benchmarks/cost_model.py does), else the backend's."""
-    dev = jax.config.jax_default_device
-    platform = getattr(dev, "platform", None) or jax.default_backend()
-    return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
-
-
 def use_kernels(choice: str, *, head_dim: int, hidden: int, chunk_size: int,
                 chunk_size_mem: int, **switches) -> bool:
     """Whether `model.selfmod.kernel = choice` runs these kernels (switches as `unsupported`
-    takes them). "pallas" always (the config check rejects what it cannot run)."""
-    if choice != "auto":
-        return choice == "pallas"
+    takes them; `kernel_scan.choose`)."""
     sizes = dict(head_dim=head_dim, hidden=hidden, chunk_size=chunk_size,
                  chunk_size_mem=chunk_size_mem)
-    return (target_platform() == "gpu" and not unsupported(**switches)
-            and not not_powers_of_two(sizes) and max(head_dim, hidden) <= MAX_TILE
-            and chunk_size <= MAX_CHUNK and chunk_size_mem <= MAX_CHUNK_MEM)
+    return choose(choice, not unsupported(**switches) and not not_powers_of_two(sizes)
+                  and max(head_dim, hidden) <= MAX_TILE and chunk_size <= MAX_CHUNK
+                  and chunk_size_mem <= MAX_CHUNK_MEM)
 
 
 def _model_args(m) -> tuple[dict, dict]:

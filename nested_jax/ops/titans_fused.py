@@ -309,19 +309,41 @@ def titans_mlp_heads(q, k, v, theta, eta, alpha, params, mom, residual_norm, chu
     return y.astype(q.dtype), ((uncols(w1), unrows(w2)), (uncols(s1), unrows(s2)))
 
 
-def problems(*, memory: str, depth: int, head_dim: int, hidden: int, chunk_size: int,
-             activation: str = "gelu") -> list[str]:
+def problems(*, memory: str, depth: int, head_dim: int, hidden: int, chunk_size: int
+             ) -> list[str]:
     """What these kernels cannot run, as `field=value` strings (empty: fine)."""
     bad = [] if memory == "mlp" else [f"model.titans.memory={memory}"]
     bad += [] if depth == 2 else [f"model.titans.depth={depth}"]
-    bad += [] if activation in ACTIVATIONS else [f"activation={activation}"]
-    for name, n in (("head dim", head_dim), ("memory hidden (model.titans.hidden_mult × "
-                                             "head dim)", hidden),
-                    ("model.titans.chunk_size", chunk_size)):
+    for name, n in (("head dim", head_dim), ("model.titans.chunk_size", chunk_size),
+                    ("memory hidden (model.titans.hidden_mult × head dim)", hidden)):
         if n < 1 or n & (n - 1):
             bad.append(f"{name}={n} (not a power of two)")
     if chunk_size < MIN_CHUNK:
-        bad.append(f"model.titans.chunk_size={chunk_size} (< {MIN_CHUNK})")
-    if head_dim > MAX_HEAD:
-        bad.append(f"head dim={head_dim} (> {MAX_HEAD})")
+        bad.append(f"model.titans.chunk_size={chunk_size} (under {MIN_CHUNK})")
     return bad
+
+
+def _model_sizes(m) -> dict:
+    t = m.titans
+    head = m.head_dim or m.d_model // m.n_heads
+    return dict(memory=t.memory, depth=int(t.depth), head_dim=head,
+                hidden=int(t.hidden_mult) * head, chunk_size=int(t.chunk_size))
+
+
+def model_problems(m) -> list[str]:
+    """`problems` of a model config (config.model)."""
+    return problems(**_model_sizes(m))
+
+
+def model_uses_kernels(m) -> bool:
+    """Whether `TitansMemory` builds these kernels for a model config: "auto" where they
+    apply, the head is at most MAX_HEAD (the size compiled for sm_90) and the program is for
+    a GPU (`kernel_scan.choose`)."""
+    return ks.choose(m.titans.kernel, not model_problems(m)
+                     and _model_sizes(m)["head_dim"] <= MAX_HEAD)
+
+
+def fits_call(T: int, chunk: int) -> bool:
+    """Whether a call of T tokens in chunks of `chunk` can run here: Triton's blocks need
+    power-of-two token counts (decoding's short calls take XLA's scan)."""
+    return chunk >= MIN_CHUNK and T >= chunk and T % chunk == 0 and not T & (T - 1)

@@ -33,7 +33,7 @@ def choices() -> dict[str, tuple]:
     model.variant is checked against the variant registry. The model modules are imported
     on use, as in check_values, so importing this module loads no JAX."""
     from nested_jax.model import blocks, cms, lm, online, titans
-    from nested_jax.ops import attention, selfmod, selfmod_fused
+    from nested_jax.ops import attention, kernel_scan, selfmod
     from nested_jax.train import optim, parallel
 
     return {
@@ -45,7 +45,8 @@ def choices() -> dict[str, tuple]:
         "model.titans.memory": titans.MEMORIES,
         "model.titans.depth": titans.DEPTHS,
         "model.selfmod.mem_read": selfmod.MEM_READS,
-        "model.selfmod.kernel": selfmod_fused.KERNELS,
+        "model.selfmod.kernel": kernel_scan.KERNELS,
+        "model.titans.kernel": kernel_scan.KERNELS,
         "model.online.reset": online.RESETS,
         "model.online.remat": online.REMATS,
         "optim.name": optim.OPTIMIZERS,
@@ -202,6 +203,8 @@ def check_values(config) -> None:
                           "--config.model.selfmod.eta_scale=0.1 (the default).")
     if variant.reads("selfmod") and m.selfmod.kernel == "pallas":
         _check_fused_selfmod(m)
+    if variant.reads("titans") and m.titans.kernel == "pallas":
+        _check_fused_titans(m)
 
 
 def _check_fused_selfmod(m) -> None:
@@ -217,6 +220,17 @@ def _check_fused_selfmod(m) -> None:
     if odd:
         raise ConfigError(f"model.selfmod.kernel='pallas' needs powers of two: {', '.join(odd)}."
                           " Fix: --config.model.selfmod.kernel=xla, or power-of-two sizes.")
+
+
+def _check_fused_titans(m) -> None:
+    """model.titans.kernel="pallas" runs the 2-layer MLP memory on power-of-two tiles."""
+    from nested_jax.ops import titans_fused
+
+    bad = titans_fused.model_problems(m)
+    if bad:
+        raise ConfigError(f"model.titans.kernel='pallas' cannot run {', '.join(bad)}. Fix: "
+                          "--config.model.titans.kernel=xla (same model, XLA's chunk scan), or "
+                          "a 2-layer MLP memory with power-of-two sizes and chunks of 16 or more.")
 
 
 def finalize_config(config, tokenizer_vocab: int) -> None:
@@ -250,10 +264,12 @@ def _fill_and_check(config, tokenizer_vocab: int) -> None:
             "attention shares each key/value head among n_heads / n_kv_heads query heads. "
             "Fix: pick --config.model.n_kv_heads among the divisors of n_heads (0 = n_heads)."
         )
-    if config.mesh.mode == "gspmd" and m.selfmod.kernel == "auto":
+    if config.mesh.mode == "gspmd":
         # A Pallas kernel has no SPMD partitioning rule: under GSPMD XLA would run it
         # replicated on every device, so "auto" takes XLA's scans there (same math).
-        m.selfmod.kernel = "xla"
+        for group in (m.selfmod, m.titans):
+            if group.kernel == "auto":
+                group.kernel = "xla"
     head_dim = m.head_dim or m.d_model // m.n_heads
     if head_dim % 2:
         raise ConfigError(f"head dim {head_dim} must be even for RoPE. Fix: change "
