@@ -48,13 +48,16 @@ def layer_unroll(cfg) -> int | None:
     36.1k device ops per step unrolled, compile 46 s; benchmarks/RESULTS.md, "The GPU
     program"). Blocks with chunk scans keep model.unroll_layers (12 unrolled hope layers of
     16 unrolled chunks did not compile in 35 min) — unless those scans are Pallas kernels
-    (hope on a GPU, ops/selfmod_fused.py): then the layers unroll too (pilot hope on the H100
-    compile: 97.2k → 41.3k device ops per step, compile 137 s)."""
+    (hope and hope_hybrid on a GPU, ops/selfmod_fused.py and ops/titans_fused.py): then the
+    layers unroll too (pilot hope on the H100 compile: 97.2k → 41.3k device ops per step,
+    compile 137 s)."""
     from nested_jax.model.variants import get
-    from nested_jax.ops import selfmod_fused
+    from nested_jax.ops import selfmod_fused, titans_fused
 
+    kernels = {"selfmod": selfmod_fused.model_uses_kernels,
+               "titans": titans_fused.model_uses_kernels}
     memory = get(cfg.variant).memory
-    if memory is not None and not (memory == "selfmod" and selfmod_fused.model_uses_kernels(cfg)):
+    if memory is not None and not kernels[memory](cfg):
         return None  # blocks with an XLA chunk scan of their own
     return max(cfg.unroll_layers, cfg.online.unroll_layers)
 

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from nested_jax.ops.platform import target_platform
+
 # jax 0.12 marks Pallas's Triton backend deprecated (in favour of Mosaic GPU) and says so at
 # every lowering. It is what lowers these kernels today (docs/architecture.md, "The program
 # on a GPU", says so, and model.selfmod.kernel=xla avoids it), so the notice is silenced.
@@ -77,14 +79,6 @@ def last_row(a_C, axis: int = 0):
     """a[-1] along `axis` without a slice (Triton has none): the masked sum, exact."""
     idx = jax.lax.broadcasted_iota(jnp.int32, a_C.shape, axis)
     return jnp.sum(jnp.where(idx == a_C.shape[axis] - 1, a_C, 0.0), axis=axis)
-
-
-def target_platform() -> str:
-    """The platform the program being built is for: the default device's (a compile-only
-    GPU under `jax.default_device`, as benchmarks/cost_model.py does), else the backend's."""
-    dev = jax.config.jax_default_device
-    platform = getattr(dev, "platform", None) or jax.default_backend()
-    return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
 
 
 KERNELS = ("auto", "xla", "pallas")  # model.selfmod.kernel, model.titans.kernel

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nested_jax.ops.platform import target_platform
 from nested_jax.ops.scan import chunked_scan
 from nested_jax.ops.segsum import segsum
 
@@ -138,10 +139,11 @@ def chunk_coefficients(theta_NxC, eta_NxC, alpha_NxC, method: str = "auto") -> C
     method: "cumulative" (C sequential steps of O(C) vector work, no matmul; on a
     2-core CPU ~7x cheaper than "log" at C = 64, fwd+bwd), "log" (D·P, one C×C×C
     batched matmul and two C×C exps, no sequential loop), or "auto": cumulative on
-    CPU, log on accelerators (where a C-step loop costs C kernel launches; unmeasured).
+    CPU, log on accelerators (where a C-step loop costs C kernel launches): the platform
+    the program is built for (`platform.target_platform`: a compile-only GPU counts).
     """
     if method == "auto":
-        method = "cumulative" if jax.default_backend() == "cpu" else "log"
+        method = "cumulative" if target_platform() == "cpu" else "log"
     if method not in COEFF_METHODS:
         raise ValueError(
             f"unknown coefficient method {method!r}; choose from {sorted(COEFF_METHODS)} or 'auto'"
