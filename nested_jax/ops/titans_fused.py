@@ -46,13 +46,14 @@ from jax.experimental.pallas import triton as plgpu
 
 from nested_jax.ops import kernel_scan as ks
 from nested_jax.ops.kernel_scan import last_row, mm, mm_t, t_mm
-from nested_jax.ops.memory import ACTIVATIONS, LN_EPS, chunk_coefficients
+from nested_jax.ops.memory import ACTIVATIONS, LN_EPS
 
 F32 = jnp.float32
 TILE = 64        # hidden units per tile of the state walked through global memory
 MIN_CHUNK = 16   # Triton's dot needs every side ≥ 16
 MAX_HEAD = 64    # the sizes compiled for sm_90 (tests/test_titans_fused.py)
-N_TOK = 9        # token inputs: q, k, v, (Q Kᵀ)⊙G, G, β, f, n, m (rows of [T, …])
+N_TOK = 6        # token inputs: q, k, v, θ, η, α (rows of [T, …])
+LOG_FLOOR = -1e30  # log 0 inside the kernel: finite, so masked matmuls of logs stay exact
 
 
 # --------------------------------------------------------------- the phases of a chunk
@@ -78,16 +79,43 @@ def output_error(o, k, v, ln: tuple):
     return vjp(out - v)[0]
 
 
-def tile_step(e, toks, w1, s1, w2, s2, *, act):
+def _masked_log(x, ok, f):
+    return jnp.where(ok, f(jnp.where(ok, x, 0.5)), LOG_FLOOR)
+
+
+def chunk_coeffs(q, k, theta, eta, alpha):
+    """The chunk's dual-form coefficients (`memory.chunk_coefficients`, "log" method, in what
+    Triton lowers): with b = cumsum log(1 − α), μ = cumsum log η, D[t, i] = exp(b_t − b_i)
+    and P[i, j] = exp(μ_i − μ_j) on and below the diagonal (each the exp of a masked segment
+    sum, taken as one mask matmul), G = (D P) diag(θ), β = exp(b), f = D exp(μ), n = θ ⊙
+    P[C−1, :], m = exp(μ_C); returns ((Q Kᵀ) ⊙ G, G, β, f, n, G[C−1, :], β_C, f_C, m).
+    A gate of exactly 0 (η) or 1 (α) takes the log LOG_FLOOR instead of −∞."""
+    C = q.shape[0]
+    row = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
+    after = (row > col).astype(F32)  # [l, i] = [i < l]
+
+    def decay(logs):  # exp of Σ_{i<l≤t} logs_l on and below the diagonal, and of Σ_{l≤t}
+        upto = jnp.where(col <= row, jnp.broadcast_to(logs[None, :], (C, C)), 0.0)
+        seg = jnp.where(col <= row, jnp.exp(mm(upto, after)), 0.0)
+        return seg, jnp.exp(jnp.sum(upto, axis=1))
+
+    D, beta = decay(_masked_log(alpha, alpha < 1, lambda a: jnp.log1p(-a)))
+    P, mom = decay(_masked_log(eta, eta > 0, jnp.log))
+    g = mm(D, P) * theta[None, :]
+    f = jnp.sum(D * mom[None, :], axis=1)
+    return (mm_t(q, k) * g, g, beta, f, theta * last_row(P), last_row(g), last_row(beta),
+            last_row(f), last_row(mom))
+
+
+def tile_step(e, q, k, co, w1, s1, w2, s2, *, act):
     """One tile's chunk step: its end state (W1_j, S1_j, W2_j, S2_j) and its share R_j of
-    the reads' core output (module docstring). toks: the chunk's (q, k, (Q Kᵀ)⊙G, G, β, f,
-    n, m) rows; β_C, f_C, m and G's last row are read from the last token's row."""
-    q, k, qkg, g, beta, f, n, m = toks
+    the reads' core output (module docstring); co: `chunk_coeffs`."""
+    qkg, g, beta, f, n, g_end, b_end, f_end, m_end = co
     a, da = jax.jvp(act, (mm(k, w1),), (jnp.ones((k.shape[0], w1.shape[1]), F32),))
     d1 = mm_t(e, w2) * da
     h = act(beta[:, None] * mm(q, w1) + f[:, None] * mm(q, s1) - mm(qkg, d1))
     r = beta[:, None] * mm(h, w2) + f[:, None] * mm(h, s2) - mm(mm_t(h, a) * g, e)
-    b_end, f_end, m_end, g_end = last_row(beta), last_row(f), last_row(m), last_row(g)
     new = (b_end * w1 + f_end * s1 - t_mm(k, g_end[:, None] * d1),
            m_end * s1 - t_mm(k, n[:, None] * d1),
            b_end * w2 + f_end * s2 - t_mm(a, g_end[:, None] * e),
@@ -103,9 +131,10 @@ def read(q, z, ln: tuple):
 def chunk_step(tiles, consts, tokens, *, act):
     """A whole chunk with every tile at once (its FLOPs for the cost model)."""
     q, k, v = tokens[:3]
+    co = chunk_coeffs(q, k, *tokens[3:])
     o = sum(out_part(k, t[0], t[2], act=act) for t in tiles)
     e = output_error(o, k, v, consts)
-    steps = [tile_step(e, (q, k) + tuple(tokens[3:]), *t, act=act) for t in tiles]
+    steps = [tile_step(e, q, k, co, *t, act=act) for t in tiles]
     return tuple(s[0] for s in steps), read(q, sum(s[1] for s in steps), consts)
 
 
@@ -128,6 +157,7 @@ def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
         rows = pl.ds(c * chunk, chunk)
         x = tuple(r[rows] for r in tok)
         q, k, v = x[:3]
+        co = chunk_coeffs(q, k, *x[3:])
         o = jax.lax.fori_loop(0, n_tiles, lambda j, o: o + out_part(
             k, end[0][j], end[2][j], act=act), jnp.zeros(v.shape, F32))
         e = output_error(o, k, v, ln)
@@ -136,7 +166,7 @@ def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
             tiles = tuple(r[j] for r in end)
             for r, t in zip(starts, tiles):  # the backward's residuals
                 r[c, j] = t
-            new, part = tile_step(e, (q, k) + x[3:], *tiles, act=act)
+            new, part = tile_step(e, q, k, co, *tiles, act=act)
             sync()
             for r, t in zip(end, new):
                 r[j] = t
@@ -165,27 +195,27 @@ def _bwd_kernel(*refs, act, n_ln: int, chunk: int, sync):
         rows = pl.ds(c * chunk, chunk)
         x = tuple(r[rows] for r in tok)
         q, k, v = x[:3]
-        rest = (q, k) + x[3:]
+        co, co_vjp = jax.vjp(chunk_coeffs, q, k, *x[3:])
         start = lambda j: tuple(r[c, j] for r in starts)  # noqa: E731
         zeros = jnp.zeros(v.shape, F32)
         o = jax.lax.fori_loop(0, n_tiles, lambda j, o: o + out_part(
             k, starts[0][c, j], starts[2][c, j], act=act), zeros)
         e, err_vjp = jax.vjp(output_error, o, k, v, ln)
         z = jax.lax.fori_loop(0, n_tiles, lambda j, z: z + tile_step(
-            e, rest, *start(j), act=act)[1], zeros)
+            e, q, k, co, *start(j), act=act)[1], zeros)
         _, read_vjp = jax.vjp(read, q, z, ln)
         dq_read, dz, dln_read = read_vjp(dy_ref[rows])
 
         def tile_back(j, acc):
-            _, vjp = jax.vjp(functools.partial(tile_step, act=act), e, rest, *start(j))
-            de, drest, *dtiles = vjp((tuple(r[j] for r in d_st), dz))
+            _, vjp = jax.vjp(functools.partial(tile_step, act=act), e, q, k, co, *start(j))
+            de, dq, dk, dco, *dtiles = vjp((tuple(r[j] for r in d_st), dz))
             sync()
             for r, d in zip(d_st, dtiles):
                 r[j] = d
-            return acc[0] + de, jax.tree.map(jnp.add, acc[1], drest)
+            return jax.tree.map(jnp.add, acc, (de, dq, dk, dco))
 
-        de, drest = jax.lax.fori_loop(
-            0, n_tiles, tile_back, (zeros, jax.tree.map(jnp.zeros_like, rest)))
+        de, dq_t, dk_t, dco = jax.lax.fori_loop(
+            0, n_tiles, tile_back, jax.tree.map(jnp.zeros_like, (e, q, k, co)))
         sync()
         do, dk_err, dv, dln_err = err_vjp(de)
 
@@ -201,7 +231,8 @@ def _bwd_kernel(*refs, act, n_ln: int, chunk: int, sync):
 
         dk_out = jax.lax.fori_loop(0, n_tiles, out_back, zeros)
         sync()
-        dx = (dq_read + drest[0], dk_err + drest[1] + dk_out, dv) + tuple(drest[2:])
+        dq_co, dk_co, *dgates = co_vjp(dco)
+        dx = (dq_read + dq_t + dq_co, dk_err + dk_t + dk_out + dk_co, dv, *dgates)
         for r, d in zip(d_tok, dx):
             r[rows] = d
         return jax.tree.map(lambda a, b, c_: a + b + c_, dln, dln_read, dln_err)
@@ -278,7 +309,7 @@ def _op(activation: str, chunk: int):
 
 # ---------------------------------------------------------------------------- the op
 def titans_mlp_heads(q, k, v, theta, eta, alpha, params, mom, residual_norm, chunk_size: int,
-                     activation: str = "gelu", coeff_method: str = "auto"):
+                     activation: str = "gelu"):
     """`memory.titans_mlp` (depth 2) for every (sequence, head) at once as kernels.
 
     q, k [B, H, T, K], v [B, H, T, V], gates [B, H, T]; params = (W1 [B, H, K, F], W2 [B, H,
@@ -286,18 +317,9 @@ def titans_mlp_heads(q, k, v, theta, eta, alpha, params, mom, residual_norm, chu
     H, T, V] in q's dtype, ((W1, W2), (S1, S2))) in float32, as `titans_mlp` per head."""
     B, H, T, K = q.shape
     F, V, C = params[0].shape[-1], v.shape[-1], chunk_size
-    N, tile = T // C, min(TILE, F)
+    tile = min(TILE, F)
     f32 = lambda a: jnp.asarray(a, F32)  # noqa: E731
-    Q, Kk, Vv = f32(q), f32(k), f32(v)
-    gates = [f32(a).reshape(B * H * N, C) for a in (theta, eta, alpha)]
-    co = chunk_coefficients(*gates, method=coeff_method)
-    G = co.G_NxCxC.reshape(B, H, N, C, C)
-    QKG = jnp.einsum("bhnck,bhndk->bhncd", Q.reshape(B, H, N, C, K),
-                     Kk.reshape(B, H, N, C, K)) * G
-    m_last = jnp.zeros((B * H * N, C), F32).at[:, -1].set(co.m_N)
-    per_tok = lambda a: a.reshape(B, H, T, *a.shape[4:])  # noqa: E731
-    tokens = (Q, Kk, Vv, per_tok(QKG), per_tok(G)) + tuple(
-        a.reshape(B, H, T) for a in (co.beta_NxC, co.f_NxC, co.n_NxC, m_last))
+    tokens = tuple(f32(a) for a in (q, k, v, theta, eta, alpha))
     cols = lambda a: f32(a).reshape(B, H, K, F // tile, tile).swapaxes(2, 3)  # noqa: E731
     rows_ = lambda a: f32(a).reshape(B, H, F // tile, tile, V)  # noqa: E731
     state = (cols(params[0]), cols(mom[0]), rows_(params[1]), rows_(mom[1]))
