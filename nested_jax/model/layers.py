@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nested_jax.ops import attention as attn_ops
-from nested_jax.ops.conv import causal_conv
 from nested_jax.ops.norms import rms_norm
 
 
@@ -182,5 +181,6 @@ class CausalConv(nnx.Module):
         if prev_BxWxC is None:
             prev_BxWxC = jnp.zeros((b, w - 1, c), x_BxTxC.dtype)
         full = jnp.concatenate([prev_BxWxC.astype(x_BxTxC.dtype), x_BxTxC], axis=1)
-        y = causal_conv(full, self.kernel[...].astype(x_BxTxC.dtype))
+        ker = self.kernel[...].astype(x_BxTxC.dtype)
+        y = sum(full[:, i : i + t, :] * ker[i][None, None, :] for i in range(w))
         return y, full[:, t:, :]
