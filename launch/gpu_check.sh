@@ -62,9 +62,10 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 SITE="${NJ_SITE:-/tmp/site}"
-# hope runs its chunk scans as Pallas kernels on a GPU (model.selfmod.kernel=auto); the
-# same step with XLA's chunk scans follows it, so one run measures both.
-VARIANTS="transformer titans hope_attention hope hope+model.selfmod.kernel=xla hope_hybrid"
+# titans and hope run their chunk scans as Pallas kernels on a GPU (model.titans.kernel,
+# model.selfmod.kernel = auto); the same step with XLA's chunk scans follows each, so one run
+# measures both.
+VARIANTS="transformer titans titans+model.titans.kernel=xla hope_attention hope hope+model.selfmod.kernel=xla hope_hybrid"
 if [ "$CPU" = 1 ]; then
   export JAX_PLATFORMS=cpu
   GPUS=0
