@@ -113,7 +113,8 @@ def _store(refs, groups, pre=()):
             ref[pre + (g,)] = part
 
 
-def _split(seq, sizes):
+def split(seq, sizes):
+    """seq cut into consecutive tuples of the given sizes."""
     out, i = [], 0
     for n in sizes:
         out.append(seq[i:i + n])
@@ -127,7 +128,7 @@ def _step(scan: Scan, state, consts, tokens, with_moms: bool):
 
 def _fwd_kernel(*refs, scan: Scan, n: tuple, keep_starts: bool):
     n_s, n_c, n_i, n_o = n
-    st, co, tok, out, end, mom, starts = _split(
+    st, co, tok, out, end, mom, starts = split(
         refs, (n_s, n_c, n_i, n_o, n_s, n_s, n_s if keep_starts else 0))
     chunk = scan.chunk
     n_chunks = tok[0].shape[0] // chunk
@@ -149,7 +150,7 @@ def _fwd_kernel(*refs, scan: Scan, n: tuple, keep_starts: bool):
 
 def _bwd_kernel(*refs, scan: Scan, n: tuple):
     n_s, n_c, n_i, n_o = n
-    co, tok, starts, d_out, d_end, d_mom, d_tok, d_st, d_co = _split(
+    co, tok, starts, d_out, d_end, d_mom, d_tok, d_st, d_co = split(
         refs, (n_c, n_i, n_s, n_o, n_s, n_s, n_i, n_s, n_c))
     chunk = scan.chunk
     n_chunks = tok[0].shape[0] // chunk
@@ -251,7 +252,7 @@ def _forward(state, consts, tokens, *, scan: Scan, interpret: bool, keep_starts:
         _record(name, scan, state, consts, tokens, backward=False)
     outs = call(functools.partial(_fwd_kernel, scan=scan, n=n, keep_starts=keep_starts),
                  name, tuple(state) + tuple(consts) + tuple(tokens), shapes, interpret)
-    return tuple(_split(tuple(outs), (n[3], n[0], n[0], n[0] if keep_starts else 0)))
+    return tuple(split(tuple(outs), (n[3], n[0], n[0], n[0] if keep_starts else 0)))
 
 
 def _backward(consts, tokens, starts, cts, *, scan: Scan, interpret: bool):
@@ -263,7 +264,7 @@ def _backward(consts, tokens, starts, cts, *, scan: Scan, interpret: bool):
         _record(scan.name + "_bwd", scan, state, consts, tokens, backward=True)
     outs = call(functools.partial(_bwd_kernel, scan=scan, n=n), scan.name + "_bwd",
                  tuple(consts) + tuple(tokens) + tuple(starts) + tuple(cts), shapes, interpret)
-    return tuple(_split(tuple(outs), (n[2], n[0], n[1])))
+    return tuple(split(tuple(outs), (n[2], n[0], n[1])))
 
 
 @functools.cache

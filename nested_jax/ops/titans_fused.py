@@ -22,10 +22,12 @@ W2_j = W2[j, :]):
         and the tile's end state (W, S of both layers, as `titans_mlp`)
     Y   = wrap(Q, Σ_j R_j)                         the reads after each token's write
 
-(the read's (H̄ Aᵀ ⊙ G) E is linear in H̄ Aᵀ = Σ_j H̄_j A_jᵀ, so it splits too). The forward
+(the read's (H̄ Aᵀ ⊙ G) E is linear in H̄ Aᵀ = Σ_j H̄_j A_jᵀ, so it splits too). The gates'
+coefficients (G, β, f, n, m) and (Q Kᵀ) ⊙ G are made per chunk inside the kernel
+(`chunk_coeffs`), so a call takes only q, k, v and the three gates per token. The forward
 kernel saves each chunk's start state; the backward kernel walks the chunks in reverse and,
 per chunk, recomputes O, E and Σ_j R_j, then takes `jax.vjp` of the same phase functions
-(`out_part`, `output_error`, `tile_step`, `read`) traced inside the kernel, tile by tile,
+(`chunk_coeffs`, `out_part`, `output_error`, `tile_step`, `read`) traced inside the kernel, tile by tile,
 accumulating the cotangents of the state tiles in its output buffers. The maths has one home
 per phase, differentiated by JAX; the custom derivative and the platform choice are
 `kernel_scan.differentiable`'s (first derivatives only, as there).
@@ -144,7 +146,7 @@ def _no_sync():
 
 
 def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
-    st, co, tok, (y_ref,), end, starts = ks._split(
+    st, co, tok, (y_ref,), end, starts = ks.split(
         refs, (4, n_ln, N_TOK, 1, 4, 4 if keep_starts else 0))
     n_tiles, n_chunks = st[0].shape[0], tok[0].shape[0] // chunk
     ln = tuple(r[...] for r in co)
@@ -181,7 +183,7 @@ def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
 
 
 def _bwd_kernel(*refs, act, n_ln: int, chunk: int, sync):
-    co, tok, starts, (dy_ref,), d_end, d_tok, d_st, d_co = ks._split(
+    co, tok, starts, (dy_ref,), d_end, d_tok, d_st, d_co = ks.split(
         refs, (n_ln, N_TOK, 4, 1, 4, N_TOK, 4, n_ln))
     n_tiles, n_chunks = d_end[0].shape[0], tok[0].shape[0] // chunk
     ln = tuple(r[...] for r in co)
