@@ -146,10 +146,10 @@ def _no_sync():
 
 
 def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
-    st, co, tok, (y_ref,), end, starts = ks.split(
+    st, ln_refs, tok, (y_ref,), end, starts = ks.split(
         refs, (4, n_ln, N_TOK, 1, 4, 4 if keep_starts else 0))
     n_tiles, n_chunks = st[0].shape[0], tok[0].shape[0] // chunk
-    ln = tuple(r[...] for r in co)
+    ln = tuple(r[...] for r in ln_refs)
     for j in range(n_tiles):  # the working state: the end-state buffers
         for src, dst in zip(st, end):
             dst[j] = src[j]
@@ -183,10 +183,10 @@ def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
 
 
 def _bwd_kernel(*refs, act, n_ln: int, chunk: int, sync):
-    co, tok, starts, (dy_ref,), d_end, d_tok, d_st, d_co = ks.split(
+    ln_refs, tok, starts, (dy_ref,), d_end, d_tok, d_st, d_ln = ks.split(
         refs, (n_ln, N_TOK, 4, 1, 4, N_TOK, 4, n_ln))
     n_tiles, n_chunks = d_end[0].shape[0], tok[0].shape[0] // chunk
-    ln = tuple(r[...] for r in co)
+    ln = tuple(r[...] for r in ln_refs)
     for j in range(n_tiles):  # the state's cotangent, walked back chunk by chunk
         for src, dst in zip(d_end, d_st):
             dst[j] = src[j]
@@ -240,7 +240,7 @@ def _bwd_kernel(*refs, act, n_ln: int, chunk: int, sync):
         return jax.tree.map(lambda a, b, c_: a + b + c_, dln, dln_read, dln_err)
 
     dln = jax.lax.fori_loop(0, n_chunks, chunk_body, jax.tree.map(jnp.zeros_like, ln))
-    for r, d in zip(d_co, dln):
+    for r, d in zip(d_ln, dln):
         r[...] = d
 
 
@@ -361,10 +361,10 @@ def model_problems(m) -> list[str]:
 
 def model_uses_kernels(m) -> bool:
     """Whether `TitansMemory` builds these kernels for a model config: "auto" where they
-    apply, the head is at most MAX_HEAD (the size compiled for sm_90) and the program is for
-    a GPU (`kernel_scan.choose`)."""
+    apply, the head is from MIN_CHUNK (Triton's smallest matmul side) to MAX_HEAD (the size
+    compiled for sm_90) and the program is for a GPU (`kernel_scan.choose`)."""
     return ks.choose(m.titans.kernel, not model_problems(m)
-                     and _model_sizes(m)["head_dim"] <= MAX_HEAD)
+                     and MIN_CHUNK <= _model_sizes(m)["head_dim"] <= MAX_HEAD)
 
 
 def fits_call(T: int, chunk: int) -> bool:
