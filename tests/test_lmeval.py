@@ -196,3 +196,22 @@ def test_cli_writes_results_and_samples(ckpt, tmp_path):
     files = [p.name for p in (tmp_path / "out").rglob("*.json*")]
     assert rc == 0 and any(f.startswith("results") for f in files)
     assert any(f.startswith("samples_nj_piqa") for f in files)
+
+
+@pytest.mark.slow  # a checkpoint and a harness run per variant (~1 min each)
+@pytest.mark.parametrize("variant", ["titans", "hope", "hope_hybrid"])
+def test_harness_equals_our_scorers_for_the_memory_variants(variant, tmp_path):
+    """The adapter on the variants with memories (and, for hope / hope_hybrid, CMS levels read
+    through the online segment scan): PIQA's per-item log-likelihoods and acc and WikiText-2's
+    word perplexity equal our scorers', as for the transformer above."""
+    c = tiny_config(
+        variant, d_model=32, n_layers=1, n_heads=2,
+        train=dict(steps=2, batch_size=2, log_every=1), optim=dict(warmup_steps=1),
+        checkpoint=dict(every_steps=2, async_save=False),
+        eval=dict(every_steps=100, num_batches=1, batch_size=2),
+        logging=dict(progress_bar=False, plot=False))
+    wd = str(tmp_path / "run")
+    train_and_evaluate(c, wd)
+    res = _harness(wd, ["nj_piqa", "nj_wikitext"], LIMIT)
+    _check_multiple_choice(wd, res, "piqa")
+    _check_wikitext(wd, res)
