@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     tt.persistent_tokens = 0  # learnable key/value tokens every query sees (titans variant)
     tt.remat_group = 1  # chunks per rematerialised group in the memory scan (0 = off; 1 fastest on CPU)
     # The MLP memory's chunk scan: "auto" = one Pallas kernel per call and head each way on a
-    # GPU (ops/titans_fused.py; depth 2, power-of-two sizes, head ≤ 64, chunks ≥ 16), else
+    # GPU (ops/titans_fused.py; depth 2, power-of-two sizes, head 16–64, chunks ≥ 16), else
     # XLA's scan (tens of kernels per chunk step on a GPU) | "xla" | "pallas" (forced; on the
     # CPU Pallas's interpreter, for tests). Same math either way.
     tt.kernel = "auto"
