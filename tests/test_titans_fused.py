@@ -4,10 +4,10 @@ on nested_jax/ops/kernel_scan.py, `model.titans.kernel = "pallas"`; issue 20 ite
 On the CPU the kernels run in Pallas's interpreter, so these tests check the kernels' own math
 — the state walked in column tiles through the kernel's buffers, the per-tile backward that
 differentiates each phase at the saved chunk-start state — against XLA's chunk scan
-`memory.titans_mlp`, which shares none of the kernels' code: values of the reads and the end
-states, and gradients of every input. The tiles re-associate two sums over hidden units, so
-agreement is to float32 rounding of those sums, not bit-exact (with one tile it is
-bit-exact in the forward). Whole titans and hope_hybrid models on the kernels train with
+`memory.titans_mlp` (its "log" coefficients, the form the kernel computes per chunk), which
+shares none of the kernels' code: values of the reads and the end states, and gradients of
+every input. The tiles re-associate two sums over hidden units and the coefficients' segment
+sums are mask matmuls, so agreement is to float32 rounding, not bit-exact. Whole titans and hope_hybrid models on the kernels train with
 the gradients of XLA's scan, to within XLA's own rounding spread (slow). The H100 compile
 (gpu-aot extra) checks that Triton accepts the kernels."""
 
@@ -42,7 +42,8 @@ def _inputs(B=2, H=2, T=64, K=16, F=64, seed=0):
 
 def _xla(chunk, q, k, v, th, et, al, w, s, ln):
     def one(q, k, v, a, b, c, w, s, ln):
-        return mem_ops.titans_mlp(q, k, v, a, b, c, w, s, chunk, residual_norm=ln)
+        return mem_ops.titans_mlp(q, k, v, a, b, c, w, s, chunk, residual_norm=ln,
+                                  coeff_method="log")
 
     return jax.vmap(jax.vmap(one), in_axes=(0,) * 8 + (None,))(q, k, v, th, et, al, w, s, ln)
 
@@ -139,6 +140,7 @@ def test_titans_on_the_kernel_matches_xla_within_its_own_rounding_spread(variant
     ({"titans.depth": 3}, "depth=3"),
     ({"titans.chunk_size": 8}, "chunk_size=8"),
     ({"titans.hidden_mult": 3}, "memory hidden"),
+    ({"n_heads": 16}, "head dim=8"),  # smoke width 128 → head 8: under Triton's 16
 ])
 def test_kernel_rejects_what_it_does_not_implement(fields, needle):
     c = tiny_config("titans", **{"titans.kernel": "pallas", **fields})
@@ -163,6 +165,29 @@ def test_auto_takes_xla_on_the_cpu_and_under_gspmd():
     finalize_config(c, 256)
     assert c.model.titans.kernel == "xla"
     assert tf.fits_call(128, 16) and not tf.fits_call(96, 16) and not tf.fits_call(8, 16)
+
+
+def test_layers_unroll_only_around_kernel_calls():
+    """hope_hybrid's layer stack unrolls in the segment scan when its Titans scans run as
+    kernels — not when a segment's length sends them to XLA's scan (12 unrolled layers of
+    looped XLA chunk scans are the compile blow-up model/online.layer_unroll avoids)."""
+    from nested_jax.model.online import layer_unroll
+
+    m = tiny_config("hope_hybrid", **{"titans.kernel": "pallas", "titans.chunk_size": 16}).model
+    assert tf.fits_call(m.online.segment_len, 16)
+    assert layer_unroll(m) == max(m.unroll_layers, m.online.unroll_layers)
+    m.online.segment_len = 48  # 3 chunks of 16: not a power of two
+    assert layer_unroll(m) is None
+    m.online.segment_len, m.titans.kernel = 32, "xla"
+    assert layer_unroll(m) is None
+
+
+def test_a_kernel_choice_does_not_block_a_resume():
+    """The kernel fields are compile-time choices (same math): a run may resume with another."""
+    from nested_jax.train.validate import RESUMABLE_CHANGES
+
+    assert "model.titans.kernel".startswith(RESUMABLE_CHANGES)
+    assert "model.selfmod.kernel".startswith(RESUMABLE_CHANGES)
 
 
 needs_plugin = pytest.mark.skipif(

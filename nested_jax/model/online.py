@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from nested_jax.ops import cms as cms_ops
 from nested_jax.ops.losses import ce_and_hidden_grad, token_cross_entropy
-from nested_jax.ops.scan import nearest_divisor
+from nested_jax.ops.scan import call_chunk, nearest_divisor
 from nested_jax.ops.teach import teach_scale_at
 
 
@@ -54,8 +54,10 @@ def layer_unroll(cfg) -> int | None:
     from nested_jax.model.variants import get
     from nested_jax.ops import selfmod_fused, titans_fused
 
+    seg = int(cfg.online.segment_len)
     kernels = {"selfmod": selfmod_fused.model_uses_kernels,
-               "titans": titans_fused.model_uses_kernels}
+               "titans": lambda c: titans_fused.model_uses_kernels(c) and titans_fused.fits_call(
+                   seg, call_chunk(c.titans.chunk_size, seg))}
     memory = get(cfg.variant).memory
     if memory is not None and not kernels[memory](cfg):
         return None  # blocks with an XLA chunk scan of their own

@@ -344,6 +344,8 @@ def problems(*, memory: str, depth: int, head_dim: int, hidden: int, chunk_size:
             bad.append(f"{name}={n} (not a power of two)")
     if chunk_size < MIN_CHUNK:
         bad.append(f"model.titans.chunk_size={chunk_size} (under {MIN_CHUNK})")
+    if head_dim < MIN_CHUNK:
+        bad.append(f"head dim={head_dim} (under {MIN_CHUNK})")
     return bad
 
 
@@ -361,10 +363,11 @@ def model_problems(m) -> list[str]:
 
 def model_uses_kernels(m) -> bool:
     """Whether `TitansMemory` builds these kernels for a model config: "auto" where they
-    apply, the head is from MIN_CHUNK (Triton's smallest matmul side) to MAX_HEAD (the size
-    compiled for sm_90) and the program is for a GPU (`kernel_scan.choose`)."""
+    apply, the head is at most MAX_HEAD (the size compiled for sm_90) and the program is for
+    a GPU (`kernel_scan.choose`). A call whose length `fits_call` rejects still takes XLA's
+    scan (e.g. decoding's short calls), "pallas" or not."""
     return ks.choose(m.titans.kernel, not model_problems(m)
-                     and MIN_CHUNK <= _model_sizes(m)["head_dim"] <= MAX_HEAD)
+                     and _model_sizes(m)["head_dim"] <= MAX_HEAD)
 
 
 def fits_call(T: int, chunk: int) -> bool:

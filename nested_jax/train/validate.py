@@ -298,10 +298,12 @@ def _fill_and_check(config, tokenizer_vocab: int) -> None:
 
 
 # Fields that may change between a run and its resumption (length, cadence, logging, how a
-# step is split over devices and microbatches, compile-time unrolling).
+# step is split over devices and microbatches, compile-time unrolling, the chunk scans'
+# kernels: same math).
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "checkpoint.", "eval.", "logging.",
                      "train.max_nonfinite_in_a_row", "optim.lr", "mesh.", "train.grad_accum",
-                     "model.unroll_", "model.online.unroll_")
+                     "model.unroll_", "model.online.unroll_", "model.selfmod.kernel",
+                     "model.titans.kernel")
 
 
 def _flatten(d, prefix=""):
