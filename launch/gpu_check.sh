@@ -151,6 +151,14 @@ run_step() {  # run_step NAME LIMIT_S CMD...: log, time limit, record in steps.j
 
 run_step doctor 60 "$PY" -m nested_jax.doctor
 
+if [ "$CPU" != 1 ]; then  # the Triton kernels against XLA's chunk scans on this GPU, values
+  # and gradients (XLA's dots in full float32, as the kernels'; the CPU runs these tests
+  # through Pallas's interpreter, which cannot see a missing barrier)
+  run_step kernels_vs_xla 180 env JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -m pytest -q \
+    -p no:cacheprovider -o addopts= tests/test_titans_fused.py tests/test_selfmod_fused.py \
+    -k equals_the_xla
+fi
+
 if [ "$CPU" = 1 ]; then  # toy sizes: train_throughput's smoke preset is the pilot_smoke shape
   TP=(--preset smoke --train-steps 0 --budget 1); TP_LIMIT=120
 else
