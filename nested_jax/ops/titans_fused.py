@@ -25,10 +25,11 @@ W2_j = W2[j, :]):
 (the read's (H̄ Aᵀ ⊙ G) E is linear in H̄ Aᵀ = Σ_j H̄_j A_jᵀ, so it splits too). The gates'
 coefficients (G, β, f, n, m) and (Q Kᵀ) ⊙ G are made per chunk inside the kernel
 (`chunk_coeffs`), so a call takes only q, k, v and the three gates per token. The forward
-kernel saves each chunk's start state; the backward kernel walks the chunks in reverse and,
-per chunk, recomputes O, E and Σ_j R_j, then takes `jax.vjp` of the same phase functions
-(`chunk_coeffs`, `out_part`, `output_error`, `tile_step`, `read`) traced inside the kernel, tile by tile,
-accumulating the cotangents of the state tiles in its output buffers. The maths has one home
+kernel saves each chunk's start state and the two sums (O and Σ_j R_j, per token); the
+backward kernel walks the chunks in reverse and, per chunk, takes `jax.vjp` of the same
+phase functions (`chunk_coeffs`, `out_part`, `output_error`, `tile_step`, `read`) traced
+inside the kernel, tile by tile, accumulating the cotangents of the state tiles in its
+output buffers. The maths has one home
 per phase, differentiated by JAX; the custom derivative and the platform choice are
 `kernel_scan.differentiable`'s (first derivatives only, as there).
 
@@ -55,6 +56,7 @@ TILE = 64        # hidden units per tile of the state walked through global memo
 MIN_CHUNK = 16   # Triton's dot needs every side ≥ 16
 MAX_HEAD = 64    # the sizes compiled for sm_90 (tests/test_titans_fused.py)
 N_TOK = 6        # token inputs: q, k, v, θ, η, α (rows of [T, …])
+N_RES = 6        # the backward's residuals: chunk-start tiles W1, S1, W2, S2; rows of O, Z
 LOG_FLOOR = -1e30  # log 0 inside the kernel: finite, so masked matmuls of logs stay exact
 
 
@@ -146,8 +148,9 @@ def _no_sync():
 
 
 def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
-    st, ln_refs, tok, (y_ref,), end, starts = ks.split(
-        refs, (4, n_ln, N_TOK, 1, 4, 4 if keep_starts else 0))
+    st, ln_refs, tok, (y_ref,), end, res = ks.split(
+        refs, (4, n_ln, N_TOK, 1, 4, N_RES if keep_starts else 0))
+    starts, sums = res[:4], res[4:]  # the backward's residuals (none without keep_starts)
     n_tiles, n_chunks = st[0].shape[0], tok[0].shape[0] // chunk
     ln = tuple(r[...] for r in ln_refs)
     for j in range(n_tiles):  # the working state: the end-state buffers
@@ -166,7 +169,7 @@ def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
 
         def tile_body(j, z):
             tiles = tuple(r[j] for r in end)
-            for r, t in zip(starts, tiles):  # the backward's residuals
+            for r, t in zip(starts, tiles):
                 r[c, j] = t
             new, part = tile_step(e, q, k, co, *tiles, act=act)
             sync()
@@ -176,6 +179,8 @@ def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
 
         z = jax.lax.fori_loop(0, n_tiles, tile_body, jnp.zeros(v.shape, F32))
         y_ref[rows] = read(q, z, ln)
+        for r, a in zip(sums, (o, z)):  # the two sums over tiles: the backward reads them
+            r[rows] = a
         sync()
         return carry
 
@@ -183,8 +188,9 @@ def _fwd_kernel(*refs, act, n_ln: int, chunk: int, keep_starts: bool, sync):
 
 
 def _bwd_kernel(*refs, act, n_ln: int, chunk: int, sync):
-    ln_refs, tok, starts, (dy_ref,), d_end, d_tok, d_st, d_ln = ks.split(
-        refs, (n_ln, N_TOK, 4, 1, 4, N_TOK, 4, n_ln))
+    ln_refs, tok, res, (dy_ref,), d_end, d_tok, d_st, d_ln = ks.split(
+        refs, (n_ln, N_TOK, N_RES, 1, 4, N_TOK, 4, n_ln))
+    starts, (o_ref, z_ref) = res[:4], res[4:]
     n_tiles, n_chunks = d_end[0].shape[0], tok[0].shape[0] // chunk
     ln = tuple(r[...] for r in ln_refs)
     for j in range(n_tiles):  # the state's cotangent, walked back chunk by chunk
@@ -200,12 +206,8 @@ def _bwd_kernel(*refs, act, n_ln: int, chunk: int, sync):
         co, co_vjp = jax.vjp(chunk_coeffs, q, k, *x[3:])
         start = lambda j: tuple(r[c, j] for r in starts)  # noqa: E731
         zeros = jnp.zeros(v.shape, F32)
-        o = jax.lax.fori_loop(0, n_tiles, lambda j, o: o + out_part(
-            k, starts[0][c, j], starts[2][c, j], act=act), zeros)
-        e, err_vjp = jax.vjp(output_error, o, k, v, ln)
-        z = jax.lax.fori_loop(0, n_tiles, lambda j, z: z + tile_step(
-            e, q, k, co, *start(j), act=act)[1], zeros)
-        _, read_vjp = jax.vjp(read, q, z, ln)
+        e, err_vjp = jax.vjp(output_error, o_ref[rows], k, v, ln)
+        _, read_vjp = jax.vjp(read, q, z_ref[rows], ln)
         dq_read, dz, dln_read = read_vjp(dy_ref[rows])
 
         def tile_back(j, acc):
@@ -275,8 +277,10 @@ def _record(name, state, consts, tokens, chunk, backward, act):
 
 def _forward(state, consts, tokens, *, act, chunk, interpret, keep_starts):
     B, nh, T = tokens[0].shape[:3]
-    starts = [a.shape[:2] + (T // chunk,) + a.shape[2:] for a in state] if keep_starts else []
-    shapes = [(B, nh, T, tokens[2].shape[-1])] + [a.shape for a in state] + starts
+    rows = (B, nh, T, tokens[2].shape[-1])
+    res = ([a.shape[:2] + (T // chunk,) + a.shape[2:] for a in state] + [rows, rows]
+           if keep_starts else [])
+    shapes = [rows] + [a.shape for a in state] + res
     name = "titans_mlp_" + ("fwd" if keep_starts else "read")
     if not interpret:
         _record(name, state, consts, tokens, chunk, False, act)
@@ -289,7 +293,7 @@ def _forward(state, consts, tokens, *, act, chunk, interpret, keep_starts):
 
 
 def _backward(consts, tokens, starts, cts, *, act, chunk, interpret):
-    state = [a.shape[:2] + a.shape[3:] for a in starts]
+    state = [a.shape[:2] + a.shape[3:] for a in starts[:4]]
     shapes = [a.shape for a in tokens] + state + [a.shape for a in consts]
     if not interpret:
         specs = tuple(jax.ShapeDtypeStruct(s, F32) for s in state)
