@@ -24,17 +24,21 @@ from nested_jax.train.loop import train_and_evaluate  # noqa: E402
 from tests.tiny import tiny_config  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def _trained(variant, wd, steps, train, **fields):
+    """A tiny `variant` (width 32, one layer, two heads) trained `steps` steps into `wd`."""
     c = tiny_config(
-        "transformer", d_model=32, n_layers=1, n_heads=2,
-        train=dict(steps=3, batch_size=4, seq_len=64, log_every=1), optim=dict(warmup_steps=1),
-        checkpoint=dict(every_steps=3, async_save=False),
+        variant, d_model=32, n_layers=1, n_heads=2, train=dict(steps=steps, **train),
+        optim=dict(warmup_steps=1), checkpoint=dict(every_steps=steps, async_save=False),
         eval=dict(every_steps=100, num_batches=1, batch_size=2),
-        logging=dict(progress_bar=False, plot=False))
-    wd = str(tmp_path_factory.mktemp("lmeval") / "run")
+        logging=dict(progress_bar=False, plot=False), **fields)
     train_and_evaluate(c, wd)
     return wd
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return _trained("transformer", str(tmp_path_factory.mktemp("lmeval") / "run"), 3,
+                    dict(batch_size=4, seq_len=64, log_every=1))
 
 
 def _harness(ckpt, tasks, limit, **kw):
@@ -158,16 +162,10 @@ def test_memorize_on_a_hope_checkpoint_equals_eval_zeroshot_memorised(tmp_path):
     from nested_jax.eval.scoring import encode_pair, score_requests
     from nested_jax.eval.tasks import load_items
 
-    c = tiny_config(
-        "hope_attention", d_model=32, n_layers=1, n_heads=2, online=dict(segment_len=16),
-        cms=dict(names=("fast", "mid"), periods=(16, 32), optimizers=("gd", "gd"),
-                 lrs=(1e-1, 1e-1)),
-        train=dict(steps=2, batch_size=2, seq_len=64), optim=dict(warmup_steps=1),
-        checkpoint=dict(every_steps=2, async_save=False),
-        eval=dict(every_steps=100, num_batches=1, batch_size=2),
-        logging=dict(progress_bar=False, plot=False))
-    wd = str(tmp_path / "hope")
-    train_and_evaluate(c, wd)
+    wd = _trained("hope_attention", str(tmp_path / "hope"), 2, dict(batch_size=2, seq_len=64),
+                  online=dict(segment_len=16),
+                  cms=dict(names=("fast", "mid"), periods=(16, 32), optimizers=("gd", "gd"),
+                           lrs=(1e-1, 1e-1)))
     register()
     res = lm_eval.simple_evaluate(model="nested_jax", model_args=f"checkpoint={wd},memorize=True",
                                   tasks=["nj_piqa"], limit=4, task_manager=task_manager(),
@@ -204,14 +202,7 @@ def test_harness_equals_our_scorers_for_the_memory_variants(variant, tmp_path):
     """The adapter on the variants with memories (and, for hope / hope_hybrid, CMS levels read
     through the online segment scan): PIQA's per-item log-likelihoods and acc and WikiText-2's
     word perplexity equal our scorers', as for the transformer above."""
-    c = tiny_config(
-        variant, d_model=32, n_layers=1, n_heads=2,
-        train=dict(steps=2, batch_size=2, log_every=1), optim=dict(warmup_steps=1),
-        checkpoint=dict(every_steps=2, async_save=False),
-        eval=dict(every_steps=100, num_batches=1, batch_size=2),
-        logging=dict(progress_bar=False, plot=False))
-    wd = str(tmp_path / "run")
-    train_and_evaluate(c, wd)
+    wd = _trained(variant, str(tmp_path / "run"), 2, dict(batch_size=2, log_every=1))
     res = _harness(wd, ["nj_piqa", "nj_wikitext"], LIMIT)
     _check_multiple_choice(wd, res, "piqa")
     _check_wikitext(wd, res)

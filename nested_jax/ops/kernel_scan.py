@@ -225,14 +225,25 @@ def _program_flops(scan: Scan, state, consts, tokens, n_chunks: int, backward: b
     def step(s, c, t):
         return _step(scan, s, c, t, False)[:2]
 
+    return n_chunks * step_flops(step, (st, co, tok), backward)
+
+
+def step_flops(step: Callable, args: tuple, backward: bool) -> float:
+    """FLOPs of one chunk step `step(*args)` (abstract args) by XLA's cost analysis on the
+    CPU; with `backward`, of its vjp with the recomputed forward (a backward kernel's step)."""
     if backward:
-        fn, args = (lambda s, c, t, ct: jax.vjp(step, s, c, t)[1](ct),
-                    (st, co, tok, jax.eval_shape(step, st, co, tok)))
+        fn = lambda *a: jax.vjp(step, *a[:-1])[1](a[-1])  # noqa: E731
+        args = args + (jax.eval_shape(step, *args),)
     else:
-        fn, args = step, (st, co, tok)
+        fn = step
     cost = jax.jit(fn).lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return n_chunks * float(cost.get("flops", 0.0))
+    return float(cost.get("flops", 0.0))
+
+
+def not_powers_of_two(sizes: dict) -> list[str]:
+    """The `name=value` of each size that is not a power of two (Triton's tiles must be)."""
+    return [f"{k}={v}" for k, v in sizes.items() if v & (v - 1)]
 
 
 def _starts_shape(a, n_chunks):

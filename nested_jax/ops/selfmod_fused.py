@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nested_jax.ops.kernel_scan import Scan, choose, scan_op
+from nested_jax.ops.kernel_scan import Scan, choose, not_powers_of_two, scan_op
 from nested_jax.ops.kernel_scan import mm as _mm, mm_t as _mm_t, t_mm as _t_mm
 from nested_jax.ops.norms import l2norm
 
@@ -153,11 +153,6 @@ def mem_step(state, consts, tokens, with_moms: bool, *, dual: bool):
 # 15 minutes. Beyond them: XLA's scans ("pallas" still forces the kernels).
 MAX_TILE, MAX_CHUNK, MAX_CHUNK_MEM = 64, 16, 32
 _INPUTS, _OUTPUTS, _GATES = ("k", "v", "eta", "alpha"), ("k", "v"), ("eta", "alpha")
-
-
-def not_powers_of_two(sizes: dict) -> list[str]:
-    """The `name=value` of each size that is not a power of two (Triton's tiles must be)."""
-    return [f"{k}={v}" for k, v in sizes.items() if v & (v - 1)]
 
 
 def unsupported(*, momentum: float, dgd: bool, frozen: tuple, adaptive_q: bool) -> list[str]:

@@ -257,14 +257,7 @@ def _program_flops(tiles, consts, tokens, chunk: int, backward: bool, act) -> fl
     co = tuple(one(a) for a in consts)
     tok = tuple(one(a, chunk) for a in tokens)
     step = functools.partial(chunk_step, act=act)
-    if backward:
-        fn, args = (lambda t, c, x, ct: jax.vjp(step, t, c, x)[1](ct),
-                    (tl, co, tok, jax.eval_shape(step, tl, co, tok)))
-    else:
-        fn, args = step, (tl, co, tok)
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return T // chunk * float(cost.get("flops", 0.0))
+    return T // chunk * ks.step_flops(step, (tl, co, tok), backward)
 
 
 def _record(name, state, consts, tokens, chunk, backward, act):
@@ -342,10 +335,9 @@ def problems(*, memory: str, depth: int, head_dim: int, hidden: int, chunk_size:
     """What these kernels cannot run, as `field=value` strings (empty: fine)."""
     bad = [] if memory == "mlp" else [f"model.titans.memory={memory}"]
     bad += [] if depth == 2 else [f"model.titans.depth={depth}"]
-    for name, n in (("head dim", head_dim), ("model.titans.chunk_size", chunk_size),
-                    ("memory hidden (model.titans.hidden_mult × head dim)", hidden)):
-        if n < 1 or n & (n - 1):
-            bad.append(f"{name}={n} (not a power of two)")
+    bad += [f"{p} (not a power of two)" for p in ks.not_powers_of_two({
+        "head dim": head_dim, "model.titans.chunk_size": chunk_size,
+        "memory hidden (model.titans.hidden_mult × head dim)": hidden})]
     if chunk_size < MIN_CHUNK:
         bad.append(f"model.titans.chunk_size={chunk_size} (under {MIN_CHUNK})")
     if head_dim < MIN_CHUNK:
