@@ -9,9 +9,11 @@
 #   doctor       python -m nested_jax.doctor
 #   throughput   benchmarks.train_throughput at the pilot shape (512×12, seq 2048, batch 6,
 #                bf16), one process per variant: tokens/s, MFU, peak GPU memory (hope twice:
-#                its chunk scans as Pallas kernels, the default on a GPU, and as XLA's)
+#                its chunk scans as Pallas kernels, the default on a GPU, and as XLA's; the
+#                online variants with their segment scan as a loop, for a short compile)
 #   train        a short configs/pilot_smoke.py training (loss must fall, no non-finite step)
 #   scan_chunks  linear, MLP and HOPE DGD memories, chunk 16 / 64, bf16 inputs, vs token loop
+#   throughput_unrolled  hope_attention as configs/pilot.py has it (16 segments unrolled)
 #   cost_model   only when no projection is committed (benchmarks/out/cost_pilot/results.json,
 #                compiled for the H100 deviceless): the report puts it next to the measurement
 #   scaling      2+ GPUs only: the data-parallel step on all GPUs against one
@@ -64,8 +66,12 @@ export PYTHONUNBUFFERED=1
 SITE="${NJ_SITE:-/tmp/site}"
 # titans and hope run their chunk scans as Pallas kernels on a GPU (model.titans.kernel,
 # model.selfmod.kernel = auto); the same step with XLA's chunk scans follows each, so one run
-# measures both.
-VARIANTS="transformer titans titans+model.titans.kernel=xla hope_attention hope hope+model.selfmod.kernel=xla hope_hybrid"
+# measures both. The online variants run their 16 segments as a loop
+# (online.unroll_segments=1: a compile within the steps' limits); the pilot's own program
+# unrolls them (configs/pilot.py: minutes of compile), measured for hope_attention after the
+# other steps, while the budget lasts (throughput_unrolled).
+LOOP="+model.online.unroll_segments=1"
+VARIANTS="transformer titans titans+model.titans.kernel=xla hope_attention$LOOP hope$LOOP hope+model.selfmod.kernel=xla$LOOP hope_hybrid$LOOP"
 if [ "$CPU" = 1 ]; then
   export JAX_PLATFORMS=cpu
   GPUS=0
@@ -187,6 +193,11 @@ else
 fi
 run_step scan_chunks 150 "$PY" -m benchmarks.scan_chunks "${SC[@]}" --memories linear,mlp,hope \
   --dtype bfloat16 --output "$OUTPUT/scan_chunks"
+
+if [ "$CPU" != 1 ]; then  # the pilot's hope_attention as configs/pilot.py has it: 16 segments
+  run_step throughput_unrolled 300 "$PY" -m benchmarks.train_throughput "${TP[@]}" \
+    --variants hope_attention --output "$OUTPUT/throughput/hope_attention"
+fi
 
 if [ "$CPU" = 1 ]; then
   run_step cost_model 150 "$PY" -m benchmarks.cost_model --preset pilot_smoke \

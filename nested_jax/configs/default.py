@@ -139,6 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.seq_len = 2048  # tokens per training sequence
     t.log_every = 10  # write a metrics.jsonl record every this many steps
     t.max_nonfinite_in_a_row = 5  # skip non-finite steps; abort after this many in a row (0 = never)
+    t.compile_cache = "auto"  # XLA's compiled steps kept on disk, so a rerun or resume skips the compile: "auto" = on a GPU $JAX_COMPILATION_CACHE_DIR or ~/.cache/nested_jax/xla (off on a CPU), "" = off, or a directory
     # Start from the params of another workdir's newest checkpoint (e.g. an import-hf or stack
     # output; "DIR@STEP" for a given step), with a fresh optimizer; "" = fresh init. Used only
     # when --workdir has no checkpoint yet (a rerun resumes its own).

@@ -24,6 +24,13 @@ def get_config():
     repro.teach(c, 0.10, 5.0, 2000, 120_000, 20_000, surprise=0.02)
     c.model.titans.chunk_size = 16
     c.model.remat = True
+    # The 16 online segments unrolled (the default unrolls up to 8): on a GPU an unrolled
+    # segment step keeps no per-segment loop state and shares each layer's weight slices
+    # (H100 compile: hope_attention 36,130 → 23,390 device ops per step, 84 → 50 MB/token;
+    # hope_hybrid 54,292 → 37,135, 94 → 56 MB/token; benchmarks/RESULTS.md) for a longer
+    # compile (2-core VM: 27 → 323 s, 69 → 735 s). With XLA's chunk scans (CPU, or
+    # selfmod/titans.kernel=xla) add --config.model.online.unroll_segments=1: the loop.
+    c.model.online.unroll_segments = 16
     c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.momentum = "muon", 2.5e-4, 0.02, 0.95
     c.optim.b1, c.optim.b2 = 0.9, 0.999
     c.checkpoint.every_steps = 1000

@@ -21,7 +21,7 @@ from nested_jax.model.online import init_fast, strip_kv
 from nested_jax.train import mesh as mesh_lib
 from nested_jax.train import metrics as metrics_lib
 from nested_jax.train import optim, step as step_lib
-from nested_jax.train import actions, distributed, parallel
+from nested_jax.train import actions, compile_cache, distributed, parallel
 from nested_jax.git_info import git_commit
 from nested_jax.train.validate import check_resume_config, finalize_config
 
@@ -149,6 +149,7 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None, *,
         finalize_config(config, tok.vocab_size)
     loader.check_vocab(config.data, config.model.vocab_size)
 
+    compile_cache.enable(config.train.compile_cache)  # before the first compile
     mesh = mesh_lib.make_mesh(config.mesh)
     n_proc, proc = jax.process_count(), jax.process_index()
     parallel.check_config(config, mesh)

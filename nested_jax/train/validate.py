@@ -301,7 +301,8 @@ def _fill_and_check(config, tokenizer_vocab: int) -> None:
 # step is split over devices and microbatches, compile-time unrolling, the chunk scans'
 # kernels: same math).
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "checkpoint.", "eval.", "logging.",
-                     "train.max_nonfinite_in_a_row", "optim.lr", "mesh.", "train.grad_accum",
+                     "train.max_nonfinite_in_a_row", "train.compile_cache", "optim.lr", "mesh.",
+                     "train.grad_accum",
                      "model.unroll_", "model.online.unroll_", "model.selfmod.kernel",
                      "model.titans.kernel")
 
