@@ -94,6 +94,7 @@ def sixth(monkeypatch):
     return c
 
 
+@pytest.mark.slow  # ~19 s (an online run of a Titans-memory variant); suite time budget
 def test_a_sixth_variant_needs_only_its_block_and_spec(sixth):
     c = sixth
     check_values(c)  # the variant name and its chunk tiling come from the spec

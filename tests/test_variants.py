@@ -279,12 +279,12 @@ def test_remat_changes_nothing_but_memory(mode):
 
 
 def test_segment_unroll_changes_nothing_but_the_program():
-    """model.online.unroll_segments: four online segments as a loop or unrolled give the
+    """model.online.unroll_segments: two online segments as a loop or unrolled give the
     same loss, outer gradient of every leaf and per-token CE (the pilot unrolls its 16:
     configs/pilot.py)."""
-    toks = _tokens()
+    toks = _tokens()[:, :17]
     out, loops = {}, {}
-    for limit in (1, 4):
+    for limit in (1, 2):
         c = tiny("hope_attention", unroll_segments=limit)
         fn, params = init_params(c.model, 0)
 
@@ -294,9 +294,9 @@ def test_segment_unroll_changes_nothing_but_the_program():
 
         f = jax.jit(jax.value_and_grad(loss, has_aux=True))
         loops[limit] = {e.params["unroll"] for e in jax.make_jaxpr(loss)(params).jaxpr.eqns
-                        if e.primitive.name == "scan" and e.params["length"] == 4}
+                        if e.primitive.name == "scan" and e.params["length"] == 2}
         (l, ce), g = f(params)
         out[limit] = (l, g, ce)
-    chex.assert_trees_all_close(out[1], out[4], rtol=1e-5, atol=1e-6)
-    assert loops == {1: {1}, 4: {4}}  # the segment scan: looped, then every segment unrolled
-    assert np.abs(np.asarray(jax.tree.leaves(out[4][1])[0])).max() > 0
+    chex.assert_trees_all_close(out[1], out[2], rtol=1e-5, atol=1e-6)
+    assert loops == {1: {1}, 2: {2}}  # the segment scan: looped, then every segment unrolled
+    assert np.abs(np.asarray(jax.tree.leaves(out[2][1])[0])).max() > 0

@@ -26,10 +26,11 @@ def get_config():
     c.model.remat = True
     # The 16 online segments unrolled (the default unrolls up to 8): on a GPU an unrolled
     # segment step keeps no per-segment loop state and shares each layer's weight slices
-    # (H100 compile: hope_attention 36,130 → 23,390 device ops per step, 84 → 50 MB/token;
-    # hope_hybrid 54,292 → 37,135, 94 → 56 MB/token; benchmarks/RESULTS.md) for a longer
-    # compile (2-core VM: 27 → 323 s, 69 → 735 s). With XLA's chunk scans (CPU, or
-    # selfmod/titans.kernel=xla) add --config.model.online.unroll_segments=1: the loop.
+    # (H100 compile, device ops per step: hope 41,305 → 24,684, hope_attention 36,130 →
+    # 23,390, hope_hybrid 54,292 → 37,135, and ~40 % fewer bytes; benchmarks/RESULTS.md) for
+    # a compile of minutes (2-core VM: 145 → 475 s, 34 → 349 s, 83 → 767 s; kept on disk on a
+    # GPU: train.compile_cache). With XLA's chunk scans (CPU, or selfmod/titans.kernel=xla)
+    # add --config.model.online.unroll_segments=1: the loop.
     c.model.online.unroll_segments = 16
     c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.momentum = "muon", 2.5e-4, 0.02, 0.95
     c.optim.b1, c.optim.b2 = 0.9, 0.999
