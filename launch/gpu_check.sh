@@ -2,7 +2,7 @@
 # Everything worth measuring on one GPU, in at most 8 minutes on an H100/H200 (so a rerun
 # fits a 15-minute lease), then summary.json + a markdown section for benchmarks/RESULTS.md.
 #
-#   bash launch/gpu_check.sh [--dry-run] [--cpu-smoke] [--output DIR]
+#   bash launch/gpu_check.sh [--dry-run] [--cpu-smoke] [--unrolled] [--output DIR]
 #
 # Steps (each with its own time limit inside the 8-minute budget; a failed or timed-out
 # step is recorded and the rest still run):
@@ -13,7 +13,9 @@
 #                online variants with their segment scan as a loop, for a short compile)
 #   train        a short configs/pilot_smoke.py training (loss must fall, no non-finite step)
 #   scan_chunks  linear, MLP and HOPE DGD memories, chunk 16 / 64, bf16 inputs, vs token loop
-#   throughput_unrolled  hope_attention as configs/pilot.py has it (16 segments unrolled)
+# --unrolled instead times the online variants as configs/pilot.py has them (16 segments
+# unrolled: minutes of compile each, ≤ 600 s per step, 10-minute budget; doctor + throughput
+# + report only; default DIR benchmarks/out/gpu_check_unrolled).
 #   cost_model   only when no projection is committed (benchmarks/out/cost_pilot/results.json,
 #                compiled for the H100 deviceless): the report puts it next to the measurement
 #   scaling      2+ GPUs only: the data-parallel step on all GPUs against one
@@ -37,26 +39,35 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 DRY=0
 CPU=0
+UNROLLED=0
 OUTPUT=""
 ARGS="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --cpu-smoke) CPU=1 ;;
+    --unrolled) UNROLLED=1 ;;
     --output) OUTPUT="$2"; shift ;;
     --output=*) OUTPUT="${1#--output=}" ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
-    *) echo "error: unknown argument $1 (use --dry-run, --cpu-smoke, --output DIR)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    *) echo "error: unknown argument $1 (use --dry-run, --cpu-smoke, --unrolled, --output DIR)" >&2
+       exit 2 ;;
   esac
   shift
 done
+if [ "$CPU" = 1 ] && [ "$UNROLLED" = 1 ]; then
+  echo "error: --unrolled times the pilot's unrolled GPU steps; it does not combine with --cpu-smoke" >&2
+  exit 2
+fi
 if [ -z "$OUTPUT" ]; then
   OUTPUT="benchmarks/out/gpu_check"
   [ "$CPU" = 1 ] && OUTPUT="benchmarks/out/gpu_check_cpu_smoke"
+  [ "$UNROLLED" = 1 ] && OUTPUT="benchmarks/out/gpu_check_unrolled"
 fi
 case "$OUTPUT" in /*) ;; *) OUTPUT="$ROOT/$OUTPUT" ;; esac
 BUDGET_S="${GPU_CHECK_BUDGET_S:-480}"  # 8 minutes on the GPU
 [ "$CPU" = 1 ] && BUDGET_S="${GPU_CHECK_BUDGET_S:-1200}"  # a loaded 2-core CPU needs longer
+[ "$UNROLLED" = 1 ] && BUDGET_S="${GPU_CHECK_BUDGET_S:-600}"
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY="$ROOT/.venv/bin/python"; else PY="python3"; fi
@@ -68,10 +79,10 @@ SITE="${NJ_SITE:-/tmp/site}"
 # model.selfmod.kernel = auto); the same step with XLA's chunk scans follows each, so one run
 # measures both. The online variants run their 16 segments as a loop
 # (online.unroll_segments=1: a compile within the steps' limits); the pilot's own program
-# unrolls them (configs/pilot.py: minutes of compile), measured for hope_attention after the
-# other steps, while the budget lasts (throughput_unrolled).
+# unrolls them (configs/pilot.py: minutes of compile): `--unrolled` times those.
 LOOP="+model.online.unroll_segments=1"
 VARIANTS="transformer titans titans+model.titans.kernel=xla hope_attention$LOOP hope$LOOP hope+model.selfmod.kernel=xla$LOOP hope_hybrid$LOOP"
+[ "$UNROLLED" = 1 ] && VARIANTS="hope_attention hope_hybrid hope"
 if [ "$CPU" = 1 ]; then
   export JAX_PLATFORMS=cpu
   GPUS=0
@@ -157,7 +168,7 @@ run_step() {  # run_step NAME LIMIT_S CMD...: log, time limit, record in steps.j
 
 run_step doctor 60 "$PY" -m nested_jax.doctor
 
-if [ "$CPU" != 1 ]; then  # the Triton kernels against XLA's chunk scans on this GPU, values
+if [ "$CPU" != 1 ] && [ "$UNROLLED" != 1 ]; then  # the Triton kernels against XLA's chunk scans on this GPU, values
   # and gradients (XLA's dots in full float32, as the kernels'; the CPU runs these tests
   # through Pallas's interpreter, which cannot see a missing barrier)
   run_step kernels_vs_xla 180 env JAX_DEFAULT_MATMUL_PRECISION=highest "$PY" -m pytest -q \
@@ -169,6 +180,7 @@ if [ "$CPU" = 1 ]; then  # toy sizes: train_throughput's smoke preset is the pil
   TP=(--preset smoke --train-steps 0 --budget 1); TP_LIMIT=120
 else
   TP=(--preset pilot --train-steps 0 --budget 5); TP_LIMIT=120
+  [ "$UNROLLED" = 1 ] && TP_LIMIT=600
 fi
 for v in $VARIANTS; do
   tag="${v//[^A-Za-z0-9_]/_}"  # hope+model.selfmod.kernel=xla → hope_model_selfmod_kernel_xla
@@ -176,6 +188,7 @@ for v in $VARIANTS; do
     --variants "$v" --output "$OUTPUT/throughput/$tag"
 done
 
+if [ "$UNROLLED" != 1 ]; then  # the rest of the check (not with --unrolled)
 TRAIN=("$PY" -m nested_jax.train --config configs/pilot_smoke.py --workdir "$OUTPUT/train_pilot_smoke"
        --config.logging.progress_bar=False)
 if [ "$CPU" = 1 ]; then
@@ -193,11 +206,6 @@ else
 fi
 run_step scan_chunks 150 "$PY" -m benchmarks.scan_chunks "${SC[@]}" --memories linear,mlp,hope \
   --dtype bfloat16 --output "$OUTPUT/scan_chunks"
-
-if [ "$CPU" != 1 ]; then  # the pilot's hope_attention as configs/pilot.py has it: 16 segments
-  run_step throughput_unrolled 300 "$PY" -m benchmarks.train_throughput "${TP[@]}" \
-    --variants hope_attention --output "$OUTPUT/throughput/hope_attention"
-fi
 
 if [ "$CPU" = 1 ]; then
   run_step cost_model 150 "$PY" -m benchmarks.cost_model --preset pilot_smoke \
@@ -225,6 +233,7 @@ elif [ "$DRY" = 1 ]; then
 else
   say "scaling: skipped ($GPUS GPU visible; needs 2+)"
 fi
+fi  # not --unrolled
 
 REPORT=("$PY" -m benchmarks.gpu_check_report --output "$OUTPUT"
         --command "bash launch/gpu_check.sh $ARGS")

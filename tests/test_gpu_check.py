@@ -46,6 +46,15 @@ def test_dry_run_prints_every_step(fresh_copy, tmp_path):
     assert not out_dir.exists()  # commands only
     bad = _run(fresh_copy, "--no-such-flag", timeout=60)
     assert bad.returncode == 2 and "unknown argument" in bad.stderr
+    # --unrolled: the pilot's online steps as configs/pilot.py has them, and nothing else
+    unrolled = _run(fresh_copy, "--dry-run", "--unrolled", timeout=60)
+    assert unrolled.returncode == 0, unrolled.stderr
+    steps = [ln.split(" (")[0] for ln in unrolled.stdout.splitlines() if " (≤ " in ln]
+    assert steps == ["doctor", "throughput_hope_attention", "throughput_hope_hybrid",
+                     "throughput_hope"]
+    assert "unroll_segments" not in unrolled.stdout and "gpu_check_unrolled" in unrolled.stdout
+    both = _run(fresh_copy, "--unrolled", "--cpu-smoke", timeout=60)
+    assert both.returncode == 2 and "--unrolled" in both.stderr
 
 
 @pytest.mark.slow

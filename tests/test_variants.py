@@ -277,7 +277,6 @@ def test_remat_changes_nothing_but_memory(mode):
     assert np.abs(np.asarray(jax.tree.leaves(out[True][1])[0])).max() > 0
 
 
-
 def test_segment_unroll_changes_nothing_but_the_program():
     """model.online.unroll_segments: two online segments as a loop or unrolled give the
     same loss, outer gradient of every leaf and per-token CE (the pilot unrolls its 16:
@@ -300,3 +299,18 @@ def test_segment_unroll_changes_nothing_but_the_program():
     chex.assert_trees_all_close(out[1], out[2], rtol=1e-5, atol=1e-6)
     assert loops == {1: {1}, 2: {2}}  # the segment scan: looped, then every segment unrolled
     assert np.abs(np.asarray(jax.tree.leaves(out[2][1])[0])).max() > 0
+
+
+@pytest.mark.parametrize("variant,unrolled", [("hope_attention", True), ("hope", False),
+                                              ("hope_hybrid", False)])
+def test_pilot_unrolls_its_segments_except_around_xla_chunk_scans(variant, unrolled):
+    """configs/pilot.py unrolls its 16 segments; on this CPU hope's and hope_hybrid's chunk
+    scans are XLA's, whose compile unrolled segments would multiply: those stay a loop."""
+    from nested_jax.configs import pilot
+    from nested_jax.model.online import segment_unroll
+
+    c = pilot.get_config()
+    c.model.variant = variant
+    n_seg = c.train.seq_len // c.model.online.segment_len
+    assert n_seg == 16 and c.model.online.unroll_segments == 16
+    assert segment_unroll(c.model, n_seg) == (n_seg if unrolled else 1)

@@ -29,8 +29,8 @@ def get_config():
     # (H100 compile, device ops per step: hope 41,305 → 24,684, hope_attention 36,130 →
     # 23,390, hope_hybrid 54,292 → 37,135, and ~40 % fewer bytes; benchmarks/RESULTS.md) for
     # a compile of minutes (2-core VM: 145 → 475 s, 34 → 349 s, 83 → 767 s; kept on disk on a
-    # GPU: train.compile_cache). With XLA's chunk scans (CPU, or selfmod/titans.kernel=xla)
-    # add --config.model.online.unroll_segments=1: the loop.
+    # GPU: train.compile_cache). Around XLA's chunk scans (the CPU, or a kernel=xla run) the
+    # segments stay a loop (model/online.py segment_unroll).
     c.model.online.unroll_segments = 16
     c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.momentum = "muon", 2.5e-4, 0.02, 0.95
     c.optim.b1, c.optim.b2 = 0.9, 0.999

@@ -64,6 +64,24 @@ def layer_unroll(cfg) -> int | None:
     return max(cfg.unroll_layers, cfg.online.unroll_layers)
 
 
+# Segments unrolled at most around XLA chunk scans of the blocks' own (the default
+# model.online.unroll_segments): unrolled, their compile grows with segments × chunks.
+XLA_SCAN_SEGMENTS = 8
+
+
+def segment_unroll(cfg, n_seg: int) -> int:
+    """Segments per iteration of the segment scan: all n_seg when n_seg <=
+    model.online.unroll_segments, else 1 (a loop). Unrolled, a GPU step keeps no stacked
+    per-segment state and shares each layer's weight slices (pilot, H100 compile: hope_attention
+    36,130 → 23,390 device ops per step; benchmarks/RESULTS.md). Blocks with XLA chunk scans
+    of their own (`layer_unroll` None: the CPU, or kernel=xla) unroll at most
+    XLA_SCAN_SEGMENTS, whatever the field says."""
+    limit = cfg.online.unroll_segments
+    if layer_unroll(cfg) is None:
+        limit = min(limit, XLA_SCAN_SEGMENTS)
+    return n_seg if n_seg <= limit else 1
+
+
 def level_optimizers(cms_cfg) -> dict:
     """{level: its Optax inner optimizer} (`nested_jax.ops.cms.inner_optimizer`)."""
     names, n = tuple(cms_cfg.names), len(cms_cfg.names)
@@ -296,7 +314,7 @@ def online_forward(fn, params, tokens_BxT1, *, step, update: bool = True, fast: 
                      "tokens": state["tokens"]}
         return new_state, (sg.ce_BxS, updates, greedy(sg.h_BxSxD))
 
-    unroll = n_seg if n_seg <= o.unroll_segments else 1
+    unroll = segment_unroll(cfg, n_seg)
     state, (ce_NxBxS, updates, argmax_NxBxS) = jax.lax.scan(body, state0, xs, unroll=unroll)
     state = {**state, "tokens": state["tokens"] + t}
     ce_BxT = ce_NxBxS.swapaxes(0, 1).reshape(b, t)

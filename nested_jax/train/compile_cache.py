@@ -5,7 +5,8 @@ configs/pilot.py); with the cache a rerun, a resume after preemption or a second
 same program loads the compiled step from disk instead.
 
   "auto"  on a GPU: $JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/nested_jax/xla
-          (~/.cache/nested_jax/xla); on a CPU: off (its programs compile in seconds)
+          (~/.cache/nested_jax/xla); on a CPU: not set here (its programs compile in
+          seconds; jax itself still honours $JAX_COMPILATION_CACHE_DIR)
   ""      off
   a path  that directory, on any platform
 """
@@ -45,6 +46,4 @@ def enable(setting: str) -> str | None:
               f"writable DIR, or '' to silence this.", flush=True)
         return None
     jax.config.update("jax_compilation_cache_dir", path)
-    # every step program is worth keeping; the tiny helper programs are not
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     return path
