@@ -305,7 +305,9 @@ def test_segment_unroll_changes_nothing_but_the_program():
                                               ("hope_hybrid", False)])
 def test_pilot_unrolls_its_segments_except_around_xla_chunk_scans(variant, unrolled):
     """configs/pilot.py unrolls its 16 segments; on this CPU hope's and hope_hybrid's chunk
-    scans are XLA's, whose compile unrolled segments would multiply: those stay a loop."""
+    scans are XLA's, whose compile unrolled segments would multiply: those stay a loop.
+    Built for a (compile-only) H100, where their scans are kernels, every variant unrolls."""
+    from benchmarks import gpu_aot
     from nested_jax.configs import pilot
     from nested_jax.model.online import segment_unroll
 
@@ -314,3 +316,6 @@ def test_pilot_unrolls_its_segments_except_around_xla_chunk_scans(variant, unrol
     n_seg = c.train.seq_len // c.model.online.segment_len
     assert n_seg == 16 and c.model.online.unroll_segments == 16
     assert segment_unroll(c.model, n_seg) == (n_seg if unrolled else 1)
+    if gpu_aot.plugin_name() is not None:  # the gpu-aot extra
+        with jax.default_device(gpu_aot.gpu_devices("h100")[0]):
+            assert segment_unroll(c.model, n_seg) == n_seg
