@@ -255,7 +255,8 @@ def test_inner_gradients_without_clipping_match_the_per_level_path(variant):
     chex.assert_trees_all_close(a, b, rtol=2e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", ("segment", "block"))
+# "block" (~11 s) with the slow set: suite time budget ("segment" is the default mode)
+@pytest.mark.parametrize("mode", ("segment", pytest.param("block", marks=pytest.mark.slow)))
 def test_remat_changes_nothing_but_memory(mode):
     """model.remat on an online variant checkpoints whole segments or each block
     (online.remat): the loss, the outer gradient of every leaf and the per-token CE equal
