@@ -45,8 +45,8 @@ def preset_config(name: str, variant: str):
 
         c = pilot.get_config()
         c.model.vocab_size = 32000
-        # the segment scan as a loop: the pilot unrolls its 16 segments for the GPU training
-        # step, which with XLA's chunk scans (this CPU) would compile for many minutes
+        # the segment scan as a loop: the pilot unrolls its 16 segments for its GPU training
+        # step; the full-forward decoder timed here would then compile for minutes
         c.model.online.unroll_segments = 1
     c.model.variant = variant
     return c

@@ -13,14 +13,14 @@
 #                online variants with their segment scan as a loop, for a short compile)
 #   train        a short configs/pilot_smoke.py training (loss must fall, no non-finite step)
 #   scan_chunks  linear, MLP and HOPE DGD memories, chunk 16 / 64, bf16 inputs, vs token loop
-# --unrolled instead times the online variants as configs/pilot.py has them (16 segments
-# unrolled: minutes of compile each, ≤ 600 s per step, 10-minute budget; doctor + throughput
-# + report only; default DIR benchmarks/out/gpu_check_unrolled).
 #   cost_model   only when no projection is committed (benchmarks/out/cost_pilot/results.json,
 #                compiled for the H100 deviceless): the report puts it next to the measurement
 #   scaling      2+ GPUs only: the data-parallel step on all GPUs against one
 #   report       benchmarks.gpu_check_report → DIR/summary.json, DIR/results_section.md,
 #                DIR/bundle.tgz (every small file of the run, for copying back)
+# --unrolled instead times the online variants as configs/pilot.py has them (16 segments
+# unrolled: minutes of compile each, ≤ 600 s per step, 10-minute budget; doctor + throughput
+# + report only; default DIR benchmarks/out/gpu_check_unrolled).
 #
 # --dry-run prints the commands only. --cpu-smoke runs the same steps at toy sizes on the CPU
 # (a few minutes; tests/test_gpu_check.py runs it). Default DIR: benchmarks/out/gpu_check
